@@ -1,0 +1,44 @@
+# QuantFlow: `make run` runs the whole pipeline on the sample project; `make test` runs every test.
+# Both create the virtual environment when it is missing.
+
+VENV        ?= .venv
+PYTHON      ?= $(shell command -v python3.11 || command -v python3)
+BIN         := $(VENV)/bin
+SAMPLE_START ?= 2024-01-02
+SAMPLE_END   ?= 2024-03-28
+export DAGSTER_HOME ?= $(CURDIR)/.temp
+
+.PHONY: install run test test-fast dev bench lint clean
+
+$(BIN)/.quantflow-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# the CPU build of PyTorch first: an unpinned resolve can pull a multi-GB CUDA build
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.quantflow-installed
+
+run: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/qf run --stage all --start $(SAMPLE_START) --end $(SAMPLE_END)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+dev: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w dagster_workspace.yaml
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+lint: install
+	$(BIN)/ruff check quantflow tests benchmarks
+
+clean:
+	rm -rf .quantflow .temp dbt_project/target dbt_project/logs

@@ -1,0 +1,116 @@
+"""``qf``: validate metadata, generate the dbt project, run stages, list artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from quantflow.metadata import get_metadata_manager
+
+    manager = get_metadata_manager(args.project_dir, strict=args.strict)
+    issues = manager.validate()
+    if issues:
+        print(f"{len(issues)} error{'s' if len(issues) != 1 else ''} in project metadata:", file=sys.stderr)
+        for issue in issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    md = manager.load_all()
+    feeds = ", ".join(f"{f.name} ({f.kind})" for f in md.project.ingest.enabled_feeds) or "none"
+    print(f"OK: project {md.name}: {len(md.symbols)} symbols, enabled feeds: {feeds}, engine {md.engine}")
+    return 0
+
+
+def _cmd_dbt_generate(args: argparse.Namespace) -> int:
+    from quantflow.metadata import get_metadata_manager
+    from quantflow.transform.generator import DBTProjectGenerator
+
+    md = get_metadata_manager(args.project_dir).load_all()
+    written = DBTProjectGenerator(md).generate(force=args.force)
+    for path in written:
+        print(f"wrote {path}")
+    if not written:
+        print("dbt project is up to date (use --force to rewrite every generated file)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from quantflow.pipeline import create_runner
+    from quantflow.pipeline.dagster.auto import ensure_dagster_home
+
+    root = Path(args.project_dir).resolve()
+    ensure_dagster_home(root)
+    runner = create_runner(root)
+    symbols = args.symbols.split(",") if args.symbols else None
+    print(f"QuantFlow: running stage '{args.stage}' for {args.start or 'yesterday'} .. {args.end or 'today'}", flush=True)
+    result = runner.run(
+        stage=args.stage, symbols=symbols, start_date=args.start, end_date=args.end, write_mode=args.write_mode,
+        max_concurrency=args.max_concurrency, batch_days=args.batch_days, skip_test=not args.with_tests,
+    )
+    print(result.summary())
+    print(f"Dagster instance: {runner.instance().root_directory} (open `make dev` to browse runs)")
+    return 0 if result.success else 1
+
+
+def _cmd_artifacts(args: argparse.Namespace) -> int:
+    from quantflow.metadata import get_metadata_manager
+    from quantflow.storage.project import project_artifacts
+
+    md = get_metadata_manager(args.project_dir).load_all()
+    for url in project_artifacts(md).list(args.prefix):
+        print(url)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qf", description="QuantFlow command line")
+    parser.add_argument("--project-dir", default=".", help="project directory (holds project_metadata/)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every stage")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check project_metadata/*.yaml; exit 1 on errors")
+    p.add_argument("--strict", action="store_true", help="also reject keys the schema does not define")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("dbt", help="dbt project helpers")
+    dbt_sub = p.add_subparsers(dest="dbt_command", required=True)
+    g = dbt_sub.add_parser("generate", help="write dbt_project/ from the metadata where missing or outdated")
+    g.add_argument("--force", action="store_true", help="rewrite every generated file")
+    g.set_defaults(func=_cmd_dbt_generate)
+
+    p = sub.add_parser("run", help="run a stage (or all) through Dagster, in process")
+    p.add_argument("--stage", default="all", choices=["all", "ingest", "dbt"])
+    p.add_argument("--start", help="first date, YYYY-MM-DD (default yesterday)")
+    p.add_argument("--end", help="last date, YYYY-MM-DD (default today)")
+    p.add_argument("--symbols", help="comma-separated subset of the project's symbols")
+    p.add_argument("--write-mode", default="skip_if_exists", choices=["skip_if_exists", "overwrite", "append"])
+    p.add_argument("--max-concurrency", type=int, default=4)
+    p.add_argument("--batch-days", type=int, default=None)
+    p.add_argument("--with-tests", action="store_true", help="run dbt tests (shown as asset checks)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("artifacts", help="list artifacts in the blob store")
+    p.add_argument("prefix", nargs="?", default="", help="e.g. data_extractor_")
+    p.set_defaults(func=_cmd_artifacts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except Exception as exc:  # the CLI prints the message, not a traceback, for expected failures
+        from quantflow.metadata import MetadataError
+
+        if isinstance(exc, (MetadataError, ValueError, FileNotFoundError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

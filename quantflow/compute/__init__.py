@@ -1,0 +1,1 @@
+"""Compute helpers: executors (local, Ray), sharding and date ranges."""

@@ -1,0 +1,145 @@
+"""Run one shard function over many shards: in process (debugging, small runs) or on Ray.
+
+Shards are independent and idempotent, so a failed shard is retried alone. A shard carries locations
+(Parquet paths, the lake root), never large arrays: moving arrays through Ray's object store made Ray
+slower than serial on these machines, so each task reads and writes its own data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    shard: Any
+    result: Any = None
+    error: str | None = None
+    attempts: int = 1
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class ExecutionReport:
+    outcomes: list[ShardOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    executor: str = ""
+
+    @property
+    def failed(self) -> list[ShardOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def raise_on_failure(self) -> None:
+        if self.failed:
+            lines = [f"{o.shard}: {o.error}" for o in self.failed[:10]]
+            more = f" (and {len(self.failed) - 10} more)" if len(self.failed) > 10 else ""
+            raise RuntimeError(f"{len(self.failed)} of {len(self.outcomes)} shards failed{more}:\n" + "\n".join(lines))
+
+
+Progress = Callable[[int, int, ShardOutcome], None]
+
+
+class LocalExecutor:
+    """Runs shards one after another in this process; same retry semantics as Ray."""
+
+    name = "local"
+
+    def __init__(self, retries: int = 1):
+        self.retries = retries
+
+    def map(self, fn: Callable[[Any], Any], shards: Sequence[Any], progress: Progress | None = None) -> ExecutionReport:
+        began = time.perf_counter()
+        report = ExecutionReport(executor=self.name)
+        for i, shard in enumerate(shards):
+            outcome = _run_with_retries(fn, shard, self.retries)
+            report.outcomes.append(outcome)
+            if progress:
+                progress(i + 1, len(shards), outcome)
+        report.seconds = time.perf_counter() - began
+        return report
+
+
+def _run_with_retries(fn: Callable[[Any], Any], shard: Any, retries: int) -> ShardOutcome:
+    began = time.perf_counter()
+    error = None
+    for attempt in range(1, retries + 2):
+        try:
+            return ShardOutcome(shard, fn(shard), None, attempt, time.perf_counter() - began)
+        except Exception as exc:  # a shard's failure is reported, the other shards go on
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("shard %s failed (attempt %d): %s", shard, attempt, error)
+    return ShardOutcome(shard, None, error, retries + 1, time.perf_counter() - began)
+
+
+class RayExecutor:
+    """Runs shards as Ray tasks, at most ``max_concurrency`` at a time.
+
+    Connects to ``RAY_ADDRESS`` when set (an existing cluster), else starts a local Ray with that many CPUs.
+    ``env`` is passed to the workers (e.g. ``NUMBA_CACHE_DIR`` so all workers share compiled kernels).
+    """
+
+    name = "ray"
+
+    def __init__(self, max_concurrency: int = 4, retries: int = 1, env: dict[str, str] | None = None):
+        self.max_concurrency = max_concurrency
+        self.retries = retries
+        self.env = env or {}
+
+    def _init(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        address = os.environ.get("RAY_ADDRESS")
+        runtime_env = {"env_vars": self.env} if self.env else None
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=self.max_concurrency, include_dashboard=False, runtime_env=runtime_env,
+                     log_to_driver=False, configure_logging=False)
+
+    def map(self, fn: Callable[[Any], Any], shards: Sequence[Any], progress: Progress | None = None) -> ExecutionReport:
+        import ray
+
+        self._init()
+        began = time.perf_counter()
+        task = ray.remote(num_cpus=1, max_retries=0)(_run_with_retries)
+        report = ExecutionReport(executor=self.name)
+        pending: dict[Any, int] = {}
+        queue = list(enumerate(shards))
+        results: dict[int, ShardOutcome] = {}
+        while queue or pending:
+            while queue and len(pending) < self.max_concurrency:
+                i, shard = queue.pop(0)
+                pending[task.remote(fn, shard, self.retries)] = i
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as exc:  # the worker itself died: report the shard as failed
+                    outcome = ShardOutcome(shards[i], None, f"worker failure: {exc}", 1)
+                results[i] = outcome
+                if progress:
+                    progress(len(results), len(shards), outcome)
+        report.outcomes = [results[i] for i in range(len(shards))]
+        report.seconds = time.perf_counter() - began
+        return report
+
+
+def make_executor(kind: str, max_concurrency: int = 4, retries: int = 1, env: dict[str, str] | None = None):
+    if kind == "local":
+        return LocalExecutor(retries)
+    if kind == "ray":
+        return RayExecutor(max_concurrency, retries, env)
+    raise ValueError(f"executor must be 'local' or 'ray'; got {kind!r}")

@@ -1,0 +1,1 @@
+"""Ingest stage: feeds -> raw lake tables."""

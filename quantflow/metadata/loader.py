@@ -1,0 +1,188 @@
+"""Loading and validating ``project_metadata/*.yaml`` with errors that point at the file, line and field.
+
+YAML is parsed with ruamel's round-trip loader because it keeps the line of every key and list item, so a
+pydantic error location (``project.ingest.feeds.1.kind``) can be mapped back to a line in the file.
+All errors of a file are collected and reported together.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from quantflow.metadata.schema import FEED_KINDS
+
+_ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class MetadataIssue:
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field or '<document>'}: {self.message}"
+
+
+class MetadataError(Exception):
+    """One or more problems in the metadata files; ``issues`` lists every one."""
+
+    def __init__(self, issues: list[MetadataIssue]):
+        self.issues = issues
+        count = len(issues)
+        super().__init__(f"{count} metadata error{'s' if count != 1 else ''}:\n" + "\n".join(f"  {i}" for i in issues))
+
+
+@dataclass
+class ParsedYaml:
+    path: Path
+    data: Any
+    issues: list[MetadataIssue] = field(default_factory=list)
+
+
+def parse_yaml(path: Path, interpolate_env: bool = False) -> ParsedYaml:
+    """Parse one YAML file keeping line numbers; syntax errors become issues, not exceptions."""
+    yaml = YAML(typ="rt")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return ParsedYaml(path, None, [MetadataIssue(str(path), None, "", f"cannot read file: {exc.strerror or exc}")])
+    try:
+        data = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        return ParsedYaml(path, None, [MetadataIssue(str(path), line, "", f"invalid YAML: {problem}")])
+    except YAMLError as exc:
+        return ParsedYaml(path, None, [MetadataIssue(str(path), None, "", f"invalid YAML: {exc}")])
+    parsed = ParsedYaml(path, data)
+    if data is None:
+        parsed.data = CommentedMap()
+    elif not isinstance(data, dict):
+        parsed.issues.append(MetadataIssue(str(path), 1, "", f"expected a mapping at the top level, got {type(data).__name__}"))
+    if interpolate_env and not parsed.issues:
+        _interpolate(parsed.data, parsed, ())
+    return parsed
+
+
+def _interpolate(node: Any, parsed: ParsedYaml, loc: tuple) -> None:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in string values with environment variables, in place."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        if isinstance(value, str) and "${" in value:
+            missing: list[str] = []
+
+            def sub(m: re.Match) -> str:
+                val = os.environ.get(m["name"])
+                if val is None:
+                    if m["default"] is not None:
+                        return m["default"]
+                    missing.append(m["name"])
+                    return ""
+                return val
+
+            node[key] = _ENV_RE.sub(sub, value)
+            for name in missing:
+                parsed.issues.append(
+                    MetadataIssue(str(parsed.path), line_of(parsed.data, loc + (key,)), _dotted(loc + (key,)),
+                                  f"environment variable {name} is not set (referenced as ${{{name}}})")
+                )
+        elif isinstance(value, (dict, list)):
+            _interpolate(value, parsed, loc + (key,))
+
+
+def line_of(data: Any, loc: tuple) -> int | None:
+    """1-based line of the deepest node along ``loc`` that exists in the parsed YAML."""
+    node, line = data, None
+    for key in loc:
+        if isinstance(node, CommentedMap) and key in node:
+            line = node.lc.key(key)[0] + 1
+            node = node[key]
+        elif isinstance(node, CommentedSeq) and isinstance(key, int) and 0 <= key < len(node):
+            line = node.lc.item(key)[0] + 1
+            node = node[key]
+        else:
+            if line is None and isinstance(node, (CommentedMap, CommentedSeq)) and node.lc.line is not None:
+                line = node.lc.line + 1
+            break
+    return line
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _describe(err: dict) -> str:
+    msg = err["msg"]
+    if err["type"] == "missing":
+        return "required field is missing"
+    if err["type"] == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return f"unknown value {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+    if err["type"] == "union_tag_not_found":
+        return f"missing discriminator field; {msg}"
+    given = err.get("input")
+    if err["type"] not in ("missing",) and not isinstance(given, (dict, list)) and given is not None:
+        return f"{msg} (got {given!r})"
+    return msg
+
+
+def validate(parsed: ParsedYaml, model: type[BaseModel], strict: bool) -> BaseModel | None:
+    """Validate parsed YAML against ``model``; appends issues to ``parsed`` and returns None on failure."""
+    if parsed.issues:
+        return None
+    try:
+        obj = model.model_validate(_plain(parsed.data))
+    except ValidationError as exc:
+        for err in exc.errors():
+            # discriminated unions insert the tag into the location: drop it so the path is the YAML path
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in FEED_KINDS))
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc += (str(err.get("ctx", {}).get("discriminator", "kind")).strip("'\""),)
+            parsed.issues.append(
+                MetadataIssue(str(parsed.path), line_of(parsed.data, loc), _dotted(loc), _describe(err))
+            )
+        return None
+    if strict:
+        for loc in unknown_keys(obj, ()):
+            parsed.issues.append(
+                MetadataIssue(str(parsed.path), line_of(parsed.data, loc), _dotted(loc),
+                              "unknown key (strict mode rejects keys the schema does not define)")
+            )
+        if parsed.issues:
+            return None
+    return obj
+
+
+def unknown_keys(obj: Any, loc: tuple) -> list[tuple]:
+    """Locations of keys that were accepted as extras (models allow extras; strict mode reports them)."""
+    found: list[tuple] = []
+    if isinstance(obj, BaseModel):
+        for key in (obj.model_extra or {}):
+            found.append(loc + (key,))
+        for name, info in type(obj).model_fields.items():
+            found.extend(unknown_keys(getattr(obj, name), loc + (info.alias or name,)))
+    elif isinstance(obj, list):
+        for i, item in enumerate(obj):
+            found.extend(unknown_keys(item, loc + (i,)))
+    return found
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node

@@ -1,0 +1,80 @@
+"""``get_metadata_manager(project_root).load_all()``: the one way every interface loads a project."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantflow.metadata.loader import MetadataError, MetadataIssue, parse_yaml, unknown_keys, validate
+from quantflow.metadata.schema import LocalConnections, LocalFile, ProjectConfig, ProjectFile
+
+log = logging.getLogger(__name__)
+
+METADATA_DIR = "project_metadata"
+PROJECT_FILE = "project.yaml"
+LOCAL_FILE = "local.yaml"
+
+
+@dataclass(frozen=True)
+class ProjectMetadata:
+    """The validated project: what to research (``project``) and where things live on this machine."""
+
+    project_dir: Path
+    project: ProjectConfig
+    local: LocalConnections
+
+    @property
+    def name(self) -> str:
+        return self.project.name
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.project.symbols)
+
+    @property
+    def engine(self) -> str:
+        return self.project.data_processing.historical_data_engine
+
+
+class MetadataManager:
+    def __init__(self, project_root: str | Path = ".", strict: bool = False):
+        self.project_dir = Path(project_root).resolve()
+        self.strict = strict
+        self.metadata_dir = self.project_dir / METADATA_DIR
+
+    def validate(self) -> list[MetadataIssue]:
+        """Every problem found in the metadata files (empty when valid)."""
+        try:
+            self.load_all()
+        except MetadataError as exc:
+            return exc.issues
+        return []
+
+    def load_all(self) -> ProjectMetadata:
+        project_path = self.metadata_dir / PROJECT_FILE
+        if not project_path.exists():
+            raise MetadataError([MetadataIssue(str(project_path), None, "", "file not found: a project needs "
+                                               f"{METADATA_DIR}/{PROJECT_FILE} (run from the project directory)")])
+        parsed_project = parse_yaml(project_path, interpolate_env=True)
+        project_file = validate(parsed_project, ProjectFile, self.strict)
+        issues = list(parsed_project.issues)
+
+        local = LocalConnections()
+        local_path = self.metadata_dir / LOCAL_FILE
+        if local_path.exists():
+            parsed_local = parse_yaml(local_path, interpolate_env=True)
+            local_file = validate(parsed_local, LocalFile, self.strict)
+            issues.extend(parsed_local.issues)
+            if local_file is not None:
+                local = local_file.local
+        if issues:
+            raise MetadataError(issues)
+        if not self.strict:
+            for loc in unknown_keys(project_file, ()):
+                log.warning("%s: unknown key %s ignored", project_path, ".".join(map(str, loc)))
+        return ProjectMetadata(self.project_dir, project_file.project, local)
+
+
+def get_metadata_manager(project_root: str | Path = ".", strict: bool = False) -> MetadataManager:
+    return MetadataManager(project_root, strict)

@@ -1,0 +1,229 @@
+"""Pydantic models of the project metadata (``project_metadata/*.yaml``).
+
+Only the sections the built stages use live here; later stages add theirs. Every model forbids unknown
+keys in strict mode (see ``loader``), so a typo in a key is caught rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-_]{0,15}$")
+NAME_RE = r"^[a-z][a-z0-9_]{0,40}$"
+
+
+class MetadataModel(BaseModel):
+    """Base: unknown keys are kept as extras, so the loader can report them (errors in strict mode)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# ---------------------------------------------------------------- ingest feeds: parameters per kind
+
+
+class SyntheticFeedParams(MetadataModel):
+    """Deterministic market simulator: ticks per (symbol, date, seed)."""
+
+    seed: int = 42
+    start_price: float = Field(100.0, gt=0)
+    annual_volatility: float = Field(0.25, gt=0, le=5)
+    trades_per_day: int = Field(20_000, ge=10, le=5_000_000)
+    quotes_per_trade: float = Field(3.0, gt=0, le=100)
+    spread_bps: float = Field(2.0, gt=0, le=1_000)
+    tick_size: float = Field(0.01, gt=0)
+    timezone: str = "America/New_York"
+    session_open: dt.time = dt.time(9, 30)
+    session_close: dt.time = dt.time(16, 0)
+    daily_bars: bool = True
+
+
+class CsvColumnMap(MetadataModel):
+    """Column names in the source files, mapped to the canonical names."""
+
+    date: str = "date"
+    open: str = "open"
+    high: str = "high"
+    low: str = "low"
+    close: str = "close"
+    volume: str = "volume"
+    adjusted_close: str | None = None
+    dividend: str | None = None
+    split_coefficient: str | None = None
+    symbol: str | None = None
+
+
+class CsvFeedParams(MetadataModel):
+    """A folder of per-symbol daily-bar CSV files."""
+
+    path: str
+    filename_pattern: str = "{symbol}.csv"
+    columns: CsvColumnMap = CsvColumnMap()
+    date_format: str = "%Y-%m-%d"
+    adjust: Literal["adjusted_close", "none"] = "none"
+    bad_rows: Literal["drop", "fail"] = "drop"
+
+    @model_validator(mode="after")
+    def _adjust_needs_column(self) -> "CsvFeedParams":
+        if self.adjust == "adjusted_close" and not self.columns.adjusted_close:
+            raise ValueError("adjust: adjusted_close needs columns.adjusted_close to name the column")
+        return self
+
+
+class LobsterFeedParams(MetadataModel):
+    """LOBSTER message + orderbook file pairs (``<SYM>_<DATE>_<start>_<end>_{message,orderbook}_<L>.csv``)."""
+
+    path: str
+    level: int = Field(1, ge=1, le=50)
+    timezone: str = "America/New_York"
+    has_header: bool | None = None  # None = detect
+
+
+class YFinanceFeedParams(MetadataModel):
+    interval: Literal["1d"] = "1d"
+    auto_adjust: bool = True
+    max_retries: int = Field(5, ge=0, le=20)
+    backoff_seconds: float = Field(1.0, ge=0)
+    requests_per_minute: int = Field(60, ge=1)
+
+
+class PolygonFeedParams(MetadataModel):
+    data: Literal["bars_daily", "trades", "quotes"] = "bars_daily"
+    api_key_env: str = "POLYGON_API_KEY"
+    base_url: str = "https://api.polygon.io"
+    adjusted: bool = True
+    max_retries: int = Field(5, ge=0, le=20)
+    backoff_seconds: float = Field(1.0, ge=0)
+    requests_per_minute: int = Field(5, ge=1)
+    page_limit: int = Field(50_000, ge=1, le=50_000)
+
+
+class _FeedBase(MetadataModel):
+    name: str = Field(pattern=NAME_RE)
+    enabled: bool = True
+
+
+class SyntheticFeed(_FeedBase):
+    kind: Literal["synthetic"]
+    params: SyntheticFeedParams = SyntheticFeedParams()
+
+
+class CsvFeed(_FeedBase):
+    kind: Literal["csv"]
+    params: CsvFeedParams
+
+
+class LobsterFeed(_FeedBase):
+    kind: Literal["lobster"]
+    params: LobsterFeedParams
+
+
+class YFinanceFeed(_FeedBase):
+    kind: Literal["yfinance"]
+    params: YFinanceFeedParams = YFinanceFeedParams()
+
+
+class PolygonFeed(_FeedBase):
+    kind: Literal["polygon"]
+    params: PolygonFeedParams = PolygonFeedParams()
+
+
+FeedConfig = Annotated[
+    Union[SyntheticFeed, CsvFeed, LobsterFeed, YFinanceFeed, PolygonFeed], Field(discriminator="kind")
+]
+FEED_KINDS = ("synthetic", "csv", "lobster", "yfinance", "polygon")
+
+
+class IngestConfig(MetadataModel):
+    feeds: list[FeedConfig] = []
+
+    @field_validator("feeds")
+    @classmethod
+    def _unique_names(cls, feeds: list) -> list:
+        names = [f.name for f in feeds]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feed names must be unique; repeated: {', '.join(dupes)}")
+        return feeds
+
+    @property
+    def enabled_feeds(self) -> list:
+        return [f for f in self.feeds if f.enabled]
+
+
+# ---------------------------------------------------------------- engines and storage
+
+
+class DataProcessingConfig(MetadataModel):
+    historical_data_engine: Literal["duckdb", "postgres"] = "duckdb"
+
+
+class StorageConfig(MetadataModel):
+    """Roots of the lake (Parquet tables) and the blob store (artifacts); local folders or ``s3://``."""
+
+    lake_root: str = ".quantflow/lake"
+    blob_root: str = ".quantflow/artifacts"
+    warehouse_path: str = ".quantflow/warehouse.duckdb"
+
+
+class ProjectConfig(MetadataModel):
+    name: str = Field(pattern=NAME_RE)
+    description: str = ""
+    symbols: list[str] = Field(min_length=1)
+    ingest: IngestConfig = IngestConfig()
+    data_processing: DataProcessingConfig = DataProcessingConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @field_validator("symbols")
+    @classmethod
+    def _valid_symbols(cls, symbols: list[str]) -> list[str]:
+        bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+        if bad:
+            raise ValueError(
+                f"symbols must be upper-case tickers (A-Z, 0-9, '.', '-', '_'); invalid: {', '.join(map(repr, bad))}"
+            )
+        if len(set(symbols)) != len(symbols):
+            raise ValueError("symbols must be unique")
+        return symbols
+
+
+class ProjectFile(MetadataModel):
+    """``project.yaml``: the committed description of the research project."""
+
+    project: ProjectConfig
+
+
+# ---------------------------------------------------------------- local.yaml (connections, secrets)
+
+
+class PostgresConnection(MetadataModel):
+    host: str = "localhost"
+    port: int = Field(5432, ge=1, le=65535)
+    user: str = "postgres"
+    password: str = ""
+    dbname: str = "quantflow"
+    schema_: str = Field("cdm", alias="schema")
+    raw_schema: str = "raw"
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class S3Connection(MetadataModel):
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+
+
+class LocalConnections(MetadataModel):
+    postgres: PostgresConnection = PostgresConnection()
+    s3: S3Connection = S3Connection()
+
+
+class LocalFile(MetadataModel):
+    """``local.yaml``: machine-specific connections; never committed (``local.example.yaml`` is)."""
+
+    local: LocalConnections = LocalConnections()

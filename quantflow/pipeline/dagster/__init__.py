@@ -1,0 +1,1 @@
+"""Dagster interface: definitions built from project metadata."""

@@ -1,0 +1,27 @@
+"""What ``dagster_workspace.yaml`` and ``dagster job execute -m`` load: the project in the working directory.
+
+``QF_PROJECT_DIR`` points elsewhere. ``DAGSTER_HOME`` defaults to ``<project>/.temp`` so runs, logs and
+schedules persist with the project instead of in a throwaway temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from quantflow.metadata import get_metadata_manager
+from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
+
+
+def project_dir() -> Path:
+    return Path(os.environ.get("QF_PROJECT_DIR") or os.getcwd()).resolve()
+
+
+def ensure_dagster_home(root: Path) -> Path:
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(root / ".temp")))
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+ensure_dagster_home(project_dir())
+defs = build_defs_from_metadata(get_metadata_manager(project_dir()).load_all())

@@ -1,0 +1,62 @@
+"""Blob artifacts (models, JSON outputs, reports) named ``<prefix><YYYYMMDD_HHMMSS>.<ext>``.
+
+The name sorts by time, so the newest output of a stage is the last one listed under its prefix, and its
+URL is what the next stage takes as ``input_url``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from quantflow.storage.filesystem import Store
+
+ARTIFACT_PREFIXES: tuple[str, ...] = (
+    "data_extractor_",
+    "feature_engine_",
+    "ml_engine_",
+    "nn_engine_",
+    "portfolio_optimization_",
+    "trading_report_",
+    "plot_",
+    "stress_test_",
+    "risk_",
+)
+_EXT_RE = re.compile(r"^[a-z0-9]{1,10}$")
+
+
+class ArtifactStore:
+    """Writes artifacts atomically and never overwrites one: a name taken in the same second moves on."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def artifact_name(self, prefix: str, ext: str, when: dt.datetime) -> str:
+        if prefix not in ARTIFACT_PREFIXES:
+            raise ValueError(f"unknown artifact prefix {prefix!r}; expected one of {', '.join(ARTIFACT_PREFIXES)}")
+        if not _EXT_RE.match(ext):
+            raise ValueError(f"artifact extension must be 1-10 lower-case letters or digits; got {ext!r}")
+        return f"{prefix}{when:%Y%m%d_%H%M%S}.{ext}"
+
+    def put(self, prefix: str, ext: str, data: bytes, when: dt.datetime | None = None) -> str:
+        """Store ``data``; returns the artifact's URL."""
+        when = (when or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+        while True:
+            path = self.store.path(self.artifact_name(prefix, ext, when))
+            if not self.store.exists(path):
+                break
+            when += dt.timedelta(seconds=1)
+        self.store.write_bytes_atomic(path, data)
+        return self.store.url(path)
+
+    def list(self, prefix: str = "") -> list[str]:
+        names = [p for p in self.store.ls(self.store.path()) if p.rsplit("/", 1)[-1].startswith(prefix)]
+        return [self.store.url(p) for p in sorted(names) if not p.rsplit("/", 1)[-1].startswith(".")]
+
+    def latest(self, prefix: str) -> str | None:
+        found = self.list(prefix)
+        return found[-1] if found else None
+
+    def get(self, url: str) -> bytes:
+        path = url.split("://", 1)[1] if self.store.remote else url
+        return self.store.read_bytes(path)

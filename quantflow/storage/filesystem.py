@@ -1,0 +1,119 @@
+"""fsspec access to storage roots: a local folder by default, ``s3://bucket/prefix`` in production.
+
+Credentials for S3 come from the environment (``AWS_ACCESS_KEY_ID`` ...) or ``local.yaml``; an
+``endpoint_url`` lets the same code talk to any S3-compatible server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+
+    def for_s3(self) -> dict:
+        opts: dict = {}
+        if self.key:
+            opts["key"] = self.key
+        if self.secret:
+            opts["secret"] = self.secret
+        client_kwargs = {}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        if client_kwargs:
+            opts["client_kwargs"] = client_kwargs
+        return opts
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def resolve_root(root: str, project_dir: Path) -> str:
+    """A relative local root is relative to the project directory; remote URLs pass through."""
+    if is_remote(root):
+        return root.rstrip("/")
+    if root.startswith("file://"):
+        root = root[len("file://") :]
+    path = Path(root)
+    if not path.is_absolute():
+        path = Path(project_dir) / path
+    return str(path.resolve())
+
+
+@dataclass
+class Store:
+    """A storage root plus its filesystem; paths handed out are absolute within that filesystem."""
+
+    root: str
+    options: StorageOptions = field(default_factory=StorageOptions)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.rstrip("/") or "/"
+        if is_remote(self.root):
+            protocol = self.root.split("://", 1)[0]
+            self.fs = fsspec.filesystem(protocol, **(self.options.for_s3() if protocol in ("s3", "s3a") else {}))
+            self._base = self.root.split("://", 1)[1]
+        else:
+            self.fs = fsspec.filesystem("file", auto_mkdir=True)
+            self._base = self.root
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
+    def path(self, *parts: str) -> str:
+        """Path inside the filesystem (no protocol), as fsspec calls expect it."""
+        return "/".join([self._base, *[p.strip("/") for p in parts if p]])
+
+    def url(self, path: str) -> str:
+        """The user-facing URL of a path returned by :meth:`path`."""
+        if self.remote:
+            return f"{self.root.split('://', 1)[0]}://{path}"
+        return path
+
+    def write_bytes_atomic(self, path: str, data: bytes) -> None:
+        """Local: write a hidden temp file beside the target, fsync, rename over it. S3: one PUT is atomic."""
+        if self.remote:
+            self.fs.pipe_file(path, data)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def ls(self, path: str) -> list[str]:
+        try:
+            return sorted(self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(self.fs.glob(pattern))

@@ -1,0 +1,29 @@
+"""Storage objects of a project: its lake, artifact store and warehouse path, from the metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantflow.metadata.manager import ProjectMetadata
+from quantflow.storage.artifacts import ArtifactStore
+from quantflow.storage.filesystem import StorageOptions, Store, resolve_root
+from quantflow.storage.lake import Lake
+
+
+def storage_options(md: ProjectMetadata) -> StorageOptions:
+    s3 = md.local.s3
+    return StorageOptions(endpoint_url=s3.endpoint_url or None, key=s3.key or None, secret=s3.secret or None,
+                          region=s3.region or None)
+
+
+def project_lake(md: ProjectMetadata) -> Lake:
+    return Lake(Store(resolve_root(md.project.storage.lake_root, md.project_dir), storage_options(md)))
+
+
+def project_artifacts(md: ProjectMetadata) -> ArtifactStore:
+    return ArtifactStore(Store(resolve_root(md.project.storage.blob_root, md.project_dir), storage_options(md)))
+
+
+def warehouse_path(md: ProjectMetadata) -> Path:
+    path = Path(md.project.storage.warehouse_path)
+    return path if path.is_absolute() else (md.project_dir / path).resolve()

@@ -1,0 +1,1 @@
+"""dbt stage: raw tables -> common data model (CDM) through dbt."""

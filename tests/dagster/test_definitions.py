@@ -1,0 +1,89 @@
+"""The Dagster definitions built from metadata: groups, lineage, jobs, config, and small materializations."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from quantflow.metadata import get_metadata_manager
+from quantflow.pipeline.config import PipelineConfig, resolve
+from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
+from tests.conftest import REPO_ROOT, write_project
+
+
+def _graph(defs: dg.Definitions):
+    return defs.resolve_asset_graph()
+
+
+def test_sample_project_asset_graph_has_ingest_and_dbt_with_lineage():
+    md = get_metadata_manager(REPO_ROOT).load_all()
+    defs = build_defs_from_metadata(md)
+    graph = _graph(defs)
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups["raw_sample"] == "ingest"
+    for table in ("cdm_trades", "cdm_quotes", "cdm_bars_daily"):
+        assert groups[table] == "dbt"
+        parents = {k.to_user_string() for k in graph.get(dg.AssetKey(table)).parent_keys}
+        assert parents == {"raw_sample"}, (table, parents)
+    assert {"raw_sample", "cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= set(groups)
+    jobs = {job.name for job in defs.jobs}
+    assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_dbt"}
+    assert defs.resolve_job_def("quantflow_ingest")  # resolvable, with the dbt resource bound
+    assert defs.resolve_job_def("quantflow_pipeline")
+
+
+def test_disabled_feeds_make_cdm_tables_external_assets(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          ingest:
+            feeds:
+              - {name: sample, kind: synthetic, enabled: false}
+        """)
+    defs = build_defs_from_metadata(get_metadata_manager(root).load_all())
+    graph = _graph(defs)
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= keys
+    assert "raw_sample" not in keys
+    assert not any(graph.get(k).is_executable for k in graph.get_all_asset_keys())
+    assert not defs.jobs
+
+
+def test_pipeline_config_defaults_and_validation():
+    import datetime as dt
+
+    today = dt.date(2024, 3, 5)
+    window = resolve(PipelineConfig(), ["AAA", "BBB"], today=today)
+    assert (window.start_date, window.end_date) == (dt.date(2024, 3, 4), today)
+    assert window.symbols == ["AAA", "BBB"] and window.write_mode == "skip_if_exists"
+    assert (window.max_concurrency, window.shard_granularity, window.batch_days, window.skip_test) == (4, "daily", None, True)
+    with pytest.raises(ValueError, match="start_date 2024-03-05 is after end_date 2024-03-01"):
+        resolve(PipelineConfig(start_date="2024-03-05", end_date="2024-03-01"), ["AAA"])
+    with pytest.raises(ValueError, match="expected a date as YYYY-MM-DD"):
+        resolve(PipelineConfig(start_date="03/05/2024"), ["AAA"])
+    with pytest.raises(ValueError, match=r"\['ZZZ'\] are not in the project's symbols"):
+        resolve(PipelineConfig(symbols=["ZZZ"]), ["AAA"])
+
+
+def test_ingest_asset_materializes_with_metadata(small_project):
+    md = get_metadata_manager(small_project).load_all()
+    defs = build_defs_from_metadata(md)
+    job = defs.resolve_job_def("quantflow_ingest")
+    cfg = {"start_date": "2024-01-02", "end_date": "2024-01-03", "symbols": ["AAA"]}
+    result = job.execute_in_process(run_config={"ops": {"raw_sample": {"config": cfg}}})
+    assert result.success
+    [mat] = [e.asset_materialization for e in result.get_asset_materialization_events()]
+    meta = mat.metadata
+    assert meta["rows_written/raw_sample_trades"].value > 0
+    assert meta["days_written/raw_sample_trades"].value == 2
+    assert meta["location/raw_sample_trades"].value.endswith("raw_sample_trades")
+    assert "| symbol |" in meta["preview/raw_sample_trades"].value
+    assert meta["summary_url"].value.rsplit("/", 1)[1].startswith("data_extractor_")
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed and check.check_name == "no_bad_rows"
+    # a second run in the default mode skips every stored day
+    again = job.execute_in_process(run_config={"ops": {"raw_sample": {"config": cfg}}})
+    meta2 = again.get_asset_materialization_events()[0].asset_materialization.metadata
+    assert meta2["rows_written/raw_sample_trades"].value == 0
+    assert meta2["days_skipped/raw_sample_trades"].value == 2

@@ -1,0 +1,170 @@
+"""Bad metadata gives errors naming the file, the line and the field path; good metadata loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from quantflow.metadata import MetadataError, get_metadata_manager
+from tests.conftest import REPO_ROOT, write_project
+
+
+def _issues(root, strict=False):
+    with pytest.raises(MetadataError) as excinfo:
+        get_metadata_manager(root, strict=strict).load_all()
+    return excinfo.value.issues
+
+
+def test_bundled_sample_project_is_valid_in_strict_mode():
+    md = get_metadata_manager(REPO_ROOT, strict=True).load_all()
+    assert md.name == "sample_research"
+    assert [f.name for f in md.project.ingest.enabled_feeds] == ["sample"]
+    assert md.engine == "duckdb"
+
+
+def test_unknown_feed_kind_names_file_line_and_field(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          ingest:
+            feeds:
+              - name: ok
+                kind: synthetic
+              - name: broken
+                kind: bloomberg
+        """)
+    [issue] = _issues(root)
+    assert issue.file.endswith("project_metadata/project.yaml")
+    assert issue.field == "project.ingest.feeds.1.kind"
+    assert issue.line == 9
+    assert "bloomberg" in issue.message and "synthetic" in issue.message
+
+
+def test_wrong_type_names_line_and_field(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          ingest:
+            feeds:
+              - name: sim
+                kind: synthetic
+                params:
+                  trades_per_day: lots
+        """)
+    [issue] = _issues(root)
+    assert issue.field == "project.ingest.feeds.0.params.trades_per_day"
+    assert issue.line == 9
+    assert "integer" in issue.message and "'lots'" in issue.message
+
+
+def test_missing_field_points_at_the_parent(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          ingest:
+            feeds:
+              - name: files
+                kind: csv
+                params:
+                  bad_rows: drop
+        """)
+    [issue] = _issues(root)
+    assert issue.field == "project.ingest.feeds.0.params.path"
+    assert issue.line == 8  # the `params:` mapping that lacks it
+    assert "missing" in issue.message
+
+
+def test_bad_yaml_reports_the_line(tmp_path):
+    root = write_project(tmp_path, "project:\n  name: p\n  symbols: [AAA\n  ingest: {}\n")
+    [issue] = _issues(root)
+    assert "invalid YAML" in issue.message
+    assert issue.line in (3, 4)
+
+
+def test_several_errors_are_reported_together(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: Bad-Name
+          symbols: [aapl]
+          data_processing:
+            historical_data_engine: oracle
+        """)
+    issues = _issues(root)
+    fields = {i.field for i in issues}
+    assert fields == {"project.name", "project.symbols", "project.data_processing.historical_data_engine"}
+    assert {i.line for i in issues} == {2, 3, 5}
+    assert all(i.file.endswith("project.yaml") for i in issues)
+
+
+def test_strict_mode_rejects_unknown_keys_lenient_mode_accepts(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          ingest:
+            feeds:
+              - name: sim
+                kind: synthetic
+                params:
+                  sed: 3
+        """)
+    assert get_metadata_manager(root).load_all().symbols == ["AAA"]
+    [issue] = _issues(root, strict=True)
+    assert issue.field == "project.ingest.feeds.0.params.sed"
+    assert issue.line == 9
+    assert "unknown key" in issue.message
+
+
+def test_local_yaml_reads_secrets_from_environment(tmp_path, monkeypatch):
+    root = write_project(tmp_path, local_yaml="""\
+        local:
+          postgres:
+            host: db.internal
+            password: ${QF_TEST_PG_PASSWORD}
+            user: ${QF_TEST_PG_USER:-analyst}
+        """, project_yaml="project:\n  name: p\n  symbols: [AAA]\n")
+    monkeypatch.setenv("QF_TEST_PG_PASSWORD", "s3cret")
+    md = get_metadata_manager(root).load_all()
+    assert md.local.postgres.password == "s3cret"
+    assert md.local.postgres.user == "analyst"
+    monkeypatch.delenv("QF_TEST_PG_PASSWORD")
+    [issue] = _issues(root)
+    assert issue.file.endswith("local.yaml") and issue.line == 4
+    assert issue.field == "local.postgres.password"
+    assert "QF_TEST_PG_PASSWORD" in issue.message
+
+
+def test_missing_project_file(tmp_path):
+    [issue] = _issues(tmp_path)
+    assert "project.yaml" in issue.file and "not found" in issue.message
+
+
+def test_duplicate_feed_names(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          ingest:
+            feeds:
+              - {name: a, kind: synthetic}
+              - {name: a, kind: yfinance}
+        """)
+    [issue] = _issues(root)
+    assert issue.field == "project.ingest.feeds" and "repeated: a" in issue.message and issue.line == 5
+
+
+def test_qf_validate_prints_errors_and_exits_1(tmp_path):
+    root = write_project(tmp_path, "project:\n  name: p\n  symbols: AAA\n")
+    proc = subprocess.run([sys.executable, "-m", "quantflow.cli", "--project-dir", str(root), "validate"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "project.yaml:3: project.symbols:" in proc.stderr
+    ok = subprocess.run([sys.executable, "-m", "quantflow.cli", "--project-dir", str(REPO_ROOT), "validate",
+                         "--strict"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK: project sample_research" in ok.stdout

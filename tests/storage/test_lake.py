@@ -1,0 +1,164 @@
+"""Lake write modes, partition layout, crash safety and the DuckDB catalog, on a local folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from quantflow.storage.catalog import connect_catalog
+from quantflow.storage.filesystem import Store
+from quantflow.storage.lake import Lake
+from quantflow.storage.tables import spec_for_kind
+
+D1, D2, D3 = dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4)
+TRADES = spec_for_kind("raw_t_trades", "trades")
+BARS = spec_for_kind("raw_t_bars_daily", "bars_daily")
+
+
+def trades(day: dt.date, n: int, price: float = 10.0, symbol: str = "AAA") -> pl.DataFrame:
+    base = dt.datetime.combine(day, dt.time(14, 30), tzinfo=dt.timezone.utc)
+    return pl.DataFrame({
+        "symbol": [symbol] * n, "date": [day] * n,
+        "ts": [base + dt.timedelta(seconds=i) for i in range(n)], "trade_id": list(range(n)),
+        "price": [price] * n, "size": [100.0] * n,
+    })
+
+
+def bars(days: list[dt.date], close: float, symbol: str = "AAA") -> pl.DataFrame:
+    n = len(days)
+    return pl.DataFrame({"symbol": [symbol] * n, "date": days, "open": [close] * n, "high": [close] * n,
+                         "low": [close] * n, "close": [close] * n, "volume": [1e6] * n})
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    return Lake(Store(str(tmp_path / "lake")))
+
+
+def test_layout_is_symbol_then_date_partition(lake, tmp_path):
+    res = lake.write(TRADES, pl.concat([trades(D1, 3), trades(D2, 2), trades(D1, 1, symbol="BBB")]))
+    assert res.rows_written == 6 and res.days_written == 3
+    files = sorted(p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").rglob("*.parquet"))
+    assert files == [
+        "raw_t_trades/symbol=AAA/date=2024-01-02/data.parquet",
+        "raw_t_trades/symbol=AAA/date=2024-01-03/data.parquet",
+        "raw_t_trades/symbol=BBB/date=2024-01-02/data.parquet",
+    ]
+    assert lake.read("raw_t_trades", ["AAA"], D2, D2).height == 2
+    assert lake.tables() == ["raw_t_trades"]
+
+
+def test_skip_if_exists_keeps_stored_days(lake):
+    lake.write(TRADES, trades(D1, 3, price=10))
+    res = lake.write(TRADES, pl.concat([trades(D1, 5, price=99), trades(D2, 2, price=99)]), "skip_if_exists")
+    assert (res.days_skipped, res.days_written, res.rows_written) == (1, 1, 2)
+    got = lake.read("raw_t_trades")
+    assert got.filter(pl.col("date") == D1)["price"].to_list() == [10.0] * 3
+    assert got.filter(pl.col("date") == D2).height == 2
+
+
+def test_overwrite_replaces_only_the_days_written(lake):
+    lake.write(BARS, bars([D1, D2, D3], close=1.0))
+    lake.write(BARS, bars([D2], close=2.0), "overwrite")
+    got = lake.read("raw_t_bars_daily").sort("date")
+    assert got["close"].to_list() == [1.0, 2.0, 1.0]
+
+
+def test_append_adds_rows(lake):
+    lake.write(TRADES, trades(D1, 3))
+    lake.write(TRADES, trades(D1, 2, price=11), "append")
+    assert lake.read("raw_t_trades").height == 5
+
+
+def test_year_partitions_merge_new_days_in_skip_mode(lake, tmp_path):
+    lake.write(BARS, bars([D1], close=1.0))
+    res = lake.write(BARS, bars([D1, D2], close=5.0))
+    assert (res.days_skipped, res.days_written) == (1, 1)
+    assert lake.read("raw_t_bars_daily").sort("date")["close"].to_list() == [1.0, 5.0]
+    assert len(list((tmp_path / "lake" / "raw_t_bars_daily").rglob("*.parquet"))) == 1
+
+
+def test_bad_mode_and_null_keys_are_rejected(lake):
+    with pytest.raises(ValueError, match="write_mode must be one of"):
+        lake.write(TRADES, trades(D1, 1), "upsert")
+    with pytest.raises(ValueError, match="null symbol or date"):
+        lake.write(TRADES, trades(D1, 2).with_columns(pl.lit(None, pl.Utf8).alias("symbol")))
+    with pytest.raises(ValueError, match=r"missing columns \['price'\]"):
+        lake.write(TRADES, trades(D1, 2).drop("price"))
+    assert lake.tables() == []
+
+
+def test_failed_rename_leaves_old_data_and_no_temp_file(lake, tmp_path, monkeypatch):
+    lake.write(TRADES, trades(D1, 3, price=10))
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        lake.write(TRADES, trades(D1, 3, price=20), "overwrite")
+    monkeypatch.undo()
+    assert lake.read("raw_t_trades")["price"].to_list() == [10.0] * 3
+    assert [p.name for p in (tmp_path / "lake").rglob("*") if p.is_file()] == ["data.parquet"]
+
+
+WRITER = textwrap.dedent("""
+    import datetime as dt, sys
+    import numpy as np, polars as pl
+    from quantflow.storage.filesystem import Store
+    from quantflow.storage.lake import Lake
+    from quantflow.storage.tables import spec_for_kind
+    lake = Lake(Store(sys.argv[1]))
+    spec = spec_for_kind("raw_t_trades", "trades")
+    n = 3_000_000
+    base = np.datetime64("2024-01-02T14:30:00", "ns").astype("int64")
+    df = pl.DataFrame({"symbol": ["AAA"] * n, "date": [dt.date(2024, 1, 2)] * n,
+                       "ts": pl.Series(base + np.arange(n) * 1000).cast(pl.Datetime("ns", "UTC")),
+                       "trade_id": np.arange(n), "price": np.random.default_rng(0).random(n) + 50.0,
+                       "size": np.full(n, 100.0)})
+    print("ready", flush=True)
+    while True:
+        lake.write(spec, df, "overwrite")
+""")
+
+
+def test_killed_writer_never_leaves_a_half_written_partition(lake, tmp_path):
+    """SIGKILL a process in the middle of big overwrites: readers see the old or the new file, whole."""
+    lake.write(TRADES, trades(D1, 3, price=10))
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    for delay in (0.3, 0.9, 1.7):
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "lake")], stdout=subprocess.PIPE,
+                                cwd=Path(__file__).resolve().parents[2])
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        got = lake.read("raw_t_trades")
+        assert got.height in (3, 3_000_000)
+        if got.height == 3:
+            assert got["price"].to_list() == [10.0] * 3
+        else:
+            assert got["trade_id"].to_list()[-1] == 2_999_999
+    # a later write cleans nothing it should not and still succeeds
+    lake.write(TRADES, trades(D1, 4, price=12), "overwrite")
+    assert lake.read("raw_t_trades")["price"].to_list() == [12.0] * 4
+
+
+def test_duckdb_catalog_exposes_lake_tables_as_views(lake):
+    lake.write(TRADES, pl.concat([trades(D1, 3), trades(D2, 2, symbol="BBB")]))
+    lake.write(BARS, bars([D1, D2], close=3.0))
+    con = connect_catalog(lake)
+    assert con.execute("select count(*) from lake.raw_t_trades").fetchone()[0] == 5
+    assert con.execute("select symbol, count(*) from lake.raw_t_trades group by 1 order by 1").fetchall() == [
+        ("AAA", 3), ("BBB", 2)]
+    assert con.execute("select sum(close) from lake.raw_t_bars_daily").fetchone()[0] == 6.0
