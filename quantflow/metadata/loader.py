@@ -83,17 +83,7 @@ def _interpolate(node: Any, parsed: ParsedYaml, loc: tuple) -> None:
     for key, value in list(items):
         if isinstance(value, str) and "${" in value:
             missing: list[str] = []
-
-            def sub(m: re.Match) -> str:
-                val = os.environ.get(m["name"])
-                if val is None:
-                    if m["default"] is not None:
-                        return m["default"]
-                    missing.append(m["name"])
-                    return ""
-                return val
-
-            node[key] = _ENV_RE.sub(sub, value)
+            node[key] = _ENV_RE.sub(lambda m, missing=missing: _env_value(m, missing), value)
             for name in missing:
                 parsed.issues.append(
                     MetadataIssue(str(parsed.path), line_of(parsed.data, loc + (key,)), _dotted(loc + (key,)),
@@ -101,6 +91,16 @@ def _interpolate(node: Any, parsed: ParsedYaml, loc: tuple) -> None:
                 )
         elif isinstance(value, (dict, list)):
             _interpolate(value, parsed, loc + (key,))
+
+
+def _env_value(m: re.Match, missing: list[str]) -> str:
+    val = os.environ.get(m["name"])
+    if val is not None:
+        return val
+    if m["default"] is not None:
+        return m["default"]
+    missing.append(m["name"])
+    return ""
 
 
 def line_of(data: Any, loc: tuple) -> int | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -67,7 +67,7 @@ class CsvFeedParams(MetadataModel):
     bad_rows: Literal["drop", "fail"] = "drop"
 
     @model_validator(mode="after")
-    def _adjust_needs_column(self) -> "CsvFeedParams":
+    def _adjust_needs_column(self) -> CsvFeedParams:
         if self.adjust == "adjusted_close" and not self.columns.adjusted_close:
             raise ValueError("adjust: adjusted_close needs columns.adjusted_close to name the column")
         return self
@@ -88,6 +88,7 @@ class YFinanceFeedParams(MetadataModel):
     max_retries: int = Field(5, ge=0, le=20)
     backoff_seconds: float = Field(1.0, ge=0)
     requests_per_minute: int = Field(60, ge=1)
+    timeout_seconds: float = Field(30.0, gt=0)  # per HTTP request
 
 
 class PolygonFeedParams(MetadataModel):
@@ -99,6 +100,8 @@ class PolygonFeedParams(MetadataModel):
     backoff_seconds: float = Field(1.0, ge=0)
     requests_per_minute: int = Field(5, ge=1)
     page_limit: int = Field(50_000, ge=1, le=50_000)
+    timezone: str = "America/New_York"  # exchange time zone: local dates of bars and tick-day windows
+    timeout_seconds: float = Field(30.0, gt=0)  # per HTTP request
 
 
 class _FeedBase(MetadataModel):
@@ -132,7 +135,7 @@ class PolygonFeed(_FeedBase):
 
 
 FeedConfig = Annotated[
-    Union[SyntheticFeed, CsvFeed, LobsterFeed, YFinanceFeed, PolygonFeed], Field(discriminator="kind")
+    SyntheticFeed | CsvFeed | LobsterFeed | YFinanceFeed | PolygonFeed, Field(discriminator="kind")
 ]
 FEED_KINDS = ("synthetic", "csv", "lobster", "yfinance", "polygon")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -17,15 +17,15 @@ from quantflow.storage.lake import WriteMode
 
 
 class PipelineConfig(dg.Config):
-    start_date: Optional[str] = Field(None, description="First date (YYYY-MM-DD, inclusive); default yesterday.")
-    end_date: Optional[str] = Field(None, description="Last date (YYYY-MM-DD, inclusive); default today.")
-    symbols: Optional[list[str]] = Field(None, description="Symbols to process; default the project's symbols.")
+    start_date: str | None = Field(None, description="First date (YYYY-MM-DD, inclusive); default yesterday.")
+    end_date: str | None = Field(None, description="Last date (YYYY-MM-DD, inclusive); default today.")
+    symbols: list[str] | None = Field(None, description="Symbols to process; default the project's symbols.")
     write_mode: Literal["skip_if_exists", "overwrite", "append"] = Field(
         "skip_if_exists", description="What to do with (symbol, day) data already stored."
     )
     max_concurrency: int = Field(4, ge=1, description="Parallel workers for sharded stages.")
     shard_granularity: Literal["daily", "weekly", "monthly"] = Field("daily", description="Time shard width.")
-    batch_days: Optional[int] = Field(None, ge=1, description="Split long date ranges into batches of N days.")
+    batch_days: int | None = Field(None, ge=1, description="Split long date ranges into batches of N days.")
     skip_test: bool = Field(True, description="Skip dbt tests (when false they run and show as asset checks).")
 
 

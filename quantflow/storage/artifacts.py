@@ -40,7 +40,7 @@ class ArtifactStore:
 
     def put(self, prefix: str, ext: str, data: bytes, when: dt.datetime | None = None) -> str:
         """Store ``data``; returns the artifact's URL."""
-        when = (when or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+        when = (when or dt.datetime.now(dt.UTC)).replace(microsecond=0)
         while True:
             path = self.store.path(self.artifact_name(prefix, ext, when))
             if not self.store.exists(path):

@@ -46,8 +46,7 @@ def resolve_root(root: str, project_dir: Path) -> str:
     """A relative local root is relative to the project directory; remote URLs pass through."""
     if is_remote(root):
         return root.rstrip("/")
-    if root.startswith("file://"):
-        root = root[len("file://") :]
+    root = root.removeprefix("file://")
     path = Path(root)
     if not path.is_absolute():
         path = Path(project_dir) / path

@@ -16,8 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -39,7 +40,7 @@ class WriteResult:
     days_skipped: int = 0
     partitions: list[str] = field(default_factory=list)
 
-    def merge(self, other: "WriteResult") -> None:
+    def merge(self, other: WriteResult) -> None:
         self.rows_written += other.rows_written
         self.days_written += other.days_written
         self.days_skipped += other.days_skipped

@@ -25,7 +25,7 @@ BARS = spec_for_kind("raw_t_bars_daily", "bars_daily")
 
 
 def trades(day: dt.date, n: int, price: float = 10.0, symbol: str = "AAA") -> pl.DataFrame:
-    base = dt.datetime.combine(day, dt.time(14, 30), tzinfo=dt.timezone.utc)
+    base = dt.datetime.combine(day, dt.time(14, 30), tzinfo=dt.UTC)
     return pl.DataFrame({
         "symbol": [symbol] * n, "date": [day] * n,
         "ts": [base + dt.timedelta(seconds=i) for i in range(n)], "trade_id": list(range(n)),

@@ -14,7 +14,7 @@ from quantflow.storage.artifacts import ArtifactStore
 from quantflow.storage.catalog import connect_catalog
 from quantflow.storage.filesystem import StorageOptions, Store
 from quantflow.storage.lake import Lake
-from tests.storage.test_lake import BARS, TRADES, D1, D2, bars, trades
+from tests.storage.test_lake import BARS, D1, D2, TRADES, bars, trades
 
 pytestmark = pytest.mark.slow
 

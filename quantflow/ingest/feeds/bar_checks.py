@@ -1,0 +1,36 @@
+"""Sanity checks of daily OHLCV rows, shared by the daily-bar feeds so they reject the same things alike.
+
+A bar that breaks these rules cannot be right (a high below the close, a negative volume); storing it would
+poison every range, return and label computed downstream, so the feeds drop such rows and report them.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def ohlc_checks(
+    open_: str = "open", high: str = "high", low: str = "low", close: str = "close", volume: str = "volume"
+) -> list[pl.Expr]:
+    """One expression per rule: the reason where the rule is broken, null where it holds or is unknown."""
+    o, h, lo, c, v = (pl.col(x) for x in (open_, high, low, close, volume))
+    top, bottom = pl.max_horizontal(o, c), pl.min_horizontal(o, c)
+    rules = [
+        (
+            pl.min_horizontal(o, h, lo, c) <= 0,
+            pl.format("non-positive price (open {}, high {}, low {}, close {})", o, h, lo, c),
+        ),
+        (h < top, pl.format("high {} < max(open, close) {}", h, top)),
+        (lo > bottom, pl.format("low {} > min(open, close) {}", lo, bottom)),
+        (h < lo, pl.format("high {} < low {}", h, lo)),
+        (v < 0, pl.format("negative volume {}", v)),
+    ]
+    return [pl.when(cond).then(msg) for cond, msg in rules]
+
+
+def join_reasons(reasons: list[pl.Expr]) -> pl.Expr:
+    """All non-null reasons joined with '; ', or null when there are none."""
+    if not reasons:
+        return pl.lit(None, pl.Utf8)
+    joined = pl.concat_str(reasons, separator="; ", ignore_nulls=True)
+    return pl.when(joined.str.len_chars() > 0).then(joined).otherwise(None)

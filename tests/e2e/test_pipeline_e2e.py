@@ -1,0 +1,115 @@
+"""End to end on the bundled sample project: `dagster job execute` (as CI runs it), the batch runner, `qf run`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import yaml
+
+from quantflow.metadata import get_metadata_manager
+from quantflow.pipeline import create_runner
+from quantflow.storage.project import project_lake
+
+pytestmark = pytest.mark.slow
+
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "QF_PROJECT_DIR")}
+    env["DAGSTER_HOME"] = str(project / ".temp")
+    (project / ".temp").mkdir(exist_ok=True)
+    return env
+
+
+def _run_config(project: Path, cfg: dict) -> Path:
+    from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
+
+    defs = build_defs_from_metadata(get_metadata_manager(project).load_all())
+    job = defs.resolve_job_def("quantflow_pipeline")
+    ops = {n.name: {"config": cfg} for n in job.graph.nodes if n.definition.config_schema}
+    path = project / "run_config.yaml"
+    path.write_text(yaml.safe_dump({"ops": ops}))
+    return path
+
+
+def _materialized_keys(project: Path) -> set[str]:
+    os.environ["DAGSTER_HOME"] = str(project / ".temp")
+    try:
+        with dg.DagsterInstance.get() as instance:
+            return {k.to_user_string() for k in instance.get_asset_keys()
+                    if instance.get_latest_materialization_event(k) is not None}
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def test_dagster_job_execute_runs_ingest_and_dbt(sample_project_copy):
+    project = sample_project_copy
+    # exactly the CI form, with its defaults (yesterday .. today)
+    proc = subprocess.run([DAGSTER, "job", "execute", "-m", "quantflow.pipeline.dagster.auto", "-j",
+                           "quantflow_pipeline"], cwd=project, env=_env(project), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {"raw_sample", "cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= _materialized_keys(project)
+
+    # and with a run config for a fixed window, so the output can be checked
+    cfg = {"start_date": "2024-03-04", "end_date": "2024-03-06", "symbols": ["AAA", "BBB"]}
+    proc = subprocess.run([DAGSTER, "job", "execute", "-m", "quantflow.pipeline.dagster.auto", "-j",
+                           "quantflow_pipeline", "-c", str(_run_config(project, cfg))], cwd=project,
+                          env=_env(project), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lake = project_lake(get_metadata_manager(project).load_all())
+    start, end = dt.date(2024, 3, 4), dt.date(2024, 3, 6)
+    raw = lake.read("raw_sample_trades", ["AAA", "BBB"], start, end)
+    cdm = lake.read("cdm_trades", ["AAA", "BBB"], start, end)
+    assert raw.height > 0 and cdm.height > 0
+    assert sorted(cdm["date"].unique().to_list()) == [start, dt.date(2024, 3, 5), end]
+    assert cdm.height <= raw.height  # quality filters only remove rows
+    bars = lake.read("cdm_bars_daily", ["AAA", "BBB"], start, end)
+    assert bars.height == 6 and bars["volume"].min() > 0
+
+
+def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
+    project = sample_project_copy
+    monkeypatch.setenv("DAGSTER_HOME", str(project / ".temp"))
+    (project / ".temp").mkdir()
+    runner = create_runner(get_metadata_manager(project))
+    window = {"start_date": "2024-02-05", "end_date": "2024-02-06", "symbols": ["CCC"]}
+    ingest = runner.run(stage="ingest", **window)
+    assert ingest.success, ingest.error
+    assert set(ingest.materializations) == {"raw_sample"}
+    assert ingest.materializations["raw_sample"].metadata["rows_written/raw_sample_trades"] == 2 * 5000
+    dbt = runner.run(stage="dbt", **window)
+    assert dbt.success, dbt.error
+    assert {"cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= set(dbt.materializations)
+    everything = runner.run(stage="all", write_mode="overwrite", **window)
+    assert everything.success and "raw_sample" in everything.materializations
+    assert "OK: job quantflow_pipeline" in everything.summary()
+    lake = project_lake(get_metadata_manager(project).load_all())
+    cdm = lake.read("cdm_trades", ["CCC"])
+    assert cdm.height > 0 and cdm["ts"].dtype == pl.Datetime("ns", "UTC")
+    with pytest.raises(ValueError, match="stage must be one of"):
+        runner.run(stage="backtest")
+    with pytest.raises(ValueError, match="after end_date"):
+        runner.run(stage="ingest", start_date="2024-02-06", end_date="2024-02-05")
+
+
+def test_qf_run_cli_prints_summary(sample_project_copy):
+    project = sample_project_copy
+    proc = subprocess.run([sys.executable, "-m", "quantflow.cli", "run", "--start", "2024-01-08", "--end",
+                           "2024-01-08", "--symbols", "AAA"], cwd=project, env=_env(project), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "OK: job quantflow_pipeline" in proc.stdout
+    assert "raw_sample_trades: 5000 rows" in proc.stdout
+    assert "cdm_trades" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "quantflow.cli", "run", "--start", "2024-01-09", "--end",
+                          "2024-01-08"], cwd=project, env=_env(project), capture_output=True, text=True)
+    assert bad.returncode == 1 and "after end_date" in bad.stderr

@@ -1,0 +1,81 @@
+"""The feed contract: registry, batches conformed to the raw schemas, error messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from quantflow.ingest.feeds import FEED_CLASSES, FeedBatch, FeedError, build_feed, feed_class
+from quantflow.ingest.feeds.base import Feed, bad_rows_frame, weekdays
+from quantflow.metadata.schema import FEED_KINDS, CsvFeed
+from quantflow.storage.tables import BAD_ROWS_SCHEMA, BARS_DAILY_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
+
+
+def test_every_metadata_feed_kind_has_a_feed_class():
+    assert set(FEED_KINDS) == set(FEED_CLASSES)
+    for kind in FEED_KINDS:
+        cls = feed_class(kind)
+        assert issubclass(cls, Feed) and cls.kind == kind
+    with pytest.raises(FeedError, match="unknown feed kind 'ftp'"):
+        feed_class("ftp")
+
+
+def test_build_feed_from_metadata_config(tmp_path):
+    cfg = CsvFeed(name="daily", kind="csv", params={"path": "data"})
+    feed = build_feed(cfg, tmp_path)
+    assert feed.name == "daily" and feed.kinds == ("bars_daily",)
+    assert feed.resolve_path("data") == tmp_path / "data"
+    assert feed.resolve_path("/abs/x") == Path("/abs/x")
+
+
+def test_batch_conforms_and_fills_missing_kinds():
+    trades = pl.DataFrame(
+        {
+            "symbol": ["A"],
+            "date": [dt.date(2024, 1, 2)],
+            "ts": [dt.datetime(2024, 1, 2, 15, tzinfo=dt.UTC)],
+            "trade_id": [1],
+            "price": [10],
+            "size": [5],
+            "extra": ["dropped"],
+        }
+    )
+    batch = FeedBatch.build(("trades", "quotes", "bars_daily"), trades=trades)
+    assert batch.tables["trades"].schema == pl.Schema(TRADES_SCHEMA)
+    assert batch.tables["trades"]["side"].to_list() == [None]
+    assert batch.tables["quotes"].schema == pl.Schema(QUOTES_SCHEMA) and batch.tables["quotes"].height == 0
+    assert batch.tables["bars_daily"].schema == pl.Schema(BARS_DAILY_SCHEMA)
+    assert batch.bad_rows.schema == pl.Schema(BAD_ROWS_SCHEMA) and batch.rows == {
+        "trades": 1,
+        "quotes": 0,
+        "bars_daily": 0,
+    }
+    with pytest.raises(ValueError, match="not among the feed's kinds"):
+        FeedBatch.build(("quotes",), trades=trades)
+
+
+def test_bad_rows_frame_and_error_message():
+    bad = bad_rows_frame([{"feed": "f", "symbol": "A", "date": "x", "reason": "why"}])
+    assert bad.schema == pl.Schema(BAD_ROWS_SCHEMA) and bad["line"].to_list() == [None]
+    err = FeedError("broken", feed="f", symbol="A", file="/d/A.csv", line=7)
+    assert str(err) == "feed 'f', symbol A, file /d/A.csv, line 7: broken"
+    assert (err.feed, err.symbol, err.file, err.line, err.reason) == ("f", "A", "/d/A.csv", 7, "broken")
+    assert str(FeedError("plain")) == "plain"
+
+
+def test_params_errors_and_range_checks(tmp_path):
+    with pytest.raises(FeedError, match="feed 'c': invalid params for a csv feed"):
+        feed_class("csv")("c", {"adjust": "adjusted_close"}, tmp_path)
+    feed = feed_class("synthetic")("s", None, tmp_path)
+    with pytest.raises(FeedError, match="after end"):
+        list(feed.iter_batches(["A"], dt.date(2024, 1, 5), dt.date(2024, 1, 4)))
+    with pytest.raises(FeedError, match="list of tickers"):
+        list(feed.iter_batches("AAA", dt.date(2024, 1, 4), dt.date(2024, 1, 4)))
+
+
+def test_weekdays():
+    assert weekdays(dt.date(2024, 1, 5), dt.date(2024, 1, 8)) == [dt.date(2024, 1, 5), dt.date(2024, 1, 8)]
+    assert weekdays(dt.date(2024, 1, 6), dt.date(2024, 1, 7)) == []
