@@ -172,6 +172,71 @@ class StorageConfig(MetadataModel):
     warehouse_path: str = ".quantflow/warehouse.duckdb"
 
 
+# ---------------------------------------------------------------- state engine
+
+
+_DURATION = r"^\d+(ns|us|ms|s|m|h|d|w)$"
+BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance")
+
+
+class BarTypeConfig(MetadataModel):
+    """One bar type built by the state engine (table ``cdm_<type>_<label>_bars``, or ``cdm_<name>_bars``)."""
+
+    type: Literal["time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance"]
+    every: str | None = Field(None, pattern=_DURATION, description="time bars: 100ms, 1s, 1m, 1h, 1d, 1w")
+    offset: str = Field("0s", pattern=_DURATION)
+    threshold: float | None = Field(None, gt=0, description="tick/volume/dollar bars: fixed threshold")
+    expected_daily: float | None = Field(None, gt=0, description="tick/volume/dollar bars: expected per day")
+    bars_per_day: float | None = Field(None, gt=0, description="with expected_daily: threshold = expected/bars")
+    expected_ticks: float | None = Field(None, ge=1, description="imbalance bars: initial E[T]")
+    span: float = Field(20.0, ge=1, description="imbalance bars: EWMA span in bars")
+    min_expected_ticks: float | None = Field(None, ge=1)
+    max_expected_ticks: float | None = Field(None, ge=1)
+    name: str | None = Field(None, pattern=NAME_RE)
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> "BarTypeConfig":
+        if self.type == "time" and not self.every:
+            raise ValueError("time bars need 'every' (e.g. 1m, 100ms)")
+        if self.type in ("tick", "volume", "dollar"):
+            if (self.threshold is None) == (self.expected_daily is None):
+                raise ValueError(f"{self.type} bars need exactly one of 'threshold' or 'expected_daily'")
+            if self.expected_daily is not None and self.bars_per_day is None:
+                raise ValueError(f"{self.type} bars with 'expected_daily' also need 'bars_per_day'")
+        if self.type.endswith("_imbalance") and self.expected_ticks is None:
+            raise ValueError(f"{self.type} bars need 'expected_ticks'")
+        return self
+
+
+class LobConfig(MetadataModel):
+    interval: str | None = Field("1s", pattern=_DURATION, description="snapshot grid step; null: no table")
+    offset: str = Field("0s", pattern=_DURATION)
+    depth: int = Field(1, ge=1, le=50)
+
+
+class StateEngineConfig(MetadataModel):
+    """The state engine: one Numba pass per (symbol, time shard) from CDM trades and quotes."""
+
+    executor: Literal["ray", "local"] = "ray"
+    carry_state: bool = False
+    tie_break: Literal["quotes_first", "sequence"] = "quotes_first"
+    timezone: str = "America/New_York"
+    retries: int = Field(1, ge=0, le=10)
+    lob: LobConfig = LobConfig()
+    bars: list[BarTypeConfig] = [BarTypeConfig(type="time", every="1m")]
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, tz: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {tz!r} (expected an IANA name like America/New_York)") from None
+        return tz
+
+
 class ProjectConfig(MetadataModel):
     name: str = Field(pattern=NAME_RE)
     description: str = ""
@@ -179,6 +244,7 @@ class ProjectConfig(MetadataModel):
     ingest: IngestConfig = IngestConfig()
     data_processing: DataProcessingConfig = DataProcessingConfig()
     storage: StorageConfig = StorageConfig()
+    state_engine: StateEngineConfig | None = None
 
     @field_validator("symbols")
     @classmethod

@@ -110,7 +110,7 @@ class BatchPipelineRunner:
         result = job.execute_in_process(run_config={"ops": ops}, instance=self.instance(), raise_on_error=False)
         out = PipelineRunResult(stage, job_name, result.run_id, result.success, time.perf_counter() - began)
         for event in result.get_asset_materialization_events():
-            mat = event.asset_materialization
+            mat = event.event_specific_data.materialization
             out.materializations[mat.asset_key.to_user_string()] = AssetOutcome(
                 mat.asset_key.to_user_string(), {k: _plain(v) for k, v in mat.metadata.items()}
             )

@@ -73,7 +73,7 @@ def test_ingest_asset_materializes_with_metadata(small_project):
     cfg = {"start_date": "2024-01-02", "end_date": "2024-01-03", "symbols": ["AAA"]}
     result = job.execute_in_process(run_config={"ops": {"raw_sample": {"config": cfg}}})
     assert result.success
-    [mat] = [e.asset_materialization for e in result.get_asset_materialization_events()]
+    [mat] = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
     meta = mat.metadata
     assert meta["rows_written/raw_sample_trades"].value > 0
     assert meta["days_written/raw_sample_trades"].value == 2
@@ -84,6 +84,6 @@ def test_ingest_asset_materializes_with_metadata(small_project):
     assert check.passed and check.check_name == "no_bad_rows"
     # a second run in the default mode skips every stored day
     again = job.execute_in_process(run_config={"ops": {"raw_sample": {"config": cfg}}})
-    meta2 = again.get_asset_materialization_events()[0].asset_materialization.metadata
+    meta2 = again.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert meta2["rows_written/raw_sample_trades"].value == 0
     assert meta2["days_skipped/raw_sample_trades"].value == 2

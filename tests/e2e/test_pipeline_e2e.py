@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,8 @@ def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
     ingest = runner.run(stage="ingest", **window)
     assert ingest.success, ingest.error
     assert set(ingest.materializations) == {"raw_sample"}
-    assert ingest.materializations["raw_sample"].metadata["rows_written/raw_sample_trades"] == 2 * 5000
+    trades_written = ingest.materializations["raw_sample"].metadata["rows_written/raw_sample_trades"]
+    assert 2 * 3000 < trades_written < 2 * 8000  # ~5000 simulated trades a day
     dbt = runner.run(stage="dbt", **window)
     assert dbt.success, dbt.error
     assert {"cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= set(dbt.materializations)
@@ -108,7 +110,7 @@ def test_qf_run_cli_prints_summary(sample_project_copy):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK: job quantflow_pipeline" in proc.stdout
-    assert "raw_sample_trades: 5000 rows" in proc.stdout
+    assert re.search(r"raw_sample_trades: \d{4} rows -> .*raw_sample_trades", proc.stdout), proc.stdout
     assert "cdm_trades" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "quantflow.cli", "run", "--start", "2024-01-09", "--end",
                           "2024-01-08"], cwd=project, env=_env(project), capture_output=True, text=True)

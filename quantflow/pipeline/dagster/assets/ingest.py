@@ -1,6 +1,5 @@
 """Group ``ingest``: one asset ``raw_<feed>`` per enabled feed, a thin adapter over the ingest runner."""
 
-from __future__ import annotations
 
 import dagster as dg
 
