@@ -195,7 +195,7 @@ class BarTypeConfig(MetadataModel):
     name: str | None = Field(None, pattern=NAME_RE)
 
     @model_validator(mode="after")
-    def _fields_for_type(self) -> "BarTypeConfig":
+    def _fields_for_type(self) -> BarTypeConfig:
         if self.type == "time" and not self.every:
             raise ValueError("time bars need 'every' (e.g. 1m, 100ms)")
         if self.type in ("tick", "volume", "dollar"):

@@ -1,0 +1,598 @@
+"""The state engine's pure entry point: trades and quotes of one shard in, enriched tables out.
+
+``process_shard`` takes CDM trades and quotes (one or many (symbol, date) shards, see
+``quantflow.storage.tables``), runs the Numba kernels and returns polars tables:
+
+- ``cdm_trade_enriched``: every trade with its prevailing quote, mid, spreads, Lee-Ready direction;
+- ``cdm_lob_l2``: order-book snapshots on a time grid (when ``lob_interval`` is set);
+- one ``cdm_<type>_bars`` table per configured ``BarSpec`` (e.g. ``cdm_time_1m_bars``).
+
+No I/O, no Dagster, no Ray: the runner reads a shard, calls this, writes the tables.
+
+Shards and carried state. Rows are grouped into (symbol, date) segments. With ``carry_state=False`` every
+segment starts fresh and ends by emitting its open bars, so no bar and no quote crosses a shard boundary
+and running many shards in one call equals running them one by one. With ``carry_state=True`` the state
+of each symbol (last quote, tick-rule history, open bars, imbalance-bar expectations) continues from one
+date to the next, and the returned ``CarryState`` lets the next call continue exactly where this one
+stopped: running day by day with the carried state equals running on the concatenated days.
+
+Prevailing quote rule (no look-ahead): a quote prevails for a trade when ``quote.ts < trade.ts``, or when
+the timestamps are equal and either ``tie_break="quotes_first"`` (default: on equal timestamps the quote is
+assumed to come first) or ``tie_break="sequence"`` and ``quote_id < trade_id``. The second rule is for
+feeds whose trades and quotes share one message sequence (LOBSTER: id = message number, the order-book row
+of message i is the book *after* message i, so the book before an execution is the row of the previous
+message). Among quotes with the same timestamp the one with the highest ``quote_id`` (the last) prevails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import polars as pl
+
+from quantflow.state_engine import bars as _bars
+from quantflow.state_engine import kernels as _k
+from quantflow.state_engine.bars import BarSpec, parse_duration
+
+UTC_NS = pl.Datetime("ns", "UTC")
+TIE_BREAKS = {"quotes_first": _k.TIE_QUOTES_FIRST, "sequence": _k.TIE_SEQUENCE}
+ENRICHED_TABLE = "cdm_trade_enriched"
+LOB_TABLE = "cdm_lob_l2"
+
+TRADE_COLUMNS = ("symbol", "date", "ts", "trade_id", "price", "size")
+QUOTE_COLUMNS = ("symbol", "date", "ts", "quote_id", "bid", "ask", "bid_size", "ask_size")
+
+
+@dataclass(frozen=True)
+class StateEngineSpec:
+    """What one state-engine pass produces.
+
+    ``lob_interval``: grid step of ``cdm_lob_l2`` snapshots (``"1s"``, ``"100ms"``; None: no table);
+    ``lob_depth``: book levels per snapshot (level 1 from ``bid``/``ask``/``bid_size``/``ask_size``,
+    level k >= 2 from ``bid_k``/``ask_k``/``bid_size_k``/``ask_size_k`` when the quotes carry them, null
+    otherwise); ``tie_break`` and ``carry_state``: see the module docstring; ``timezone``: the exchange
+    time zone that defines a ``date`` (its end closes time bars when state is carried).
+    """
+
+    bars: tuple[BarSpec, ...] = (BarSpec("time", every="1m"),)
+    lob_interval: str | None = "1s"
+    lob_offset: str = "0s"
+    lob_depth: int = 1
+    carry_state: bool = False
+    tie_break: str = "quotes_first"
+    timezone: str = "America/New_York"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bars", tuple(self.bars))
+        keys = [b.key for b in self.bars]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"bar specs produce the same table twice: {dupes}; give them distinct 'name's")
+        if self.tie_break not in TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {sorted(TIE_BREAKS)}, not {self.tie_break!r}")
+        if self.lob_interval is not None and parse_duration(self.lob_interval) <= 0:
+            raise ValueError("lob_interval must be positive")
+        parse_duration(self.lob_offset)
+        if self.lob_depth < 1:
+            raise ValueError("lob_depth must be >= 1")
+        ZoneInfo(self.timezone)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StateEngineSpec:
+        """Build from plain data (YAML): ``bars`` is a list of dicts of ``BarSpec`` fields."""
+        d = dict(d)
+        d["bars"] = tuple(b if isinstance(b, BarSpec) else BarSpec(**b) for b in d.get("bars", ()))
+        return cls(**d)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies what carried state means: state from one spec must not feed another."""
+        parts = (self.bars, self.tie_break, self.timezone)
+        return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SymbolState:
+    """Everything one symbol carries into its next shard (small numpy arrays, picklable for Ray)."""
+
+    last_date: dt.date
+    enrich: tuple[np.ndarray, np.ndarray]
+    bars: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class CarryState:
+    spec_fingerprint: str
+    symbols: dict[str, SymbolState] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- segments
+
+
+@dataclass
+class _Segments:
+    keys: list[tuple[str, int]]  # (symbol, date as days since epoch), sorted
+    t_off: np.ndarray
+    q_off: np.ndarray
+    symbols: pl.Series  # symbol per segment
+    dates: np.ndarray  # int64 days per segment
+
+
+def _symbol_starts(df: pl.DataFrame) -> np.ndarray:
+    """Rows where the symbol changes. One symbol (the usual shard) is recognised with one comparison per
+    row, several need a shifted comparison (about twice as long)."""
+    if df["symbol"].null_count():
+        raise ValueError("symbol has nulls")
+    if df.select((pl.col("symbol") == pl.col("symbol").first()).all()).item():
+        return np.zeros(1, np.int64)
+    sym = df["symbol"]
+    return _ro((sym != sym.shift(1)).fill_null(True).arg_true().to_numpy(), np.int64)
+
+
+def _runs(
+    df: pl.DataFrame, ts_col: str, id_col: str
+) -> tuple[pl.DataFrame, np.ndarray, list[tuple[str, int]]]:
+    """(symbol, date) runs of ``df``; sorts it when the runs are not in order or ``ts`` goes backwards."""
+    for attempt in range(2):
+        if df.height == 0:
+            return df, np.zeros(1, np.int64), []
+        day = _ro(df["date"].cast(pl.Int32).to_numpy(), np.int32)
+        sym_starts = _symbol_starts(df)
+        if sym_starts.shape[0] == 1 and day.min() == day.max():  # the usual shard: one symbol, one day
+            off, ok = np.array([0, df.height], np.int64), True
+        else:
+            off, ok = _k.segment_offsets(sym_starts, day)
+        starts = off[:-1]
+        keys = list(zip(df["symbol"].gather(starts).to_list(), day[starts].astype(np.int64).tolist()))
+        ok = ok and all(a < b for a, b in itertools.pairwise(keys))
+        ok = ok and _k.sorted_within(_i64(df[ts_col]), off)
+        if ok:
+            return df, off, keys
+        if attempt == 0:
+            df = df.sort("symbol", "date", ts_col, id_col)
+    raise AssertionError("sorting did not order the frame")  # pragma: no cover
+
+
+def _align(keys: list[tuple[str, int]], run_keys: list[tuple[str, int]], run_off: np.ndarray) -> np.ndarray:
+    """Offsets over the union ``keys``: segments a frame has no rows for get an empty range."""
+    out = np.empty(len(keys) + 1, np.int64)
+    r = 0
+    for s, key in enumerate(keys):
+        out[s] = run_off[r]
+        if r < len(run_keys) and run_keys[r] == key:
+            r += 1
+    out[len(keys)] = run_off[-1]
+    return out
+
+
+def _next_midnight_ns(day: int, tz: ZoneInfo) -> int:
+    d = dt.date(1970, 1, 1) + dt.timedelta(days=day + 1)
+    local = dt.datetime(d.year, d.month, d.day, tzinfo=tz)
+    return int(local.timestamp()) * 1_000_000_000
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _prepare_trades(trades: pl.DataFrame) -> pl.DataFrame:
+    missing = [c for c in TRADE_COLUMNS if c not in trades.columns]
+    if missing:
+        raise ValueError(f"trades are missing columns {missing}; has {trades.columns}")
+    casts = {
+        "symbol": pl.Utf8,
+        "date": pl.Date,
+        "ts": UTC_NS,
+        "trade_id": pl.Int64,
+        "price": pl.Float64,
+        "size": pl.Float64,
+        "side": pl.Int8,
+    }
+    exprs = [pl.col(c).cast(t) for c, t in casts.items() if c in trades.columns and trades.schema[c] != t]
+    if "side" not in trades.columns:
+        exprs.append(pl.lit(None, pl.Int8).alias("side"))
+    out = trades.with_columns(exprs) if exprs else trades
+    if out["ts"].null_count():
+        raise ValueError("trades have null timestamps")
+    return out
+
+
+def _prepare_quotes(quotes: pl.DataFrame | None) -> pl.DataFrame:
+    if quotes is None:
+        quotes = pl.DataFrame(
+            schema={"symbol": pl.Utf8, "date": pl.Date, "ts": UTC_NS, "quote_id": pl.Int64}
+            | {c: pl.Float64 for c in QUOTE_COLUMNS[4:]}
+        )
+    missing = [c for c in QUOTE_COLUMNS if c not in quotes.columns]
+    if missing:
+        raise ValueError(f"quotes are missing columns {missing}; has {quotes.columns}")
+    casts = {"symbol": pl.Utf8, "date": pl.Date, "ts": UTC_NS, "quote_id": pl.Int64}
+    exprs = [pl.col(c).cast(t) for c, t in casts.items() if quotes.schema[c] != t]
+    exprs += [
+        pl.col(c).cast(pl.Float64)
+        for c in quotes.columns
+        if c.startswith(("bid", "ask")) and quotes.schema[c] != pl.Float64
+    ]
+    out = quotes.with_columns(exprs) if exprs else quotes
+    if out["ts"].null_count():
+        raise ValueError("quotes have null timestamps")
+    return out
+
+
+def _ro(a: np.ndarray, dtype) -> np.ndarray:
+    """A C-contiguous, read-only array of ``dtype``, copying only when needed.
+
+    Zero-copy views of polars columns are read-only and Numba compiles read-only and writable arrays
+    as different types; handing the kernels read-only arrays always keeps one compiled signature.
+    """
+    a = np.ascontiguousarray(a, dtype=dtype).view()
+    a.flags.writeable = False
+    return a
+
+
+def _f64(s: pl.Series) -> np.ndarray:
+    return _ro(s.to_numpy(), np.float64)
+
+
+def _i64(s: pl.Series) -> np.ndarray:
+    return _ro(s.cast(pl.Int64).to_numpy(), np.int64)
+
+
+def _ts_series(name: str, values: np.ndarray, has_missing: bool = True) -> pl.Series:
+    s = pl.Series(name, values, dtype=pl.Int64)
+    if has_missing and values.size and (values == _k.NO_TS).any():
+        s = pl.select(pl.when(s != _k.NO_TS).then(s)).to_series().alias(name)
+    return s.cast(UTC_NS)
+
+
+def _dates(days: np.ndarray) -> pl.Series:
+    return pl.Series("date", days.astype(np.int32)).cast(pl.Date)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _enriched_table(trades: pl.DataFrame, cols_out: tuple, n_no_mid: int, n_no_quote: int) -> pl.DataFrame:
+    qts, bid, ask, bsz, asz, mid, spr, spr_bps, direction, method, svol, eff, eff_bps = cols_out
+    # Trades with no usable quote (none yet, or a NaN side) get nulls rather than NaN.
+    any_nan = n_no_mid > 0
+    floats = {
+        "bid": bid,
+        "ask": ask,
+        "bid_size": bsz,
+        "ask_size": asz,
+        "mid": mid,
+        "spread": spr,
+        "spread_bps": spr_bps,
+    }
+    cols = [_ts_series("quote_ts", qts, n_no_quote > 0)]
+    cols += [pl.Series(k, v, nan_to_null=any_nan) for k, v in floats.items()]
+    cols += [
+        pl.Series("direction", direction),
+        pl.Series("direction_method", method),
+        pl.Series("signed_volume", svol),
+        pl.Series("effective_spread", eff, nan_to_null=any_nan),
+        pl.Series("effective_spread_bps", eff_bps, nan_to_null=any_nan),
+    ]
+    base = trades.select("symbol", "date", "ts", "trade_id", "price", "size", "side")
+    return base.with_columns(cols)
+
+
+def _bars_table(spec: BarSpec, out_i: np.ndarray, out_f: np.ndarray, seg_symbols: pl.Series) -> pl.DataFrame:
+    cols: dict[str, pl.Series] = {
+        "symbol": seg_symbols.gather(out_i[:, 4]).alias("symbol"),
+        "date": _dates(out_i[:, 5]),
+    }
+    if spec.type == "time":
+        every = parse_duration(spec.every)
+        cols["bar_start"] = pl.Series("bar_start", out_i[:, 0]).cast(UTC_NS)
+        cols["bar_end"] = pl.Series("bar_end", out_i[:, 0] + every).cast(UTC_NS)
+    cols["ts_first"] = pl.Series("ts_first", out_i[:, 1]).cast(UTC_NS)
+    cols["ts_last"] = pl.Series("ts_last", out_i[:, 2]).cast(UTC_NS)
+    for j, name in enumerate(_bars.OUT_F_NAMES[:9]):
+        cols[name] = pl.Series(name, np.ascontiguousarray(out_f[:, j]))
+    cols["n_trades"] = pl.Series("n_trades", np.ascontiguousarray(out_i[:, 3]))
+    if spec.type.endswith("imbalance"):
+        cols["imbalance"] = pl.Series("imbalance", np.ascontiguousarray(out_f[:, 9]))
+        cols["threshold"] = pl.Series("threshold", np.ascontiguousarray(out_f[:, 10]), nan_to_null=True)
+    order = ["symbol", "date", "bar_start", "bar_end", "ts_first", "ts_last", "open", "high", "low", "close"]
+    order += [
+        "volume",
+        "dollar_volume",
+        "vwap",
+        "n_trades",
+        "buy_volume",
+        "sell_volume",
+        "imbalance",
+        "threshold",
+    ]
+    return pl.DataFrame([cols[c] for c in order if c in cols])
+
+
+def _run_bar_kernel(spec, ts, price, size, direction, off, seg_dates, seg_end, keep_open, load, si, sf):
+    capacity = 1024 + 4 * (off.shape[0] - 1)
+    if spec.type == "time":
+        return _bars.time_bars(
+            ts,
+            price,
+            size,
+            direction,
+            off,
+            seg_dates,
+            seg_end,
+            keep_open,
+            parse_duration(spec.every),
+            parse_duration(spec.offset),
+            load,
+            si,
+            sf,
+            capacity,
+        )
+    if spec.type in ("tick", "volume", "dollar"):
+        kind = {"tick": _bars.KIND_TICK, "volume": _bars.KIND_VOLUME, "dollar": _bars.KIND_DOLLAR}[spec.type]
+        return _bars.threshold_bars(
+            ts,
+            price,
+            size,
+            direction,
+            off,
+            seg_dates,
+            keep_open,
+            kind,
+            spec.bar_threshold,
+            load,
+            si,
+            sf,
+            capacity,
+        )
+    kind = _bars.KIND_TICK_IMBALANCE if spec.type == "tick_imbalance" else _bars.KIND_VOLUME_IMBALANCE
+    lo, hi = spec.ticks_bounds
+    return _bars.imbalance_bars(
+        ts,
+        price,
+        size,
+        direction,
+        off,
+        seg_dates,
+        keep_open,
+        kind,
+        2.0 / (spec.span + 1.0),
+        lo,
+        hi,
+        load,
+        si,
+        sf,
+        capacity,
+    )
+
+
+def _lob_table(quotes: pl.DataFrame, seg: _Segments, spec: StateEngineSpec) -> pl.DataFrame:
+    depth = spec.lob_depth
+    names = [("bid", "bid_size", "ask", "ask_size")]
+    names += [(f"bid_{k}", f"bid_size_{k}", f"ask_{k}", f"ask_size_{k}") for k in range(2, depth + 1)]
+    avail = 1
+    while avail < depth and all(c in quotes.columns for c in names[avail]):
+        avail += 1
+
+    def levels(j: int) -> np.ndarray:
+        arr = np.empty((quotes.height, avail), np.float64)
+        for lv in range(avail):
+            arr[:, lv] = quotes[names[lv][j]].to_numpy()
+        return _ro(arr, np.float64)
+
+    res = _k.lob_snapshots(
+        _i64(quotes["ts"]),
+        levels(0),
+        levels(1),
+        levels(2),
+        levels(3),
+        seg.q_off,
+        parse_duration(spec.lob_interval),
+        parse_duration(spec.lob_offset),
+    )
+    g_ts, g_qts, g_seg, g_nupd, bpx, bsz, apx, asz, imb, bdep, adep, mid, micro, spr, spr_bps = res
+    cols = [
+        seg.symbols.gather(g_seg).alias("symbol"),
+        _dates(seg.dates[g_seg]),
+        pl.Series("ts", g_ts).cast(UTC_NS),
+        pl.Series("quote_ts", g_qts).cast(UTC_NS),
+        pl.Series("n_updates", g_nupd),
+        pl.Series("mid", mid, nan_to_null=True),
+        pl.Series("microprice", micro, nan_to_null=True),
+        pl.Series("spread", spr, nan_to_null=True),
+        pl.Series("spread_bps", spr_bps, nan_to_null=True),
+    ]
+    for lv in range(depth):
+        k = lv + 1
+        for name, arr in (
+            (f"bid_price_{k}", bpx),
+            (f"bid_size_{k}", bsz),
+            (f"ask_price_{k}", apx),
+            (f"ask_size_{k}", asz),
+            (f"imbalance_{k}", imb),
+            (f"bid_depth_{k}", bdep),
+            (f"ask_depth_{k}", adep),
+        ):
+            if lv < avail:
+                cols.append(pl.Series(name, np.ascontiguousarray(arr[:, lv]), nan_to_null=True))
+            else:
+                cols.append(pl.Series(name, [None] * len(g_ts), dtype=pl.Float64))
+    return pl.DataFrame(cols)
+
+
+# ---------------------------------------------------------------------------------------------- API
+
+
+def process_shard(
+    trades: pl.DataFrame,
+    quotes: pl.DataFrame | None,
+    spec: StateEngineSpec,
+    state: CarryState | None = None,
+) -> tuple[dict[str, pl.DataFrame], CarryState]:
+    """Run the state engine over the trades and quotes of one or more (symbol, date) shards.
+
+    Frames follow the CDM trade and quote schemas; they are sorted by (symbol, date, ts, id) here if they
+    are not already. ``state`` (carry-state on only; ignored otherwise) is what the previous call returned
+    for earlier dates. Returns the tables keyed by name and the state at the end of this input (symbols
+    not in this input keep their carried state).
+    """
+    trades = _prepare_trades(trades)
+    quotes = _prepare_quotes(quotes)
+    if spec.carry_state and state is not None and state.spec_fingerprint != spec.fingerprint:
+        raise ValueError("carried state was produced by a different state-engine spec")
+    trades, t_runs, t_keys = _runs(trades, "ts", "trade_id")
+    quotes, q_runs, q_keys = _runs(quotes, "ts", "quote_id")
+    keys = sorted(set(t_keys) | set(q_keys))
+    n_seg = len(keys)
+    seg = _Segments(
+        keys=keys,
+        t_off=_align(keys, t_keys, t_runs),
+        q_off=_align(keys, q_keys, q_runs),
+        symbols=pl.Series("symbol", [k[0] for k in keys], dtype=pl.Utf8),
+        dates=np.array([k[1] for k in keys], dtype=np.int64),
+    )
+    tz = ZoneInfo(spec.timezone)
+    seg_end = np.array([_next_midnight_ns(d, tz) for d in seg.dates.tolist()], dtype=np.int64)
+    keep_open = np.full(n_seg, spec.carry_state, dtype=np.bool_)
+
+    # Which segments start from a given state: all of them without carry-state, otherwise the first
+    # segment of each symbol, from the carried state when there is one.
+    first_of_symbol = np.array([s == 0 or keys[s][0] != keys[s - 1][0] for s in range(n_seg)], dtype=np.bool_)
+    load = np.ones(n_seg, np.bool_) if not spec.carry_state else first_of_symbol
+    carried: dict[str, SymbolState] = dict(state.symbols) if (spec.carry_state and state is not None) else {}
+    for s in np.flatnonzero(first_of_symbol).tolist():
+        sym, day = keys[s]
+        if sym in carried and spec.carry_state:
+            last = (carried[sym].last_date - dt.date(1970, 1, 1)).days
+            if day <= last:
+                raise ValueError(
+                    f"{sym}: carried state already covers {carried[sym].last_date}; shard starts at "
+                    f"{dt.date(1970, 1, 1) + dt.timedelta(days=day)} (pass the state from before this shard)"
+                )
+
+    def state_rows(fresh: tuple[np.ndarray, np.ndarray], pick) -> tuple[np.ndarray, np.ndarray]:
+        si = np.tile(fresh[0], (n_seg, 1))
+        sf = np.tile(fresh[1], (n_seg, 1))
+        if spec.carry_state:
+            for s in np.flatnonzero(first_of_symbol).tolist():
+                st = carried.get(keys[s][0])
+                if st is not None:
+                    si[s], sf[s] = pick(st)
+        return si, sf
+
+    t_ts = _i64(trades["ts"])
+    t_price = _f64(trades["price"])
+    t_size = _f64(trades["size"])
+    esi, esf = state_rows(_k.enrich_fresh_state(), lambda st: st.enrich)
+    cols_out, enrich_si, enrich_sf, n_no_mid, n_no_quote = _k.enrich_trades(
+        t_ts,
+        _i64(trades["trade_id"]),
+        t_price,
+        t_size,
+        seg.t_off,
+        _i64(quotes["ts"]),
+        _i64(quotes["quote_id"]),
+        _f64(quotes["bid"]),
+        _f64(quotes["ask"]),
+        _f64(quotes["bid_size"]),
+        _f64(quotes["ask_size"]),
+        seg.q_off,
+        TIE_BREAKS[spec.tie_break],
+        load,
+        esi,
+        esf,
+    )
+    direction = _ro(cols_out[8], np.int8)
+    tables: dict[str, pl.DataFrame] = {
+        ENRICHED_TABLE: _enriched_table(trades, cols_out, n_no_mid, n_no_quote)
+    }
+    end_states: dict[str, tuple[np.ndarray, np.ndarray]] = {"enrich": (enrich_si, enrich_sf)}
+
+    if spec.lob_interval is not None:
+        tables[LOB_TABLE] = _lob_table(quotes, seg, spec)
+
+    for b in spec.bars:
+        si, sf = state_rows(_bars.bar_fresh_state(b), lambda st, key=b.key: st.bars[key])
+        out_i, out_f, so_i, so_f = _run_bar_kernel(
+            b, t_ts, t_price, t_size, direction, seg.t_off, seg.dates, seg_end, keep_open, load, si, sf
+        )
+        tables[b.key] = _bars_table(b, out_i, out_f, seg.symbols)
+        end_states[b.key] = (so_i, so_f)
+
+    new_symbols = dict(carried)
+    for s in range(n_seg):
+        if s == n_seg - 1 or keys[s + 1][0] != keys[s][0]:
+            sym, day = keys[s]
+            new_symbols[sym] = SymbolState(
+                last_date=dt.date(1970, 1, 1) + dt.timedelta(days=day),
+                enrich=(end_states["enrich"][0][s].copy(), end_states["enrich"][1][s].copy()),
+                bars={
+                    b.key: (end_states[b.key][0][s].copy(), end_states[b.key][1][s].copy()) for b in spec.bars
+                },
+            )
+    return tables, CarryState(spec.fingerprint, new_symbols)
+
+
+def flush_state(state: CarryState, spec: StateEngineSpec) -> dict[str, pl.DataFrame]:
+    """The bars still open in a carried state (e.g. at the end of a history), one table per bar spec."""
+    if state.spec_fingerprint != spec.fingerprint:
+        raise ValueError("carried state was produced by a different state-engine spec")
+    out = {}
+    syms = sorted(state.symbols)
+    seg_symbols = pl.Series("symbol", syms, dtype=pl.Utf8)
+    for b in spec.bars:
+        rows_i, rows_f = [], []
+        for s, sym in enumerate(syms):
+            si, sf = state.symbols[sym].bars[b.key]
+            n = int(si[0])
+            if n == 0:
+                continue
+            v, dv = sf[4], sf[5]
+            thr = sf[9] * abs(sf[10]) if b.type.endswith("imbalance") else np.nan
+            start = si[4] if b.type == "time" else si[1]
+            rows_i.append([start, si[1], si[2], n, s, si[3]])
+            rows_f.append(
+                [sf[0], sf[1], sf[2], sf[3], v, dv, dv / v if v > 0 else np.nan, sf[6], sf[7], sf[8], thr]
+            )
+        out_i = np.array(rows_i, dtype=np.int64).reshape(-1, _bars.OUT_I)
+        out_f = np.array(rows_f, dtype=np.float64).reshape(-1, _bars.OUT_F)
+        out[b.key] = _bars_table(b, out_i, out_f, seg_symbols)
+    return out
+
+
+def bars_from_trades(trades: pl.DataFrame, bar: BarSpec) -> pl.DataFrame:
+    """One bar table from trades that already carry a ``direction`` (e.g. ``cdm_trade_enriched``).
+
+    Each (symbol, date) shard is independent (no carried state). A light entry point for research code
+    and benchmarks that do not need the whole pass.
+    """
+    trades = _prepare_trades(trades)
+    trades, off, keys = _runs(trades, "ts", "trade_id")
+    n_seg = len(keys)
+    direction = _ro(
+        trades["direction"].fill_null(0).to_numpy()
+        if "direction" in trades.columns
+        else np.zeros(trades.height),
+        np.int8,
+    )
+    si, sf = _bars.bar_fresh_state(bar)
+    out_i, out_f, _, _ = _run_bar_kernel(
+        bar,
+        _i64(trades["ts"]),
+        _f64(trades["price"]),
+        _f64(trades["size"]),
+        direction,
+        off,
+        np.array([k[1] for k in keys], np.int64),
+        np.zeros(n_seg, np.int64),
+        np.zeros(n_seg, np.bool_),
+        np.ones(n_seg, np.bool_),
+        np.tile(si, (n_seg, 1)),
+        np.tile(sf, (n_seg, 1)),
+    )
+    return _bars_table(bar, out_i, out_f, pl.Series("symbol", [k[0] for k in keys], dtype=pl.Utf8))
