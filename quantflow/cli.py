@@ -49,6 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = runner.run(
         stage=args.stage, symbols=symbols, start_date=args.start, end_date=args.end, write_mode=args.write_mode,
         max_concurrency=args.max_concurrency, batch_days=args.batch_days, skip_test=not args.with_tests,
+        log_level="DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO",
     )
     print(result.summary())
     print(f"Dagster instance: {runner.instance().root_directory} (open `make dev` to browse runs)")
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=4)
     p.add_argument("--batch-days", type=int, default=None)
     p.add_argument("--with-tests", action="store_true", help="run dbt tests (shown as asset checks)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("artifacts", help="list artifacts in the blob store")

@@ -43,11 +43,13 @@ class PipelineRunResult:
     def summary(self) -> str:
         lines = [f"{'OK' if self.success else 'FAILED'}: job {self.job} (run {self.run_id}) in {self.seconds:.1f}s"]
         for key, outcome in self.materializations.items():
-            rows = {k.split("/", 1)[1]: v for k, v in outcome.metadata.items() if k.startswith("rows_written/")}
-            where = {k.split("/", 1)[1]: v for k, v in outcome.metadata.items() if k.startswith("location/")}
+            meta = outcome.metadata
             lines.append(f"  {key}")
-            for table in rows or where:
-                lines.append(f"    {table}: {rows.get(table, '?')} rows -> {where.get(table, '')}")
+            for table in sorted(k.split("/", 1)[1] for k in meta if k.startswith("location/")):
+                rows = meta.get(f"rows_written/{table}", "?")
+                skipped = meta.get(f"days_skipped/{table}", 0)
+                kept = f", {skipped} (symbol, day)s already stored, kept" if skipped else ""
+                lines.append(f"    {table}: {rows} rows written{kept} -> {meta[f'location/{table}']}")
             for k in ("bad_rows", "summary_url", "bad_rows_url"):
                 if k in outcome.metadata:
                     lines.append(f"    {k}: {outcome.metadata[k]}")
@@ -87,7 +89,9 @@ class BatchPipelineRunner:
         shard_granularity: str = "daily",
         batch_days: int | None = None,
         skip_test: bool = True,
+        log_level: str = "INFO",
     ) -> PipelineRunResult:
+        """Run ``stage`` for the window; ``log_level`` sets Dagster's console logger (DEBUG shows every event)."""
         if stage not in STAGE_JOBS:
             raise ValueError(f"stage must be one of {', '.join(STAGE_JOBS)}; got {stage!r}")
         job_name = STAGE_JOBS[stage]
@@ -107,7 +111,8 @@ class BatchPipelineRunner:
         job = self.defs.resolve_job_def(job_name)
         ops = {node.name: {"config": config.model_dump()} for node in job.graph.nodes if node.definition.config_schema}
         began = time.perf_counter()
-        result = job.execute_in_process(run_config={"ops": ops}, instance=self.instance(), raise_on_error=False)
+        run_config = {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
+        result = job.execute_in_process(run_config=run_config, instance=self.instance(), raise_on_error=False)
         out = PipelineRunResult(stage, job_name, result.run_id, result.success, time.perf_counter() - began)
         for event in result.get_asset_materialization_events():
             mat = event.event_specific_data.materialization

@@ -234,11 +234,10 @@ def _accumulate(price, size, direction, i, e, h, lo, v, dv, buy, sell):
 
 
 # Bar-closing accumulators. Each takes the trades from ``i`` (at most up to ``e``) into the open bar of
-# ``n`` trades and stops after the trade that closes it. Same signature for all, so ``_threshold_impl``
-# and ``_imbalance_impl`` receive one as an argument and Numba compiles one specialised copy of the
-# driver per bar type: with the bar type tested inside a shared loop the compiler kept the test per
-# trade and allocated registers worse (measured 25-35% slower). The sums run in trade order, so the
-# closing trade is the one a plain sequential loop finds.
+# ``n`` trades and stops after the trade that closes it; one function per bar type, and one compiled
+# driver per bar type (``_threshold_impl``, ``_imbalance_impl``): with the bar type tested inside a
+# shared loop the compiler kept the test per trade and allocated registers worse (measured 25-35%
+# slower). The sums run in trade order, so the closing trade is the one a plain sequential loop finds.
 # Returns (end, closed, h, lo, v, dv, buy, sell, theta).
 
 
@@ -500,7 +499,6 @@ def time_bars(
     return out_i[:nb], out_f[:nb], st_i, st_f
 
 
-@njit(cache=True)
 def threshold_bars(
     ts, price, size, direction, off, seg_date, keep_open, kind, threshold, load, st_i_in, st_f_in, capacity
 ):
@@ -508,21 +506,83 @@ def threshold_bars(
 
     The running measure restarts at zero after each bar (the overshoot of the closing trade is not carried
     into the next bar), the usual definition; a cumulative-sum formulation that cuts at multiples of the
-    threshold gives different bars.
+    threshold gives different bars. Dispatches to one compiled kernel per bar type.
     """
-    args = (ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity)
-    if kind == KIND_TICK:
-        return _threshold_impl(_take_ticks, *args)
-    if kind == KIND_VOLUME:
-        return _threshold_impl(_take_volume, *args)
-    return _threshold_impl(_take_dollars, *args)
+    kernel = {KIND_TICK: _tick_bars, KIND_VOLUME: _volume_bars, KIND_DOLLAR: _dollar_bars}[kind]
+    return kernel(
+        ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+    )
 
 
 @njit(cache=True)
-def _threshold_impl(
-    take, ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+def _tick_bars(
+    ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
 ):
-    """The bar loop of ``threshold_bars``, with the bar type's accumulator ``take``."""
+    return _threshold_impl(
+        _take_ticks,
+        ts,
+        price,
+        size,
+        direction,
+        off,
+        seg_date,
+        keep_open,
+        threshold,
+        load,
+        st_i_in,
+        st_f_in,
+        capacity,
+    )
+
+
+@njit(cache=True)
+def _volume_bars(
+    ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+):
+    return _threshold_impl(
+        _take_volume,
+        ts,
+        price,
+        size,
+        direction,
+        off,
+        seg_date,
+        keep_open,
+        threshold,
+        load,
+        st_i_in,
+        st_f_in,
+        capacity,
+    )
+
+
+@njit(cache=True)
+def _dollar_bars(
+    ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+):
+    return _threshold_impl(
+        _take_dollars,
+        ts,
+        price,
+        size,
+        direction,
+        off,
+        seg_date,
+        keep_open,
+        threshold,
+        load,
+        st_i_in,
+        st_f_in,
+        capacity,
+    )
+
+
+@njit(cache=True, inline="always")
+def _threshold_impl(
+    kind, ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+):
+    """The bar loop of ``threshold_bars``. Inlined into one wrapper per bar type, where ``kind`` is a
+    constant and the compiler drops the other bar types' code."""
     n_seg = off.shape[0] - 1
     out_i = np.empty((capacity, OUT_I), np.int64)
     out_f = np.empty((capacity, OUT_F), np.float64)
@@ -564,9 +624,18 @@ def _threshold_impl(
                 h = o
                 lo = o
                 ts_first = ts[i]
-            e, closed, h, lo, v, dv, buy, sell, _ = take(
-                price, size, direction, i, b, n, threshold, h, lo, v, dv, buy, sell, 0.0
-            )
+            if kind == KIND_TICK:
+                e, closed, h, lo, v, dv, buy, sell, _ = _take_ticks(
+                    price, size, direction, i, b, n, threshold, h, lo, v, dv, buy, sell, 0.0
+                )
+            elif kind == KIND_VOLUME:
+                e, closed, h, lo, v, dv, buy, sell, _ = _take_volume(
+                    price, size, direction, i, b, n, threshold, h, lo, v, dv, buy, sell, 0.0
+                )
+            else:
+                e, closed, h, lo, v, dv, buy, sell, _ = _take_dollars(
+                    price, size, direction, i, b, n, threshold, h, lo, v, dv, buy, sell, 0.0
+                )
             n += e - i
             c = price[e - 1]
             ts_last = ts[e - 1]
@@ -626,7 +695,6 @@ def _threshold_impl(
     return out_i[:nb], out_f[:nb], st_i, st_f
 
 
-@njit(cache=True)
 def imbalance_bars(
     ts,
     price,
@@ -652,18 +720,38 @@ def imbalance_bars(
     (then clamped to ``[min_ticks, max_ticks]``) and ``E[b] += alpha * (theta / T - E[b])``. While
     ``E[b]`` is NaN (fresh state) the bar is a warm-up tick bar of ``ceil(E[T])`` trades and seeds ``E[b]``.
     """
-    args = (
+    kernel = _tick_imbalance_bars if kind == KIND_TICK_IMBALANCE else _volume_imbalance_bars
+    return kernel(
         ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks, load, st_i_in, st_f_in,
         capacity,
     )  # fmt: skip
-    if kind == KIND_TICK_IMBALANCE:
-        return _imbalance_impl(_take_tick_imbalance, *args)
-    return _imbalance_impl(_take_volume_imbalance, *args)
 
 
 @njit(cache=True)
+def _tick_imbalance_bars(
+    ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks, load, st_i_in, st_f_in,
+    capacity,
+):  # fmt: skip
+    return _imbalance_impl(
+        KIND_TICK_IMBALANCE, ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks,
+        load, st_i_in, st_f_in, capacity,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _volume_imbalance_bars(
+    ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks, load, st_i_in, st_f_in,
+    capacity,
+):  # fmt: skip
+    return _imbalance_impl(
+        KIND_VOLUME_IMBALANCE, ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks,
+        load, st_i_in, st_f_in, capacity,
+    )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
 def _imbalance_impl(
-    take,
+    kind,
     ts,
     price,
     size,
@@ -679,7 +767,7 @@ def _imbalance_impl(
     st_f_in,
     capacity,
 ):
-    """The bar loop of ``imbalance_bars``, with the imbalance accumulator ``take``."""
+    """The bar loop of ``imbalance_bars``, inlined into one wrapper per kind (see ``_threshold_impl``)."""
     n_seg = off.shape[0] - 1
     out_i = np.empty((capacity, OUT_I), np.int64)
     out_f = np.empty((capacity, OUT_F), np.float64)
@@ -748,8 +836,12 @@ def _imbalance_impl(
                     theta,
                 )
                 closed = n + (e - i) >= length
+            elif kind == KIND_TICK_IMBALANCE:
+                e, closed, h, lo, v, dv, buy, sell, theta = _take_tick_imbalance(
+                    price, size, direction, i, b, n, thr, h, lo, v, dv, buy, sell, theta
+                )
             else:
-                e, closed, h, lo, v, dv, buy, sell, theta = take(
+                e, closed, h, lo, v, dv, buy, sell, theta = _take_volume_imbalance(
                     price, size, direction, i, b, n, thr, h, lo, v, dv, buy, sell, theta
                 )
             n += e - i

@@ -110,7 +110,7 @@ def test_qf_run_cli_prints_summary(sample_project_copy):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK: job quantflow_pipeline" in proc.stdout
-    assert re.search(r"raw_sample_trades: \d{4} rows -> .*raw_sample_trades", proc.stdout), proc.stdout
+    assert re.search(r"raw_sample_trades: \d{4} rows written -> .*raw_sample_trades", proc.stdout), proc.stdout
     assert "cdm_trades" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "quantflow.cli", "run", "--start", "2024-01-09", "--end",
                           "2024-01-08"], cwd=project, env=_env(project), capture_output=True, text=True)
