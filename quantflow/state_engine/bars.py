@@ -519,7 +519,7 @@ def _tick_bars(
     ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
 ):
     return _threshold_impl(
-        _take_ticks,
+        KIND_TICK,
         ts,
         price,
         size,
@@ -540,7 +540,7 @@ def _volume_bars(
     ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
 ):
     return _threshold_impl(
-        _take_volume,
+        KIND_VOLUME,
         ts,
         price,
         size,
@@ -561,7 +561,7 @@ def _dollar_bars(
     ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
 ):
     return _threshold_impl(
-        _take_dollars,
+        KIND_DOLLAR,
         ts,
         price,
         size,
@@ -819,22 +819,15 @@ def _imbalance_impl(
                 ts_first = ts[i]
             if warm:  # a tick bar of ceil(E[T]) trades; the imbalance is only summed
                 length = int64(np.ceil(e_t))
-                e, _, h, lo, v, dv, buy, sell, theta = take(
-                    price,
-                    size,
-                    direction,
-                    i,
-                    min(b, i + length - n),
-                    n,
-                    np.inf,
-                    h,
-                    lo,
-                    v,
-                    dv,
-                    buy,
-                    sell,
-                    theta,
-                )
+                end = min(b, i + length - n)
+                if kind == KIND_TICK_IMBALANCE:
+                    e, _, h, lo, v, dv, buy, sell, theta = _take_tick_imbalance(
+                        price, size, direction, i, end, n, np.inf, h, lo, v, dv, buy, sell, theta
+                    )
+                else:
+                    e, _, h, lo, v, dv, buy, sell, theta = _take_volume_imbalance(
+                        price, size, direction, i, end, n, np.inf, h, lo, v, dv, buy, sell, theta
+                    )
                 closed = n + (e - i) >= length
             elif kind == KIND_TICK_IMBALANCE:
                 e, closed, h, lo, v, dv, buy, sell, theta = _take_tick_imbalance(
