@@ -108,6 +108,13 @@ class SymbolState:
 
 @dataclass
 class CarryState:
+    """What ``process_shard`` returns for the next shard: per symbol, the state after its last date.
+
+    ``spec_fingerprint`` ties it to the spec that made it (a state from other bar settings is refused).
+    Each array pair is (int64 state, float64 state) in the layouts documented in ``kernels`` (enrichment)
+    and ``bars`` (one pair per bar table key).
+    """
+
     spec_fingerprint: str
     symbols: dict[str, SymbolState] = field(default_factory=dict)
 

@@ -2,16 +2,17 @@
 
 Conventions shared with the bar kernels in ``bars.py``:
 
-- Inputs are C-contiguous typed arrays: int64 UTC-nanosecond timestamps, float64 prices and sizes, int8
-  directions, int64 sequence numbers. Callers (``engine.py``) convert once; a kernel never sees Python
-  objects, so one compiled signature serves every call and the on-disk cache (``cache=True``) is reused.
+- Inputs are C-contiguous, read-only typed arrays: int64 UTC-nanosecond timestamps, float64 prices and
+  sizes, int8 directions, int64 sequence numbers. Callers (``engine.py``) convert once; a kernel never
+  sees Python objects, so one compiled signature serves every call and the on-disk cache
+  (``cache=True``) is reused.
 - Work is cut into *segments*: one per (symbol, date) shard, given as offsets, rows ``off[s]:off[s+1]``.
   Every kernel loops over segments itself, so 100 symbols cost one call, not 100.
 - State is explicit and small. Each kernel takes ``load[s]`` (bool), ``state_i_in[s]`` (int64) and
   ``state_f_in[s]`` (float64): when ``load[s]`` is true the segment starts from that row (a fresh state or
   the state carried from the previous shard), otherwise it continues from the previous segment. The state
-  at the end of every segment is returned in ``state_i_out``/``state_f_out``. Running shard N+1 from the
-  state returned by shard N is therefore exactly the same computation as running both in one call.
+  at the end of every segment is returned as well. Running shard N+1 from the state returned by shard N
+  is therefore exactly the same computation as running both in one call.
 - Timestamps are int64; a missing timestamp is ``NO_TS`` (int64 min), turned into null by the caller.
 """
 
@@ -28,7 +29,7 @@ METHOD_QUOTE = 1  # price above the mid (buy) or below it (sell)
 METHOD_TICK = 2  # at the mid (or no quote): sign of the last non-zero price change
 
 # How a quote and a trade with the same timestamp are ordered
-TIE_QUOTES_FIRST = 0  # the quote precedes the trade (default: most feeds stamp the quote update first)
+TIE_QUOTES_FIRST = 0  # the quote precedes the trade (default: a quote stamped at the trade's time is known)
 TIE_SEQUENCE = 1  # the quote precedes the trade only if quote_id < trade_id (one shared sequence space)
 
 # Enrichment state: int64 [quote_ts], float64 [bid, ask, bid_size, ask_size, last_price, last_tick]

@@ -1,0 +1,200 @@
+"""cdm_<type>_bars: every bar type against the reference, and the properties every bar set must have."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantflow.state_engine import BarSpec, StateEngineSpec, bars_from_trades, flush_state, process_shard
+from quantflow.state_engine.bars import parse_duration
+from tests.state_engine import reference as ref
+from tests.state_engine.helpers import UTC_NS, assert_close
+
+BAR_COLUMNS = [
+    "symbol",
+    "date",
+    "ts_first",
+    "ts_last",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "dollar_volume",
+    "vwap",
+    "n_trades",
+    "buy_volume",
+    "sell_volume",
+]
+
+SPECS = (
+    BarSpec("time", every="1m"),
+    BarSpec("time", every="5s", offset="2s"),
+    BarSpec("tick", threshold=7),
+    BarSpec("volume", threshold=2000),
+    BarSpec("dollar", expected_daily=3_000_000, bars_per_day=20),
+    BarSpec("tick_imbalance", expected_ticks=10),
+    BarSpec("volume_imbalance", expected_ticks=10, span=5),
+)
+
+
+def reference_bars(
+    spec: BarSpec, enriched: pl.DataFrame, group_by: list[str]
+) -> tuple[pl.DataFrame, list[str]]:
+    if spec.type == "time":
+        bars = ref.time_bars(enriched, parse_duration(spec.every), parse_duration(spec.offset), group_by)
+        return bars, [*BAR_COLUMNS, "bar_start", "bar_end"]
+    if spec.type in ("tick", "volume", "dollar"):
+        return ref.threshold_bars(enriched, spec.type, spec.bar_threshold, group_by), BAR_COLUMNS
+    lo, hi = spec.ticks_bounds
+    bars = ref.imbalance_bars(enriched, spec.type, spec.expected_ticks, spec.span, lo, hi, group_by)
+    return bars, [*BAR_COLUMNS, "imbalance", "threshold"]
+
+
+@pytest.mark.parametrize("carry_state", [False, True])
+def test_all_bar_types_match_reference(market, carry_state):
+    trades, quotes = market
+    spec = StateEngineSpec(bars=SPECS, lob_interval=None, carry_state=carry_state)
+    out, state = process_shard(trades, quotes, spec)
+    enriched = out["cdm_trade_enriched"]
+    group_by = ["symbol"] if carry_state else ["symbol", "date"]
+    open_bars = flush_state(state, spec) if carry_state else {}
+    for b in SPECS:
+        got = out[b.key]
+        if carry_state:  # the bars still open at the end are in the state
+            got = pl.concat([got, open_bars[b.key]]).sort("symbol", "ts_first")
+        want, columns = reference_bars(b, enriched, group_by)
+        assert got.height > 10, b.key
+        assert_close(got, want, columns)
+
+
+def test_lobster_bars_match_reference(lobster):
+    trades, quotes, _ = lobster
+    specs = (
+        BarSpec("time", every="1m"),
+        BarSpec("time", every="100ms"),
+        BarSpec("tick", threshold=50),
+        BarSpec("volume", threshold=10_000),
+        BarSpec("dollar", threshold=1_000_000),
+        BarSpec("tick_imbalance", expected_ticks=50),
+        BarSpec("volume_imbalance", expected_ticks=50),
+    )
+    spec = StateEngineSpec(bars=specs, lob_interval=None, tie_break="sequence")
+    out, _ = process_shard(trades, quotes, spec)
+    enriched = out["cdm_trade_enriched"]
+    for b in specs:
+        want, columns = reference_bars(b, enriched, ["symbol", "date"])
+        assert_close(out[b.key], want, columns)
+    minute = out["cdm_time_1m_bars"]
+    assert 380 <= minute.height <= 390  # 09:30-16:00 New York; minutes without an execution have no bar
+    assert minute["volume"].sum() == trades["size"].sum()
+    assert minute["n_trades"].sum() == trades.height
+
+
+def test_bar_keys_and_schema():
+    assert BarSpec("time", every="1m").key == "cdm_time_1m_bars"
+    assert BarSpec("time", every="100ms").key == "cdm_time_100ms_bars"
+    assert BarSpec("volume", threshold=50_000).key == "cdm_volume_50000_bars"
+    assert BarSpec("dollar", expected_daily=1e9, bars_per_day=50).key == "cdm_dollar_50perday_bars"
+    assert BarSpec("tick_imbalance", expected_ticks=100).key == "cdm_tick_imbalance_100_bars"
+    assert BarSpec("tick", threshold=10, name="fast_ticks").key == "cdm_fast_ticks_bars"
+    with pytest.raises(ValueError, match="every"):
+        BarSpec("time")
+    with pytest.raises(ValueError, match="exactly one"):
+        BarSpec("volume")
+    with pytest.raises(ValueError, match="bar type"):
+        BarSpec("range", threshold=1)
+    with pytest.raises(ValueError, match="duration"):
+        BarSpec("time", every="1 minute")
+    with pytest.raises(ValueError, match="expected_ticks"):
+        BarSpec("tick_imbalance")
+
+
+# ---------------------------------------------------------------------------------------------- properties
+
+
+def bar_specs():
+    return st.one_of(
+        st.sampled_from(["1s", "7s", "1m", "250ms"]).map(lambda e: BarSpec("time", every=e)),
+        st.integers(1, 12).map(lambda n: BarSpec("tick", threshold=n)),
+        st.integers(1, 60).map(lambda v: BarSpec("volume", threshold=v)),
+        st.integers(50, 3000).map(lambda v: BarSpec("dollar", threshold=v)),
+        st.integers(1, 8).map(lambda n: BarSpec("tick_imbalance", expected_ticks=n, span=3)),
+        st.integers(1, 8).map(lambda n: BarSpec("volume_imbalance", expected_ticks=n, span=3)),
+    )
+
+
+@st.composite
+def trade_frames(draw):
+    n = draw(st.integers(1, 80))
+    steps = draw(st.lists(st.integers(0, 4_000_000_000), min_size=n, max_size=n))
+    prices = draw(st.lists(st.integers(90, 110), min_size=n, max_size=n))
+    sizes = draw(st.lists(st.integers(1, 20), min_size=n, max_size=n))
+    dirs = draw(st.lists(st.sampled_from([-1, 0, 1]), min_size=n, max_size=n))
+    return pl.DataFrame(
+        {
+            "symbol": "X",
+            "date": dt.date(2024, 1, 2),
+            "ts": 1_704_205_800_000_000_000 + np.cumsum(steps),
+            "trade_id": np.arange(n),
+            "price": np.array(prices, float),
+            "size": np.array(sizes, float),
+            "direction": np.array(dirs, np.int8),
+        }
+    ).with_columns(pl.col("ts").cast(UTC_NS))
+
+
+@settings(max_examples=120, deadline=None)
+@given(trades=trade_frames(), spec=bar_specs())
+def test_bar_properties(trades, spec):
+    bars = bars_from_trades(trades, spec)
+    ts = trades["ts"].cast(pl.Int64).to_numpy()
+    price, size = trades["price"].to_numpy(), trades["size"].to_numpy()
+    direction = trades["direction"].to_numpy()
+
+    # every trade in exactly one bar: the bars cut the trade sequence into consecutive runs
+    counts = bars["n_trades"].to_numpy()
+    assert counts.min() >= 1 and counts.sum() == trades.height
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    assert np.array_equal(bars["ts_first"].cast(pl.Int64).to_numpy(), ts[starts])
+    assert np.array_equal(bars["ts_last"].cast(pl.Int64).to_numpy(), ts[ends - 1])
+    assert np.array_equal(bars["open"].to_numpy(), price[starts])
+    assert np.array_equal(bars["close"].to_numpy(), price[ends - 1])
+    per_bar_volume = np.array([size[a:b].sum() for a, b in zip(starts, ends)])
+    assert np.allclose(bars["volume"].to_numpy(), per_bar_volume)
+
+    # volumes add up, buy/sell from the direction
+    assert bars["volume"].sum() == pytest.approx(size.sum())
+    assert bars["buy_volume"].sum() == pytest.approx(size[direction > 0].sum())
+    assert bars["sell_volume"].sum() == pytest.approx(size[direction < 0].sum())
+    assert bars["dollar_volume"].sum() == pytest.approx((price * size).sum())
+
+    # OHLC consistent
+    o, h, low, c, vwap = (bars[k].to_numpy() for k in ("open", "high", "low", "close", "vwap"))
+    assert (low <= np.minimum(o, c)).all() and (h >= np.maximum(o, c)).all()
+    assert (low <= vwap + 1e-9).all() and (vwap <= h + 1e-9).all()
+
+    # timestamps monotone
+    first, last = bars["ts_first"].to_numpy(), bars["ts_last"].to_numpy()
+    assert (first <= last).all() and (last[:-1] <= first[1:]).all()
+    if spec.type == "time":
+        start = bars["bar_start"].cast(pl.Int64).to_numpy()
+        end = bars["bar_end"].cast(pl.Int64).to_numpy()
+        assert (np.diff(start) > 0).all()
+        assert (start <= ts[starts]).all() and (ts[ends - 1] < end).all()
+    if spec.type in ("volume", "dollar"):  # each complete bar closed on the trade that reached the threshold
+        measure = bars["volume" if spec.type == "volume" else "dollar_volume"].to_numpy()
+        last_trade = size[ends - 1] * (1.0 if spec.type == "volume" else price[ends - 1])
+        assert (measure[:-1] >= spec.bar_threshold).all()
+        assert (measure[:-1] - last_trade[:-1] < spec.bar_threshold).all()
+
+    # no bar is built from later trades: the bars of any prefix are the full run's bars, but the last
+    cut = max(1, trades.height // 2)
+    prefix = bars_from_trades(trades.head(cut), spec)
+    assert_close(prefix.head(prefix.height - 1), bars.head(prefix.height - 1), BAR_COLUMNS)

@@ -1,0 +1,177 @@
+"""Sharded runs equal unsharded runs: with carried state, and with independent shards."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from quantflow.state_engine import BarSpec, CarryState, StateEngineSpec, flush_state, process_shard
+from quantflow.state_engine import bars as bk
+from quantflow.state_engine import kernels as kk
+from tests.state_engine.helpers import make_market
+
+SPECS = (
+    BarSpec("time", every="1m"),
+    BarSpec("tick", threshold=9),
+    BarSpec("volume", threshold=2500),
+    BarSpec("dollar", threshold=180_000),
+    BarSpec("tick_imbalance", expected_ticks=12),
+    BarSpec("volume_imbalance", expected_ticks=12),
+)
+
+
+def spec(carry: bool) -> StateEngineSpec:
+    return StateEngineSpec(bars=SPECS, lob_interval="1s", carry_state=carry)
+
+
+def concat_tables(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
+    return {k: pl.concat([p[k] for p in parts]) for k in parts[0]}
+
+
+def sort_tables(tables: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Shard order is (date, symbol) when running day by day, (symbol, date) in one run."""
+    key = {"cdm_trade_enriched": ["symbol", "ts", "trade_id"], "cdm_lob_l2": ["symbol", "ts"]}
+    return {k: v.sort(key.get(k, ["symbol", "ts_first"]), maintain_order=True) for k, v in tables.items()}
+
+
+def assert_tables_equal(
+    a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame], nonempty: bool = True
+) -> None:
+    assert a.keys() == b.keys()
+    for k, table in a.items():
+        assert table.height > 0 or not nonempty, k
+        assert_frame_equal(table, b[k], check_exact=True)
+
+
+def test_independent_shards_equal_one_run(market):
+    """carry_state off: the concatenation, with (symbol, date) shard boundaries, equals shard by shard."""
+    trades, quotes = market
+    whole, _ = process_shard(trades, quotes, spec(False))
+    parts = []
+    for (sym, day), t in trades.group_by(["symbol", "date"], maintain_order=True):
+        q = quotes.filter((pl.col("symbol") == sym) & (pl.col("date") == day))
+        parts.append(process_shard(t, q, spec(False))[0])
+    assert_tables_equal(whole, concat_tables(parts))
+
+
+def test_carried_state_day_by_day_equals_concatenation(market):
+    """carry_state on: shard by shard with the carried state equals one run over the concatenation."""
+    trades, quotes = market
+    whole, whole_state = process_shard(trades, quotes, spec(True))
+    state: CarryState | None = None
+    parts = []
+    for day in trades["date"].unique().sort():  # each day holds both symbols; state carries per symbol
+        for sym in ("AAA", "BBB"):
+            t = trades.filter((pl.col("date") == day) & (pl.col("symbol") == sym))
+            q = quotes.filter((pl.col("date") == day) & (pl.col("symbol") == sym))
+            out, state = process_shard(t, q, spec(True), state)
+            parts.append(out)
+    assert_tables_equal(sort_tables(whole), sort_tables(concat_tables(parts)))
+    flushed = flush_state(whole_state, spec(True))
+    assert_tables_equal(flushed, flush_state(state, spec(True)), nonempty=False)
+    assert flushed["cdm_time_1m_bars"].height == 0  # a session's last minute closes with the session
+    assert flushed["cdm_tick_9_bars"].height == 2  # one open bar per symbol
+    # carried bars really span days: some bar holds trades of two dates
+    volume_bars = whole["cdm_volume_2500_bars"]
+    assert (volume_bars["ts_first"].dt.date() != volume_bars["date"]).any()
+
+
+def test_carried_state_is_checked(market):
+    trades, quotes = market
+    day1 = trades.filter(pl.col("date") == trades["date"].min())
+    _, state = process_shard(day1, quotes, spec(True))
+    with pytest.raises(ValueError, match="already covers"):
+        process_shard(day1, None, spec(True), state)
+    other = StateEngineSpec(bars=(BarSpec("tick", threshold=3),), carry_state=True)
+    with pytest.raises(ValueError, match="different state-engine spec"):
+        process_shard(day1, None, other, state)
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+@pytest.fixture(scope="module")
+def one_day():
+    trades, quotes = make_market(seed=3, symbols=("AAA",), dates=(dt.date(2024, 1, 2),), events_per_day=1500)
+    out, _ = process_shard(trades, quotes, StateEngineSpec(bars=(), lob_interval=None))
+    e = out["cdm_trade_enriched"]
+    return {
+        "ts": e["ts"].cast(pl.Int64).to_numpy(),
+        "seq": e["trade_id"].to_numpy(),
+        "price": e["price"].to_numpy(),
+        "size": e["size"].to_numpy(),
+        "direction": e["direction"].to_numpy(),
+        "q_ts": quotes["ts"].cast(pl.Int64).to_numpy(),
+        "q_seq": quotes["quote_id"].to_numpy(),
+        "quote": [quotes[c].to_numpy() for c in ("bid", "ask", "bid_size", "ask_size")],
+    }
+
+
+def run_bar_kernel(b: BarSpec, d: dict, off: np.ndarray, carry: bool):
+    n_seg = off.shape[0] - 1
+    load = np.ones(n_seg, np.bool_) if not carry else np.arange(n_seg) == 0
+    keep_open = np.full(n_seg, carry)
+    si, sf = bk.bar_fresh_state(b)
+    si, sf = np.tile(si, (n_seg, 1)), np.tile(sf, (n_seg, 1))
+    args = (d["ts"], d["price"], d["size"], d["direction"], off, np.zeros(n_seg, np.int64))
+    if b.type == "time":
+        # shard ends before any bucket does: every open bar is carried, as across a session boundary
+        seg_end = np.full(n_seg, np.iinfo(np.int64).min)
+        every, offset = bk.parse_duration(b.every), bk.parse_duration(b.offset)
+        res = bk.time_bars(*args, seg_end, keep_open, every, offset, load, si, sf, 4)
+    elif b.type in ("tick", "volume", "dollar"):
+        kind = {"tick": 0, "volume": 1, "dollar": 2}[b.type]
+        res = bk.threshold_bars(*args, keep_open, kind, b.bar_threshold, load, si, sf, 4)
+    else:
+        kind = 0 if b.type == "tick_imbalance" else 1
+        lo, hi = b.ticks_bounds
+        res = bk.imbalance_bars(*args, keep_open, kind, 2 / (b.span + 1), lo, hi, load, si, sf, 4)
+    out_i, out_f, st_i, st_f = res
+    out_i = out_i.copy()
+    out_i[:, 4] = 0  # segment number differs by construction
+    return out_i, out_f, st_i[-1], st_f[-1]
+
+
+def run_enrich_kernel(d: dict, off: np.ndarray, carry: bool):
+    n_seg = off.shape[0] - 1
+    # quotes of a shard: those that precede its first trade's successors (quotes-first ties)
+    q_off = np.searchsorted(d["q_ts"], d["ts"][off[:-1]], side="right")
+    q_off[0] = 0
+    q_off = np.append(q_off, d["q_ts"].shape[0]).astype(np.int64)
+    load = np.ones(n_seg, np.bool_) if not carry else np.arange(n_seg) == 0
+    si, sf = kk.enrich_fresh_state()
+    cols, *_ = kk.enrich_trades(
+        d["ts"], d["seq"], d["price"], d["size"], off, d["q_ts"], d["q_seq"], *d["quote"], q_off,
+        kk.TIE_QUOTES_FIRST, load, np.tile(si, (n_seg, 1)), np.tile(sf, (n_seg, 1)),
+    )  # fmt: skip
+    return cols
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6), b=st.sampled_from(SPECS))
+def test_kernels_split_anywhere(one_day, cuts, b):
+    """Cut one day's trades at arbitrary points (mid-bar, between equal timestamps): carried state equals
+    the uncut run; without carried state each piece equals a fresh run of that piece."""
+    n = one_day["ts"].shape[0]
+    whole = np.array([0, n], np.int64)
+    off = np.unique(np.concatenate([[0, n], (np.array(cuts) * n).astype(np.int64)]))
+    uncut = run_bar_kernel(b, one_day, whole, carry=True)
+    for got, want in zip(run_bar_kernel(b, one_day, off, carry=True), uncut):
+        np.testing.assert_array_equal(got, want)
+
+    pieces = [run_bar_kernel(b, one_day, np.array([a, e]), carry=False) for a, e in itertools.pairwise(off)]
+    split = run_bar_kernel(b, one_day, off, carry=False)
+    np.testing.assert_array_equal(split[1], np.concatenate([p[1] for p in pieces]))
+    np.testing.assert_array_equal(split[0][:, :4], np.concatenate([p[0][:, :4] for p in pieces]))
+
+    for got, want in zip(
+        run_enrich_kernel(one_day, off, carry=True), run_enrich_kernel(one_day, whole, True)
+    ):
+        np.testing.assert_array_equal(got, want)
