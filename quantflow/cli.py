@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_cmd_dbt_generate)
 
     p = sub.add_parser("run", help="run a stage (or all) through Dagster, in process")
-    p.add_argument("--stage", default="all", choices=["all", "ingest", "dbt"])
+    p.add_argument("--stage", default="all", choices=["all", "ingest", "dbt", "state_engine"])
     p.add_argument("--start", help="first date, YYYY-MM-DD (default yesterday)")
     p.add_argument("--end", help="last date, YYYY-MM-DD (default today)")
     p.add_argument("--symbols", help="comma-separated subset of the project's symbols")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from quantflow.storage.tables import TableSpec, conform, partition_width
 WriteMode = Literal["skip_if_exists", "overwrite", "append"]
 WRITE_MODES: tuple[str, ...] = ("skip_if_exists", "overwrite", "append")
 DATA_FILE = "data.parquet"
+TABLE_FILE = "_table.json"  # {"partition": "day" | "year"}: written once per table, read by readers
 _PART_RE = re.compile(r"symbol=(?P<symbol>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/" + re.escape(DATA_FILE) + "$")
 
 
@@ -72,6 +74,7 @@ class Lake:
 
     def __init__(self, store: Store):
         self.store = store
+        self._widths: dict[str, str] = {}
 
     # ------------------------------------------------------------------ paths
     def table_path(self, table: str) -> str:
@@ -103,13 +106,23 @@ class Lake:
             symbol, pstart = m["symbol"], dt.date.fromisoformat(m["date"])
             if wanted is not None and symbol not in wanted:
                 continue
-            width = partition_width(table)
+            width = self.partition_width(table)
             if end is not None and pstart > end:
                 continue
             if start is not None and _period_end(pstart, width) < start:
                 continue
             found.append(Partition(table, symbol, pstart, path))
         return found
+
+    def partition_width(self, table: str) -> str:
+        """The table's partition width, from its ``_table.json`` (tables written before it: by name)."""
+        if table not in self._widths:
+            path = self.store.path(table, TABLE_FILE)
+            width = partition_width(table)
+            if self.store.exists(path):
+                width = json.loads(self.store.read_bytes(path)).get("partition", width)
+            self._widths[table] = width
+        return self._widths[table]
 
     # ------------------------------------------------------------------ read
     def read_partition(self, path: str) -> pl.DataFrame:
@@ -152,6 +165,10 @@ class Lake:
         nulls = df.select(pl.col("symbol").null_count() + pl.col("date").null_count()).item()
         if nulls:
             raise ValueError(f"table {spec.name}: {nulls} rows have a null symbol or date; refusing to write")
+        marker = self.store.path(spec.name, TABLE_FILE)
+        if self._widths.get(spec.name) != spec.partition and not self.store.exists(marker):
+            self.store.write_bytes_atomic(marker, json.dumps({"partition": spec.partition}).encode())
+        self._widths[spec.name] = spec.partition
         keyed = df.with_columns(
             pl.col("date").dt.truncate("1y" if spec.partition == "year" else "1d").alias("__period")
         )

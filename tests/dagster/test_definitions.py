@@ -26,8 +26,13 @@ def test_sample_project_asset_graph_has_ingest_and_dbt_with_lineage():
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(table)).parent_keys}
         assert parents == {"raw_sample"}, (table, parents)
     assert {"raw_sample", "cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= set(groups)
+    state_tables = {k for k, g in groups.items() if g == "state_engine"}
+    assert {"cdm_trade_enriched", "cdm_lob_l2", "cdm_time_1m_bars", "cdm_time_1w_bars"} <= state_tables
+    for table in state_tables:
+        parents = {k.to_user_string() for k in graph.get(dg.AssetKey(table)).parent_keys}
+        assert parents == ({"cdm_bars_daily"} if table == "cdm_time_1w_bars" else {"cdm_trades", "cdm_quotes"})
     jobs = {job.name for job in defs.jobs}
-    assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_dbt"}
+    assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_dbt", "quantflow_state_engine"}
     assert defs.resolve_job_def("quantflow_ingest")  # resolvable, with the dbt resource bound
     assert defs.resolve_job_def("quantflow_pipeline")
 
@@ -87,3 +92,23 @@ def test_ingest_asset_materializes_with_metadata(small_project):
     meta2 = again.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert meta2["rows_written/raw_sample_trades"].value == 0
     assert meta2["days_skipped/raw_sample_trades"].value == 2
+
+
+def test_state_engine_job_materializes_every_output(tmp_path):
+    from tests.state_engine.test_runner import END, START, make_project
+
+    root = make_project(tmp_path / "p")
+    md = get_metadata_manager(root).load_all()
+    defs = build_defs_from_metadata(md)
+    job = defs.resolve_job_def("quantflow_state_engine")
+    cfg = {"start_date": START.isoformat(), "end_date": END.isoformat()}
+    result = job.execute_in_process(run_config={"ops": {"state_engine_full": {"config": cfg}}})
+    assert result.success
+    mats = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
+            for e in result.get_asset_materialization_events()}
+    assert set(mats) == {"cdm_trade_enriched", "cdm_lob_l2", "cdm_time_5m_bars", "cdm_volume_20000_bars",
+                         "cdm_dollar_20perday_bars", "cdm_tick_imbalance_30_bars", "cdm_time_1w_bars"}
+    meta = mats["cdm_time_5m_bars"].metadata
+    assert meta["shards"].value == 20 and meta["trades"].value > 0 and meta["trades_per_second"].value > 0
+    assert meta["rows_written/cdm_time_5m_bars"].value > 0
+    assert "| symbol |" in meta["preview/cdm_time_5m_bars"].value

@@ -58,7 +58,8 @@ def test_dagster_job_execute_runs_ingest_and_dbt(sample_project_copy):
                            "quantflow_pipeline"], cwd=project, env=_env(project), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert {"raw_sample", "cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= _materialized_keys(project)
+    assert {"raw_sample", "cdm_trades", "cdm_quotes", "cdm_bars_daily", "cdm_trade_enriched",
+            "cdm_time_1m_bars"} <= _materialized_keys(project)
 
     # and with a run config for a fixed window, so the output can be checked
     cfg = {"start_date": "2024-03-04", "end_date": "2024-03-06", "symbols": ["AAA", "BBB"]}
@@ -92,8 +93,15 @@ def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
     assert dbt.success, dbt.error
     assert {"cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= set(dbt.materializations)
     everything = runner.run(stage="all", write_mode="overwrite", **window)
-    assert everything.success and "raw_sample" in everything.materializations
-    assert "OK: job quantflow_pipeline" in everything.summary()
+    assert everything.success, everything.error
+    assert [job for job, _ in everything.runs] == ["quantflow_ingest", "quantflow_dbt", "state_engine"]
+    assert {"raw_sample", "cdm_trades", "cdm_trade_enriched", "cdm_time_1m_bars"} <= set(everything.materializations)
+    assert "OK: stage all" in everything.summary() and "state engine: 2 shards" in everything.summary()
+    # the state engine ran outside Dagster, yet its materializations are on the instance (UI lineage, staleness)
+    event = runner.instance().get_latest_materialization_event(dg.AssetKey("cdm_time_1m_bars"))
+    assert event is not None and event.asset_materialization.metadata["recorded_by"].value == "BatchPipelineRunner"
+    se = runner.run(stage="state_engine", **window)
+    assert se.success and se.materializations["cdm_trade_enriched"].metadata["shards_skipped"] == 2
     lake = project_lake(get_metadata_manager(project).load_all())
     cdm = lake.read("cdm_trades", ["CCC"])
     assert cdm.height > 0 and cdm["ts"].dtype == pl.Datetime("ns", "UTC")
@@ -109,7 +117,7 @@ def test_qf_run_cli_prints_summary(sample_project_copy):
                            "2024-01-08", "--symbols", "AAA"], cwd=project, env=_env(project), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "OK: job quantflow_pipeline" in proc.stdout
+    assert "OK: stage all" in proc.stdout
     assert re.search(r"raw_sample_trades: \d{4} rows written -> .*raw_sample_trades", proc.stdout), proc.stdout
     assert "cdm_trades" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "quantflow.cli", "run", "--start", "2024-01-09", "--end",

@@ -108,7 +108,7 @@ def test_failed_rename_leaves_old_data_and_no_temp_file(lake, tmp_path, monkeypa
         lake.write(TRADES, trades(D1, 3, price=20), "overwrite")
     monkeypatch.undo()
     assert lake.read("raw_t_trades")["price"].to_list() == [10.0] * 3
-    assert [p.name for p in (tmp_path / "lake").rglob("*") if p.is_file()] == ["data.parquet"]
+    assert sorted(p.name for p in (tmp_path / "lake").rglob("*") if p.is_file()) == ["_table.json", "data.parquet"]
 
 
 WRITER = textwrap.dedent("""

@@ -20,6 +20,10 @@ def project_dir() -> Path:
 def ensure_dagster_home(root: Path) -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(root / ".temp")))
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():  # an explicit (default: SQLite under DAGSTER_HOME) instance, and no warning
+        config.write_text("# Dagster instance of this project: defaults (SQLite storage under this folder).\n"
+                          "# For production settings see docker/dagster.yaml.\n")
     return home
 
 

@@ -7,12 +7,14 @@ import dagster as dg
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.pipeline.dagster.assets.dbt import build_dbt_assets, build_dbt_resource
 from quantflow.pipeline.dagster.assets.ingest import build_ingest_assets
+from quantflow.pipeline.dagster.assets.state_engine import build_state_engine_assets
 
 # (job name, asset group or None for every asset); a job exists only when its group has assets.
 STAGE_JOBS: tuple[tuple[str, str | None], ...] = (
     ("quantflow_pipeline", None),
     ("quantflow_ingest", "ingest"),
     ("quantflow_dbt", "dbt"),
+    ("quantflow_state_engine", "state_engine"),
 )
 
 
@@ -43,7 +45,7 @@ def _job_description(name: str, group: str | None) -> str:
 
 
 def build_defs_from_metadata(md: ProjectMetadata) -> dg.Definitions:
-    assets = [*build_ingest_assets(md), *build_dbt_assets(md)]
+    assets = [*build_ingest_assets(md), *build_dbt_assets(md), *build_state_engine_assets(md)]
     return dg.Definitions(
         assets=assets,
         jobs=build_jobs(assets),

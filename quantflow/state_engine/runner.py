@@ -1,0 +1,329 @@
+"""State-engine stage entry point: shard CDM trades and quotes by (symbol, time shard) and run the pass.
+
+Each shard task carries the lake root and the Parquet paths of its inputs, never the data: the worker
+(a Ray task, or this process with the local executor) reads its own partitions, runs ``process_shard``
+and writes its own output partitions, honouring the write mode. Shards are independent (carry-state off)
+or chained per symbol (carry-state on: one task walks a symbol's days in order, carrying the state), so
+a failed shard is retried alone and a rerun in ``skip_if_exists`` mode skips finished shards.
+
+Calendar bars (``every`` of 1w, 1mo, 1q, 1y) are built from ``cdm_bars_daily``; every other bar type
+needs ticks, and is skipped with a log line for projects whose feeds only give daily bars.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from quantflow.compute.executors import ExecutionReport, ShardOutcome, make_executor
+from quantflow.metadata.manager import ProjectMetadata, get_metadata_manager
+from quantflow.metadata.schema import StateEngineConfig
+from quantflow.storage.filesystem import StorageOptions, Store
+from quantflow.storage.lake import WRITE_MODES, Lake, WriteResult
+from quantflow.storage.project import project_lake
+from quantflow.storage.tables import TableSpec
+
+log = logging.getLogger(__name__)
+
+CALENDAR_EVERY = ("1w", "1mo", "1q", "1y")
+ENRICHED_TABLE = "cdm_trade_enriched"
+LOB_TABLE = "cdm_lob_l2"
+SORT_KEYS = {ENRICHED_TABLE: ("symbol", "date", "ts", "trade_id"), LOB_TABLE: ("symbol", "date", "ts")}
+
+
+def _bar_dict(bar) -> dict:
+    return {k: v for k, v in bar.model_dump().items() if v is not None and k in _BAR_FIELDS}
+
+
+_BAR_FIELDS = ("type", "every", "offset", "threshold", "expected_daily", "bars_per_day", "expected_ticks", "span",
+               "min_expected_ticks", "max_expected_ticks", "name")
+
+
+def calendar_table(bar) -> str:
+    return f"cdm_{bar.name}_bars" if bar.name else f"cdm_time_{bar.every}_bars"
+
+
+def engine_spec(cfg: StateEngineConfig):
+    """The pure engine's spec for the tick-based outputs of ``cfg`` (calendar bars left out)."""
+    from quantflow.state_engine.engine import StateEngineSpec
+
+    return StateEngineSpec.from_dict({
+        "bars": [_bar_dict(b) for b in cfg.bars if not _is_calendar(b)],
+        "lob_interval": cfg.lob.interval,
+        "lob_offset": cfg.lob.offset,
+        "lob_depth": cfg.lob.depth,
+        "carry_state": cfg.carry_state,
+        "tie_break": cfg.tie_break,
+        "timezone": cfg.timezone,
+    })
+
+
+def _is_calendar(bar) -> bool:
+    return bar.type == "time" and bar.every in CALENDAR_EVERY
+
+
+def tick_tables(cfg: StateEngineConfig) -> list[str]:
+    spec = engine_spec(cfg)
+    tables = [ENRICHED_TABLE] + ([LOB_TABLE] if cfg.lob.interval else [])
+    return tables + [b.key for b in spec.bars]
+
+
+def calendar_tables(cfg: StateEngineConfig) -> list[str]:
+    return [calendar_table(b) for b in cfg.bars if _is_calendar(b)]
+
+
+def output_tables(cfg: StateEngineConfig) -> list[str]:
+    """Every table the state engine can write for ``cfg``, in a stable order (one Dagster asset each)."""
+    return tick_tables(cfg) + calendar_tables(cfg)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """What one worker needs: where to read and write, never the data itself."""
+
+    lake_root: str
+    storage: StorageOptions
+    symbol: str
+    dates: tuple[dt.date, ...]
+    trade_paths: tuple[str, ...]
+    quote_paths: tuple[str, ...]
+    config: StateEngineConfig
+    write_mode: str
+
+    def __str__(self) -> str:
+        span = self.dates[0].isoformat() if len(self.dates) == 1 else f"{self.dates[0]}..{self.dates[-1]}"
+        return f"{self.symbol} {span}"
+
+
+@dataclass
+class ShardResult:
+    written: dict[str, WriteResult]
+    trades: int
+    skipped: bool
+    seconds: float
+
+
+def _output_exists(lake: Lake, tables: list[str], symbol: str, day: dt.date) -> bool:
+    return all(lake.store.exists(lake.partition_path(t, symbol, day)) for t in tables)
+
+
+def run_shard(task: ShardTask) -> ShardResult:
+    """Read one shard's partitions, run the single pass, write its outputs. Runs in a Ray worker."""
+    from quantflow.state_engine.engine import flush_state, process_shard
+
+    began = time.perf_counter()
+    lake = Lake(Store(task.lake_root, task.storage))
+    spec = engine_spec(task.config)
+    tables = tick_tables(task.config)
+    if task.write_mode == "skip_if_exists" and all(
+        _output_exists(lake, tables[:1], task.symbol, d) for d in task.dates
+    ):
+        return ShardResult({}, 0, True, time.perf_counter() - began)
+    trades_by_day = _read_by_day(lake, task.trade_paths)
+    quotes_by_day = _read_by_day(lake, task.quote_paths)
+    written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
+    n_trades, state, held = 0, None, None
+    for day in task.dates:  # one day at a time keeps memory flat; state carries across when configured
+        trades = trades_by_day.get(day)
+        if trades is None:
+            continue
+        n_trades += trades.height
+        if held is not None:
+            _write_outputs(lake, held, task.write_mode, written)
+        held, state = process_shard(trades, quotes_by_day.get(day), spec, state)
+    if held is not None and spec.carry_state and state is not None:
+        # the bars still open at the end of the chain close on its last day: written with that day
+        for table, tail in flush_state(state, spec).items():
+            held[table] = pl.concat([held[table], tail], how="vertical_relaxed") if tail.height else held[table]
+    if held is not None:
+        _write_outputs(lake, held, task.write_mode, written)
+    return ShardResult(written, n_trades, False, time.perf_counter() - began)
+
+
+def _read_by_day(lake: Lake, paths: tuple[str, ...]) -> dict[dt.date, pl.DataFrame]:
+    out = {}
+    for path in paths:
+        df = lake.read_partition(path)
+        if df.height:
+            out[df["date"][0]] = df
+    return out
+
+
+def _write_outputs(lake: Lake, out: dict[str, pl.DataFrame], mode: str, written: dict[str, WriteResult]) -> None:
+    for table, df in out.items():
+        if df.height == 0:
+            continue
+        spec = TableSpec(table, dict(df.schema), "day", SORT_KEYS.get(table, ("symbol", "date", "ts_first")))
+        written.setdefault(table, WriteResult(table)).merge(lake.write(spec, df, mode))
+
+
+@dataclass
+class StateEngineResult:
+    start_date: dt.date
+    end_date: dt.date
+    symbols: list[str]
+    executor: str
+    shards: int = 0
+    shards_skipped: int = 0
+    shards_failed: list[str] = field(default_factory=list)
+    trades: int = 0
+    seconds: float = 0.0
+    tables: dict[str, WriteResult] = field(default_factory=dict)
+    table_urls: dict[str, str] = field(default_factory=dict)
+    skipped_bars: list[str] = field(default_factory=list)
+    preview: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    @property
+    def trades_per_second(self) -> float:
+        return self.trades / self.seconds if self.seconds > 0 else 0.0
+
+
+def _shard_groups(days: list[dt.date], granularity: str) -> list[list[dt.date]]:
+    def key(d: dt.date):
+        if granularity == "daily":
+            return d
+        if granularity == "weekly":
+            return d.isocalendar()[:2]
+        if granularity == "monthly":
+            return (d.year, d.month)
+        raise ValueError(f"shard_granularity must be daily, weekly or monthly; got {granularity!r}")
+
+    groups: dict = {}
+    for d in sorted(days):
+        groups.setdefault(key(d), []).append(d)
+    return list(groups.values())
+
+
+def plan_shards(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end: dt.date, symbols: list[str],
+                write_mode: str, granularity: str = "daily") -> list[ShardTask]:
+    """One task per (symbol, time shard) with CDM trades; per symbol when state is carried across days."""
+    lake = project_lake(md)
+    tasks = []
+    quote_parts = {(p.symbol, p.period_start): p.path for p in lake.partitions("cdm_quotes", symbols, start, end)}
+    by_symbol: dict[str, dict[dt.date, str]] = {}
+    for p in lake.partitions("cdm_trades", symbols, start, end):
+        by_symbol.setdefault(p.symbol, {})[p.period_start] = p.path
+    for symbol in symbols:
+        days = by_symbol.get(symbol, {})
+        groups = [sorted(days)] if cfg.carry_state and days else _shard_groups(list(days), granularity)
+        for group in groups:
+            tasks.append(ShardTask(
+                lake.store.root, lake.store.options, symbol, tuple(group),
+                tuple(days[d] for d in group),
+                tuple(quote_parts[(symbol, d)] for d in group if (symbol, d) in quote_parts),
+                cfg, write_mode,
+            ))
+    return tasks
+
+
+def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end: dt.date, symbols: list[str],
+                   mode: str, result: StateEngineResult, say: Callable[[str], None]) -> None:
+    from quantflow.state_engine.bars import resample_daily_bars
+
+    bars = [b for b in cfg.bars if _is_calendar(b)]
+    if not bars:
+        return
+    lake = project_lake(md)
+    # whole periods: widen the window to the start of the year so the first bar is complete
+    daily = lake.read("cdm_bars_daily", symbols, dt.date(start.year, 1, 1), end)
+    if daily.height == 0:
+        for b in bars:
+            result.skipped_bars.append(f"{calendar_table(b)} (no cdm_bars_daily rows in the window)")
+        return
+    for b in bars:
+        table = calendar_table(b)
+        df = resample_daily_bars(daily, b.every).filter(pl.col("date").is_between(start, end))
+        spec = TableSpec(table, dict(df.schema), "year", ("symbol", "date"))
+        result.tables[table] = lake.write(spec, df, mode)
+        result.table_urls[table] = lake.url(table)
+        result.preview[table] = df.head(5)
+        say(f"state engine: {table}: {result.tables[table].rows_written} rows from daily bars")
+
+
+def run_production(
+    project: str | Path | ProjectMetadata,
+    start_date: dt.date,
+    end_date: dt.date,
+    symbols: list[str] | None = None,
+    write_mode: str = "skip_if_exists",
+    max_concurrency: int = 4,
+    shard_granularity: str = "daily",
+    executor: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> StateEngineResult:
+    """Run the state engine for [start_date, end_date] over the CDM tables in the lake."""
+    md = project if isinstance(project, ProjectMetadata) else get_metadata_manager(project).load_all()
+    cfg = md.project.state_engine
+    if cfg is None:
+        raise ValueError("project_metadata/project.yaml has no project.state_engine section")
+    if write_mode not in WRITE_MODES:
+        raise ValueError(f"write mode must be one of {', '.join(WRITE_MODES)}; got {write_mode!r}")
+    if start_date > end_date:
+        raise ValueError(f"start_date {start_date} is after end_date {end_date}")
+    symbols = list(symbols) if symbols else md.symbols
+    say = progress or log.info
+    kind = executor or cfg.executor
+    result = StateEngineResult(start_date, end_date, symbols, kind)
+    lake = project_lake(md)
+    began = time.perf_counter()
+
+    tasks = plan_shards(md, cfg, start_date, end_date, symbols, write_mode, shard_granularity)
+    result.shards = len(tasks)
+    if not tasks:
+        ticks = tick_tables(cfg)
+        result.skipped_bars.extend(f"{t} (no cdm_trades in the window: the feeds give no ticks)" for t in ticks)
+        say(f"state engine: no tick data for {start_date}..{end_date}; skipped {', '.join(ticks)}")
+    else:
+        say(f"state engine: {len(tasks)} shards ({shard_granularity}) for {len(symbols)} symbols on {kind}")
+        env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
+        runner = make_executor(kind, max_concurrency, cfg.retries, env)
+
+        def on_done(done: int, total: int, outcome: ShardOutcome) -> None:
+            if outcome.ok:
+                what = "skipped (stored)" if outcome.result.skipped else f"{outcome.result.trades} trades"
+                say(f"  shard {done}/{total} {outcome.shard}: {what} in {outcome.seconds:.2f}s")
+            else:
+                say(f"  shard {done}/{total} {outcome.shard} FAILED after {outcome.attempts} attempts: {outcome.error}")
+
+        report: ExecutionReport = runner.map(run_shard, tasks, on_done)
+        for outcome in report.outcomes:
+            if not outcome.ok:
+                result.shards_failed.append(f"{outcome.shard}: {outcome.error}")
+                continue
+            shard: ShardResult = outcome.result
+            result.shards_skipped += shard.skipped
+            result.trades += shard.trades
+            for table, written in shard.written.items():
+                result.tables.setdefault(table, WriteResult(table)).merge(written)
+        for table in tick_tables(cfg):
+            result.tables.setdefault(table, WriteResult(table))
+            result.table_urls[table] = lake.url(table)
+            parts = lake.partitions(table, symbols, start_date, end_date)
+            if parts:
+                result.preview[table] = lake.read_partition(parts[0].path).head(5)
+
+    _calendar_bars(md, cfg, start_date, end_date, symbols, write_mode, result, say)
+    result.seconds = time.perf_counter() - began
+    for skipped in result.skipped_bars:
+        log.warning("state engine skipped %s", skipped)
+    if result.shards_failed:
+        raise StateEngineError(result)
+    say(f"state engine done: {result.trades} trades in {result.seconds:.1f}s "
+        f"({result.trades_per_second:,.0f} trades/s), {result.shards_skipped} shards already stored")
+    return result
+
+
+class StateEngineError(RuntimeError):
+    """Some shards failed (after their retries); the others were written. ``result`` has the details."""
+
+    def __init__(self, result: StateEngineResult):
+        self.result = result
+        lines = "\n".join(f"  {f}" for f in result.shards_failed[:10])
+        super().__init__(f"{len(result.shards_failed)} of {result.shards} state-engine shards failed:\n{lines}")

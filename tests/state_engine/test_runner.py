@@ -1,0 +1,182 @@
+"""The state-engine stage runner: shards read and write their own lake partitions, results do not depend on
+the sharding or the executor, write modes hold per shard, a failed shard fails alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from quantflow.ingest.feeds.synthetic import SyntheticFeed
+from quantflow.metadata import get_metadata_manager
+from quantflow.state_engine import runner
+from quantflow.state_engine.engine import flush_state, process_shard
+from quantflow.storage.project import project_lake
+from quantflow.storage.tables import spec_for_kind
+from tests.conftest import write_project
+
+START, END = dt.date(2024, 3, 4), dt.date(2024, 3, 15)  # two trading weeks
+
+PROJECT = """\
+project:
+  name: se_test
+  symbols: [AAA, BBB]
+  state_engine:
+    executor: local
+    carry_state: {carry}
+    lob: {{interval: 30s, depth: 1}}
+    bars:
+      - {{type: time, every: 5m}}
+      - {{type: volume, threshold: 20000}}
+      - {{type: dollar, expected_daily: 5000000, bars_per_day: 20}}
+      - {{type: tick_imbalance, expected_ticks: 30}}
+      - {{type: time, every: 1w}}
+"""
+
+
+def make_project(root: Path, carry: bool = False) -> Path:
+    """A project whose lake already holds CDM trades, quotes and daily bars (simulated, 300 trades a day)."""
+    write_project(root, PROJECT.format(carry=str(carry).lower()))
+    md = get_metadata_manager(root).load_all()
+    lake = project_lake(md)
+    feed = SyntheticFeed("sim", {"seed": 5, "trades_per_day": 300, "quotes_per_trade": 2}, root)
+    for batch in feed.iter_batches(md.symbols, START, END):
+        for kind, df in batch.tables.items():
+            lake.write(spec_for_kind(f"cdm_{kind}", kind), df)
+    return root
+
+
+def read_all(root: Path, tables: list[str]) -> dict[str, pl.DataFrame]:
+    lake = project_lake(get_metadata_manager(root).load_all())
+    return {t: lake.read(t).sort(list(runner.SORT_KEYS.get(t, ("symbol", "date", "ts_first")))) for t in tables}
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    return make_project(tmp_path / "p")
+
+
+def test_outputs_match_the_pure_engine_on_the_whole_window(project):
+    md = get_metadata_manager(project).load_all()
+    result = runner.run_production(md, START, END)
+    tables = runner.output_tables(md.project.state_engine)
+    assert tables == ["cdm_trade_enriched", "cdm_lob_l2", "cdm_time_5m_bars", "cdm_volume_20000_bars",
+                      "cdm_dollar_20perday_bars", "cdm_tick_imbalance_30_bars", "cdm_time_1w_bars"]
+    assert result.shards == 2 * 10 and result.shards_skipped == 0 and not result.shards_failed
+    lake = project_lake(md)
+    trades, quotes = lake.read("cdm_trades"), lake.read("cdm_quotes")
+    assert result.trades == trades.height
+    expected, _ = process_shard(trades, quotes, runner.engine_spec(md.project.state_engine))
+    got = read_all(project, tables[:-1])
+    for table in tables[:-1]:
+        assert got[table].height > 0, table
+        assert_frame_equal(got[table], expected[table].sort(got[table].columns[:0] or list(
+            runner.SORT_KEYS.get(table, ("symbol", "date", "ts_first")))), check_dtypes=False)
+    weekly = lake.read("cdm_time_1w_bars").sort("symbol", "date")
+    assert weekly.height == 4  # two symbols x two weeks, from cdm_bars_daily
+    daily = lake.read("cdm_bars_daily")
+    first = daily.filter((pl.col("symbol") == "AAA") & (pl.col("date") <= dt.date(2024, 3, 8))).sort("date")
+    assert weekly["open"][0] == first["open"][0] and weekly["volume"][0] == first["volume"].sum()
+
+
+def test_shard_granularity_does_not_change_results(project, tmp_path):
+    md = get_metadata_manager(project).load_all()
+    tables = runner.tick_tables(md.project.state_engine)
+    runner.run_production(md, START, END, shard_granularity="daily")
+    daily = read_all(project, tables)
+    other = make_project(tmp_path / "weekly")
+    res = runner.run_production(other, START, END, shard_granularity="weekly")
+    assert res.shards == 2 * 2
+    weekly = read_all(other, tables)
+    for table in tables:
+        assert_frame_equal(daily[table], weekly[table])
+
+
+def test_carry_state_run_equals_one_pass_over_the_concatenation(tmp_path):
+    root = make_project(tmp_path / "carry", carry=True)
+    md = get_metadata_manager(root).load_all()
+    res = runner.run_production(md, START, END)
+    assert res.shards == 2  # one chain per symbol
+    lake = project_lake(md)
+    spec = runner.engine_spec(md.project.state_engine)
+    out, state = process_shard(lake.read("cdm_trades"), lake.read("cdm_quotes"), spec)
+    tail = flush_state(state, spec)
+    for b in spec.bars:
+        expected = pl.concat([out[b.key], tail[b.key]]).sort("symbol", "date", "ts_first")
+        got = lake.read(b.key).sort("symbol", "date", "ts_first")
+        assert_frame_equal(got, expected, check_dtypes=False)
+
+
+def test_write_modes_are_honoured_per_shard(project):
+    md = get_metadata_manager(project).load_all()
+    first = runner.run_production(md, START, END, symbols=["AAA"])
+    assert first.shards == 10 and first.tables["cdm_trade_enriched"].rows_written == first.trades
+    again = runner.run_production(md, START, END, symbols=["AAA"])
+    assert again.shards_skipped == 10 and again.trades == 0
+    assert again.tables["cdm_trade_enriched"].rows_written == 0
+    redo = runner.run_production(md, START, START, symbols=["AAA"], write_mode="overwrite")
+    assert redo.shards == 1 and redo.shards_skipped == 0 and redo.tables["cdm_time_5m_bars"].days_written == 1
+    lake = project_lake(md)
+    assert lake.read("cdm_trade_enriched", ["AAA"]).height == first.trades  # replaced, not duplicated
+
+
+def test_a_failed_shard_fails_alone_with_a_clear_error(project, caplog):
+    md = get_metadata_manager(project).load_all()
+    lake = project_lake(md)
+    bad = lake.partition_path("cdm_trades", "BBB", dt.date(2024, 3, 6))
+    Path(bad).write_bytes(b"not parquet")
+    with caplog.at_level(logging.WARNING), pytest.raises(runner.StateEngineError) as excinfo:
+        runner.run_production(md, START, END)
+    assert "1 of 20 state-engine shards failed" in str(excinfo.value)
+    assert "BBB 2024-03-06" in str(excinfo.value)
+    result = excinfo.value.result
+    assert len(result.shards_failed) == 1
+    stored = lake.read("cdm_trade_enriched")
+    assert stored.select(pl.struct("symbol", "date").n_unique()).item() == 19
+
+
+def test_daily_only_projects_skip_tick_bars_and_build_calendar_bars(tmp_path):
+    root = write_project(tmp_path / "d", PROJECT.format(carry="false"))
+    md = get_metadata_manager(root).load_all()
+    lake = project_lake(md)
+    days = [START + dt.timedelta(days=i) for i in range(12) if (START + dt.timedelta(days=i)).weekday() < 5]
+    bars = pl.DataFrame({"symbol": "AAA", "date": days, "open": 10.0, "high": 11.0, "low": 9.0,
+                         "close": [10.0 + i for i in range(len(days))], "volume": 100.0})
+    lake.write(spec_for_kind("cdm_bars_daily", "bars_daily"), bars)
+    messages = []
+    result = runner.run_production(md, START, END, progress=messages.append)
+    assert result.shards == 0
+    assert any("no tick data" in m for m in messages)
+    assert {s.split(" ")[0] for s in result.skipped_bars} == set(runner.tick_tables(md.project.state_engine))
+    weekly = lake.read("cdm_time_1w_bars").sort("date")
+    assert weekly["close"].to_list() == [14.0, 19.0] and weekly["volume"].to_list() == [500.0, 500.0]
+
+
+def test_bad_arguments(project):
+    with pytest.raises(ValueError, match="after end_date"):
+        runner.run_production(project, END, START)
+    with pytest.raises(ValueError, match="write mode must be one of"):
+        runner.run_production(project, START, END, write_mode="merge")
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_tables(project, tmp_path):
+    import ray
+
+    md = get_metadata_manager(project).load_all()
+    tables = runner.tick_tables(md.project.state_engine)
+    runner.run_production(md, START, END, executor="local")
+    local = read_all(project, tables)
+    other = make_project(tmp_path / "ray")
+    try:
+        res = runner.run_production(other, START, END, executor="ray", max_concurrency=2)
+    finally:
+        ray.shutdown()
+    assert res.executor == "ray" and res.shards == 20
+    on_ray = read_all(other, tables)
+    for table in tables:
+        assert_frame_equal(local[table], on_ray[table])
