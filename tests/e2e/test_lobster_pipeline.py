@@ -1,0 +1,57 @@
+"""The real LOBSTER AMZN day through ingest -> dbt -> state engine: Lee-Ready agrees with LOBSTER's own
+execution direction (the figure is a floor), and the bars add up to the day's executions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from quantflow.ingest import runner as ingest_runner
+from quantflow.metadata import get_metadata_manager
+from quantflow.state_engine import runner as state_runner
+from quantflow.storage.project import project_lake
+from quantflow.transform import runner as transform_runner
+from tests.conftest import write_project
+
+pytestmark = pytest.mark.slow
+DAY = dt.date(2012, 6, 21)
+
+
+def test_lobster_day_end_to_end(tmp_path, shared_data):
+    root = write_project(tmp_path / "lob", f"""\
+        project:
+          name: lobster_day
+          symbols: [AMZN]
+          ingest:
+            feeds:
+              - name: lobster
+                kind: lobster
+                params: {{path: {shared_data / "lobster_amzn_2012-06-21_level1"}}}
+          state_engine:
+            executor: local
+            tie_break: sequence
+            lob: {{interval: 1s, depth: 1}}
+            bars:
+              - {{type: time, every: 1m}}
+              - {{type: volume, threshold: 5000}}
+        """)
+    md = get_metadata_manager(root).load_all()
+    ingest = ingest_runner.run(md, "lobster", start_date=DAY, end_date=DAY)
+    assert ingest.rows_written["raw_lobster_trades"] == 11_419
+    transform_runner.run(md, DAY, DAY)
+    result = state_runner.run_production(md, DAY, DAY)
+    assert result.trades == 11_419 and result.shards == 1
+
+    lake = project_lake(md)
+    enriched = lake.read("cdm_trade_enriched")
+    agree = (enriched["direction"] == enriched["side"]).mean()
+    assert agree >= 0.97, agree  # measured 0.9718 (visible executions: 100%, hidden: 86.8%)
+    assert (enriched["quote_ts"] <= enriched["ts"]).all()  # no look-ahead
+    minute = lake.read("cdm_time_1m_bars")
+    assert minute["volume"].sum() == pytest.approx(enriched["size"].sum())
+    assert minute["n_trades"].sum() == 11_419
+    assert minute.filter(pl.col("buy_volume") + pl.col("sell_volume") > pl.col("volume") + 1e-9).height == 0
+    book = lake.read("cdm_lob_l2")
+    assert book.height > 20_000 and (book["spread"] >= 0).all()
