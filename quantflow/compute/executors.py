@@ -48,6 +48,8 @@ class ExecutionReport:
 
 
 Progress = Callable[[int, int, ShardOutcome], None]
+ONE_THREAD_VARS = ("POLARS_MAX_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                   "MKL_NUM_THREADS")
 
 
 class LocalExecutor:
@@ -99,22 +101,30 @@ class RayExecutor:
     def _init(self) -> None:
         import ray
 
-        if ray.is_initialized():
-            return
-        address = os.environ.get("RAY_ADDRESS")
-        runtime_env = {"env_vars": self.env} if self.env else None
-        if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-        else:
-            ray.init(num_cpus=self.max_concurrency, include_dashboard=False, runtime_env=runtime_env,
-                     log_to_driver=False, configure_logging=False)
+        if not ray.is_initialized():
+            address = os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.max_concurrency, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < self.max_concurrency:
+            log.warning("Ray has %s CPUs but max_concurrency is %d: at most %d shards will run at once",
+                        cpus, self.max_concurrency, int(cpus))
+
+    def worker_env(self) -> dict[str, str]:
+        """Each task gets one core: libraries that start a thread per core would oversubscribe it."""
+        return {**{var: "1" for var in ONE_THREAD_VARS}, **self.env}
 
     def map(self, fn: Callable[[Any], Any], shards: Sequence[Any], progress: Progress | None = None) -> ExecutionReport:
         import ray
 
         self._init()
         began = time.perf_counter()
-        task = ray.remote(num_cpus=1, max_retries=0)(_run_with_retries)
+        # the environment goes with every task (not ray.init), so it holds on an already running Ray too
+        task = ray.remote(num_cpus=1, max_retries=0)(_run_with_retries).options(
+            runtime_env={"env_vars": self.worker_env()})
         report = ExecutionReport(executor=self.name)
         pending: dict[Any, int] = {}
         queue = list(enumerate(shards))

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from quantflow.storage.filesystem import Store
 from quantflow.storage.tables import TableSpec, conform, partition_width
@@ -126,8 +125,10 @@ class Lake:
 
     # ------------------------------------------------------------------ read
     def read_partition(self, path: str) -> pl.DataFrame:
+        if not self.store.remote:
+            return pl.read_parquet(path)  # polars' own reader: no pyarrow.dataset/pandas import in workers
         with self.store.fs.open(path, "rb") as fh:
-            return pl.from_arrow(pq.read_table(fh))
+            return pl.read_parquet(fh)
 
     def read(
         self,
@@ -186,7 +187,8 @@ class Lake:
         if exists and mode == "skip_if_exists" and spec.partition == "day":
             result.days_skipped = len(new_days)
             return result
-        old = self.read_partition(path) if exists else None
+        replaced_whole = mode == "overwrite" and spec.partition == "day"  # the new day replaces the file
+        old = self.read_partition(path) if exists and not replaced_whole else None
         if old is not None and old.height:
             old = conform(old, spec.schema, where=path)
             if mode == "skip_if_exists":
