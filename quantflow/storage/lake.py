@@ -39,12 +39,14 @@ class WriteResult:
     rows_written: int = 0
     days_written: int = 0
     days_skipped: int = 0
+    days_deleted: int = 0
     partitions: list[str] = field(default_factory=list)
 
     def merge(self, other: WriteResult) -> None:
         self.rows_written += other.rows_written
         self.days_written += other.days_written
         self.days_skipped += other.days_skipped
+        self.days_deleted += other.days_deleted
         self.partitions.extend(other.partitions)
 
 
@@ -175,6 +177,32 @@ class Lake:
         )
         for (symbol, pstart), part in keyed.group_by(["symbol", "__period"], maintain_order=True):
             result.merge(self._write_partition(spec, symbol, pstart, part.drop("__period"), mode))
+        return result
+
+    def delete_days(self, spec: TableSpec, symbol: str, days: Iterable[dt.date]) -> WriteResult:
+        """Remove the rows of ``days`` for ``symbol``: a day partition's file goes (one atomic unlink or
+        DELETE), a year partition is rewritten without those days (one atomic rename or PUT)."""
+        result = WriteResult(spec.name)
+        by_period: dict[dt.date, set[dt.date]] = {}
+        for day in days:
+            by_period.setdefault(period_start(day, spec.partition), set()).add(day)
+        for pstart, gone in sorted(by_period.items()):
+            path = self.partition_path(spec.name, symbol, pstart)
+            if not self.store.exists(path):
+                continue
+            if spec.partition == "day":
+                self.store.fs.rm_file(path)
+                result.days_deleted += 1
+                continue
+            old = self.read_partition(path)
+            kept = old.filter(~pl.col("date").is_in(list(gone)))
+            result.days_deleted += len(gone & set(old["date"].unique().to_list()))
+            if kept.height == 0:
+                self.store.fs.rm_file(path)
+            elif kept.height < old.height:
+                buf = io.BytesIO()
+                kept.write_parquet(buf, compression="zstd", statistics=True)
+                self.store.write_bytes_atomic(path, buf.getvalue())
         return result
 
     def _write_partition(

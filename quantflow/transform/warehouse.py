@@ -421,10 +421,20 @@ def export_cdm_to_lake(md: ProjectMetadata, start: dt.date, end: dt.date, symbol
             spec = spec_for_kind(table, kind)
             result = WriteResult(table)
             chunk_days = None if partition_width(table) == "year" else 1
+            present: set[tuple[str, dt.date]] = set()
             for chunk_start, chunk_end in date_batches(start, end, chunk_days):
                 df = reader.read(table, kind, chunk_start, chunk_end, symbols)
                 if df.height:
                     result.merge(lake.write(spec, df, write_mode))
+                    present.update(df.select("symbol", "date").unique().iter_rows())
+            if write_mode == "overwrite":  # the window is rebuilt: days no longer in the CDM leave the lake too
+                stored = lake.read(table, symbols, start, end, columns=["symbol", "date"])
+                stale: dict[str, list[dt.date]] = {}
+                for symbol, day in stored.unique().iter_rows() if stored.height else ():
+                    if (symbol, day) not in present:
+                        stale.setdefault(symbol, []).append(day)
+                for symbol, days in stale.items():
+                    result.merge(lake.delete_days(spec, symbol, days))
             results[table] = result
     return results
 

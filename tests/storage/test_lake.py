@@ -162,3 +162,15 @@ def test_duckdb_catalog_exposes_lake_tables_as_views(lake):
     assert con.execute("select symbol, count(*) from lake.raw_t_trades group by 1 order by 1").fetchall() == [
         ("AAA", 3), ("BBB", 2)]
     assert con.execute("select sum(close) from lake.raw_t_bars_daily").fetchone()[0] == 6.0
+
+
+def test_delete_days_removes_only_those_days(lake, tmp_path):
+    lake.write(TRADES, pl.concat([trades(D1, 3), trades(D2, 2)]))
+    lake.write(BARS, bars([D1, D2, D3], close=1.0))
+    assert lake.delete_days(TRADES, "AAA", [D2]).days_deleted == 1
+    assert lake.read("raw_t_trades")["date"].unique().to_list() == [D1]
+    assert lake.delete_days(BARS, "AAA", [D1, D3]).days_deleted == 2
+    assert lake.read("raw_t_bars_daily")["date"].to_list() == [D2]
+    assert lake.delete_days(BARS, "AAA", [D2]).days_deleted == 1
+    assert lake.read("raw_t_bars_daily").height == 0
+    assert lake.delete_days(TRADES, "BBB", [D1]).days_deleted == 0  # nothing stored: nothing to do

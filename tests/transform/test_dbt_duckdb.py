@@ -109,6 +109,12 @@ def test_window_rerun_replaces_exactly_its_days_and_lake_obeys_write_mode(raw_pr
     assert _warehouse(md, "SELECT count(*) FROM cdm.cdm_trades WHERE symbol = 'BBB' AND date = DATE '2024-01-04'") \
         == [(0,)]
     assert _warehouse(md, "SELECT count(*) FROM cdm.cdm_trades") == [(2 + 2 + 3,)]
+    # ... and from the lake when the window is rebuilt in overwrite mode (the default mode keeps it)
+    assert lake.read("cdm_trades", ["BBB"], D3, D3).height == 1
+    rebuilt = runner.run(md, D2, D3, write_mode="overwrite")
+    assert rebuilt.tables["cdm_trades"].days_deleted == 1
+    assert lake.read("cdm_trades", ["BBB"], D3, D3).height == 0
+    assert lake.read("cdm_trades", ["AAA"], D2, D2).height == 2
 
 
 def test_copy_mode_replaces_the_window_of_raw_rows(raw_project):
