@@ -43,7 +43,7 @@ data_tests:
   quantflow:
     cdm:
       # tests of the CDM models look at the run window only, so a long history is not rescanned on every
-      # batch (the placeholder is replaced in macros/quantflow.sql: get_where_subquery)
+      # batch (the marker is replaced in macros/quantflow.sql: get_where_subquery)
       +where: "__quantflow_window__"
 """
 

@@ -67,7 +67,7 @@ class CsvDailyFeed(Feed):
         except (KeyError, IndexError, ValueError) as exc:
             raise self.error(
                 f"params.filename_pattern {self.params.filename_pattern!r} must name files with {{symbol}} "
-                f"as its only placeholder ({exc!r})"
+                f"as its only field ({exc!r})"
             ) from exc
 
     def iter_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> Iterator[FeedBatch]:
