@@ -45,7 +45,7 @@ import polars as pl
 from numba import njit
 
 from quantflow.state_engine.bars import parse_duration
-from quantflow.state_engine.kernels import _grid_bounds
+from quantflow.state_engine.kernels import _grid_bounds, fill_book_metrics
 
 SUBMIT = 1
 CANCEL = 2
@@ -149,61 +149,23 @@ def _apply(mtype, size, price, direction, bk, bs, nb, ak, asz, na):
 
 
 @njit(cache=True)
-def _emit(
-    r,
-    bk,
-    bs,
-    nb,
-    ak,
-    asz,
-    na,
-    o_bpx,
-    o_bsz,
-    o_apx,
-    o_asz,
-    o_imb,
-    o_bdep,
-    o_adep,
-    o_mid,
-    o_micro,
-    o_spr,
-    o_bps,
-):
-    """Write the top levels and the metrics of the current book into output row ``r``."""
-    depth = o_bpx.shape[1]
-    bdep = 0.0
-    adep = 0.0
-    for lv in range(depth):
+def _emit(r, bk, bs, nb, ak, asz, na, outs):
+    """Write the top levels of the current book into output row ``r``, then its cdm_lob_l2 metrics."""
+    o_bpx, o_bsz, o_apx, o_asz = outs[0], outs[1], outs[2], outs[3]
+    for lv in range(o_bpx.shape[1]):
         if lv < nb:
-            bp = bk[nb - 1 - lv]
-            b = bs[nb - 1 - lv]
+            o_bpx[r, lv] = bk[nb - 1 - lv]
+            o_bsz[r, lv] = bs[nb - 1 - lv]
         else:
-            bp = np.nan
-            b = np.nan
+            o_bpx[r, lv] = np.nan
+            o_bsz[r, lv] = np.nan
         if lv < na:
-            ap = -ak[na - 1 - lv]
-            a = asz[na - 1 - lv]
+            o_apx[r, lv] = -ak[na - 1 - lv]
+            o_asz[r, lv] = asz[na - 1 - lv]
         else:
-            ap = np.nan
-            a = np.nan
-        o_bpx[r, lv] = bp
-        o_bsz[r, lv] = b
-        o_apx[r, lv] = ap
-        o_asz[r, lv] = a
-        o_imb[r, lv] = (b - a) / (b + a)
-        bdep += b
-        adep += a
-        o_bdep[r, lv] = bdep
-        o_adep[r, lv] = adep
-    b1 = o_bpx[r, 0]
-    a1 = o_apx[r, 0]
-    bs1 = o_bsz[r, 0]
-    as1 = o_asz[r, 0]
-    mid = 0.5 * (b1 + a1)
-    o_mid[r] = mid
-    o_micro[r] = (b1 * as1 + a1 * bs1) / (bs1 + as1)
-    o_spr[r] = a1 - b1
-    o_bps[r] = (a1 - b1) / mid * 1e4
+            o_apx[r, lv] = np.nan
+            o_asz[r, lv] = np.nan
+    fill_book_metrics(r, outs)
 
 
 def _outputs(n, depth):
@@ -221,7 +183,6 @@ def _capacity(off, init_px):
 
 @njit(cache=True)
 def _per_message_into(mtype, size, price, direction, off, ibp, ibs, iap, ias, cap, outs, clamps):
-    o_bpx, o_bsz, o_apx, o_asz, o_imb, o_bdep, o_adep, o_mid, o_micro, o_spr, o_bps = outs
     bk = np.empty(cap, np.float64)
     bs = np.empty(cap, np.float64)
     ak = np.empty(cap, np.float64)
@@ -233,26 +194,7 @@ def _per_message_into(mtype, size, price, direction, off, ibp, ibs, iap, ias, ca
         for i in range(off[s], off[s + 1]):
             nb, na, cl = _apply(mtype[i], size[i], price[i], direction[i], bk, bs, nb, ak, asz, na)
             c += cl
-            _emit(
-                i,
-                bk,
-                bs,
-                nb,
-                ak,
-                asz,
-                na,
-                o_bpx,
-                o_bsz,
-                o_apx,
-                o_asz,
-                o_imb,
-                o_bdep,
-                o_adep,
-                o_mid,
-                o_micro,
-                o_spr,
-                o_bps,
-            )
+            _emit(i, bk, bs, nb, ak, asz, na, outs)
         clamps[s] = c
 
 
@@ -322,7 +264,6 @@ def _grid_into(
     outs,
     clamps,
 ):
-    o_bpx, o_bsz, o_apx, o_asz, o_imb, o_bdep, o_adep, o_mid, o_micro, o_spr, o_bps = outs
     bk = np.empty(cap, np.float64)
     bs = np.empty(cap, np.float64)
     ak = np.empty(cap, np.float64)
@@ -350,26 +291,7 @@ def _grid_into(
                     o_seg[r] = s
                     o_nupd[r] = i + 1 - last
                     last = i + 1
-                    _emit(
-                        r,
-                        bk,
-                        bs,
-                        nb,
-                        ak,
-                        asz,
-                        na,
-                        o_bpx,
-                        o_bsz,
-                        o_apx,
-                        o_asz,
-                        o_imb,
-                        o_bdep,
-                        o_adep,
-                        o_mid,
-                        o_micro,
-                        o_spr,
-                        o_bps,
-                    )
+                    _emit(r, bk, bs, nb, ak, asz, na, outs)
                     r += 1
                 g += interval
         clamps[s] = c
@@ -445,7 +367,7 @@ def book_snapshots(
     Returns symbol, date, ts, quote_ts, n_updates, mid, microprice, spread, spread_bps and per level
     bid_price_k, bid_size_k, ask_price_k, ask_size_k, imbalance_k, bid_depth_k, ask_depth_k.
     """
-    from quantflow.state_engine.engine import UTC_NS, _dates, _i64, _ro, _runs
+    from quantflow.state_engine.engine import UTC_NS, _i64, _ro, _runs, lob_frame
 
     if depth < 1:
         raise ValueError("depth must be >= 1")
@@ -506,30 +428,6 @@ def book_snapshots(
         res = book_grid(ts, *args, depth, parse_duration(interval), parse_duration(offset), init)
         g_ts, g_qts, g_seg, g_nupd = res[:4]
         levels = res[4:-1]
-    bpx, bsz, apx, asz, imb, bdep, adep, mid, micro, spr, spr_bps = levels
     symbols = pl.Series("symbol", [k[0] for k in keys], dtype=pl.Utf8)
     days = np.array([k[1] for k in keys], np.int64)
-    cols = [
-        symbols.gather(g_seg).alias("symbol"),
-        _dates(days[g_seg]),
-        pl.Series("ts", g_ts).cast(UTC_NS),
-        pl.Series("quote_ts", g_qts).cast(UTC_NS),
-        pl.Series("n_updates", g_nupd),
-        pl.Series("mid", mid, nan_to_null=True),
-        pl.Series("microprice", micro, nan_to_null=True),
-        pl.Series("spread", spr, nan_to_null=True),
-        pl.Series("spread_bps", spr_bps, nan_to_null=True),
-    ]
-    for lv in range(depth):
-        k = lv + 1
-        for name, arr in (
-            (f"bid_price_{k}", bpx),
-            (f"bid_size_{k}", bsz),
-            (f"ask_price_{k}", apx),
-            (f"ask_size_{k}", asz),
-            (f"imbalance_{k}", imb),
-            (f"bid_depth_{k}", bdep),
-            (f"ask_depth_{k}", adep),
-        ):
-            cols.append(pl.Series(name, np.ascontiguousarray(arr[:, lv]), nan_to_null=True))
-    return pl.DataFrame(cols)
+    return lob_frame(symbols, days, (g_ts, g_qts, g_seg, g_nupd), levels, depth)

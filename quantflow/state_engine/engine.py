@@ -402,10 +402,22 @@ def _lob_table(quotes: pl.DataFrame, seg: _Segments, spec: StateEngineSpec) -> p
         parse_duration(spec.lob_interval),
         parse_duration(spec.lob_offset),
     )
-    g_ts, g_qts, g_seg, g_nupd, bpx, bsz, apx, asz, imb, bdep, adep, mid, micro, spr, spr_bps = res
+    return lob_frame(seg.symbols, seg.dates, res[:4], res[4:], depth)
+
+
+def lob_frame(seg_symbols: pl.Series, seg_days: np.ndarray, grid: tuple, levels: tuple, depth: int) -> pl.DataFrame:
+    """The ``cdm_lob_l2`` table from snapshot kernel outputs, for every book source (quotes or messages).
+
+    ``grid``: (ts, quote_ts, segment, n_updates) per snapshot; ``levels``: the 7 per-level (rows, available
+    depth) arrays then mid, microprice, spread, spread_bps (``kernels.fill_book_metrics`` order). Levels
+    beyond the available depth are null columns.
+    """
+    g_ts, g_qts, g_seg, g_nupd = grid
+    bpx, bsz, apx, asz, imb, bdep, adep, mid, micro, spr, spr_bps = levels
+    avail = bpx.shape[1]
     cols = [
-        seg.symbols.gather(g_seg).alias("symbol"),
-        _dates(seg.dates[g_seg]),
+        seg_symbols.gather(g_seg).alias("symbol"),
+        _dates(seg_days[g_seg]),
         pl.Series("ts", g_ts).cast(UTC_NS),
         pl.Series("quote_ts", g_qts).cast(UTC_NS),
         pl.Series("n_updates", g_nupd),

@@ -243,6 +243,36 @@ def _grid_bounds(first_ts, last_ts, interval, offset):
 
 
 @njit(cache=True)
+def fill_book_metrics(r, outs):
+    """The cdm_lob_l2 metrics of output row ``r``, whose level prices and sizes are already written.
+
+    One definition for every book source (quote rows here, reconstructed books in ``book.py``). ``outs``:
+    (bid_px, bid_sz, ask_px, ask_sz, imbalance, bid_depth, ask_depth) as (rows, depth) arrays, then
+    (mid, microprice, spread, spread_bps) as (rows,) arrays.
+    """
+    o_bpx, o_bsz, o_apx, o_asz, o_imb, o_bdep, o_adep, o_mid, o_micro, o_spr, o_bps = outs
+    bdep = 0.0
+    adep = 0.0
+    for lv in range(o_bpx.shape[1]):
+        b = o_bsz[r, lv]
+        a = o_asz[r, lv]
+        o_imb[r, lv] = (b - a) / (b + a)
+        bdep += b
+        adep += a
+        o_bdep[r, lv] = bdep
+        o_adep[r, lv] = adep
+    b1 = o_bpx[r, 0]
+    a1 = o_apx[r, 0]
+    bs1 = o_bsz[r, 0]
+    as1 = o_asz[r, 0]
+    mid = 0.5 * (b1 + a1)
+    o_mid[r] = mid
+    o_micro[r] = (b1 * as1 + a1 * bs1) / (bs1 + as1)
+    o_spr[r] = a1 - b1
+    o_bps[r] = (a1 - b1) / mid * 1e4
+
+
+@njit(cache=True)
 def lob_snapshots(q_ts, bid_px, bid_sz, ask_px, ask_sz, q_off, interval, offset):
     """Order-book snapshots on a time grid, with mid, microprice, spread, depth and imbalance.
 
@@ -281,6 +311,7 @@ def lob_snapshots(q_ts, bid_px, bid_sz, ask_px, ask_sz, q_off, interval, offset)
     o_micro = np.empty(total, np.float64)
     o_spr = np.empty(total, np.float64)
     o_spr_bps = np.empty(total, np.float64)
+    outs = (o_bpx, o_bsz, o_apx, o_asz, o_imb, o_bdep, o_adep, o_mid, o_micro, o_spr, o_spr_bps)
     r = 0
     for s in range(n_seg):
         if counts[s] == 0:
@@ -298,29 +329,12 @@ def lob_snapshots(q_ts, bid_px, bid_sz, ask_px, ask_sz, q_off, interval, offset)
             o_qts[r] = q_ts[k]
             o_seg[r] = s
             o_nupd[r] = j - j_prev
-            bdep = 0.0
-            adep = 0.0
             for lv in range(depth):
-                b = bid_sz[k, lv]
-                a = ask_sz[k, lv]
                 o_bpx[r, lv] = bid_px[k, lv]
                 o_apx[r, lv] = ask_px[k, lv]
-                o_bsz[r, lv] = b
-                o_asz[r, lv] = a
-                o_imb[r, lv] = (b - a) / (b + a)
-                bdep += b
-                adep += a
-                o_bdep[r, lv] = bdep
-                o_adep[r, lv] = adep
-            b1 = bid_px[k, 0]
-            a1 = ask_px[k, 0]
-            bs1 = bid_sz[k, 0]
-            as1 = ask_sz[k, 0]
-            mid = 0.5 * (b1 + a1)
-            o_mid[r] = mid
-            o_micro[r] = (b1 * as1 + a1 * bs1) / (bs1 + as1)
-            o_spr[r] = a1 - b1
-            o_spr_bps[r] = (a1 - b1) / mid * 1e4
+                o_bsz[r, lv] = bid_sz[k, lv]
+                o_asz[r, lv] = ask_sz[k, lv]
+            fill_book_metrics(r, outs)
             r += 1
             g += interval
     return (
