@@ -38,12 +38,13 @@ LOB_TABLE = "cdm_lob_l2"
 SORT_KEYS = {ENRICHED_TABLE: ("symbol", "date", "ts", "trade_id"), LOB_TABLE: ("symbol", "date", "ts")}
 
 
-def _bar_dict(bar) -> dict:
-    return {k: v for k, v in bar.model_dump().items() if v is not None and k in _BAR_FIELDS}
-
-
 _BAR_FIELDS = ("type", "every", "offset", "threshold", "expected_daily", "bars_per_day", "expected_ticks", "span",
                "min_expected_ticks", "max_expected_ticks", "name")
+
+
+def _bar_dict(bar) -> dict:
+    """A bar config as ``BarSpec`` fields (unset ones and unknown extras left out)."""
+    return {k: v for k, v in bar.model_dump().items() if v is not None and k in _BAR_FIELDS}
 
 
 def calendar_table(bar) -> str:
@@ -110,10 +111,6 @@ class ShardResult:
     seconds: float
 
 
-def _output_exists(lake: Lake, tables: list[str], symbol: str, day: dt.date) -> bool:
-    return all(lake.store.exists(lake.partition_path(t, symbol, day)) for t in tables)
-
-
 def run_shard(task: ShardTask) -> ShardResult:
     """Read one shard's partitions, run the single pass, write its outputs. Runs in a Ray worker."""
     from quantflow.state_engine.engine import flush_state, process_shard
@@ -122,8 +119,9 @@ def run_shard(task: ShardTask) -> ShardResult:
     lake = Lake(Store(task.lake_root, task.storage))
     spec = engine_spec(task.config)
     tables = tick_tables(task.config)
+    # a shard whose enriched trades are stored for every day was finished by an earlier run
     if task.write_mode == "skip_if_exists" and all(
-        _output_exists(lake, tables[:1], task.symbol, d) for d in task.dates
+        lake.store.exists(lake.partition_path(ENRICHED_TABLE, task.symbol, d)) for d in task.dates
     ):
         return ShardResult({}, 0, True, time.perf_counter() - began)
     trades_by_day = _read_by_day(lake, task.trade_paths)

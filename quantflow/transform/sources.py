@@ -1,29 +1,17 @@
-"""Which raw tables the enabled feeds produce: the single place the dbt stage derives its sources from."""
+"""Which raw tables the enabled feeds produce (as each feed declares, ``feed_kinds``), and so which dbt
+sources and CDM models the project has."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quantflow.ingest.feeds.base import feed_kinds
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.tables import CDM_TABLES, raw_table_name
 
 # Order of the CDM tables in generated files and results.
 KIND_ORDER: tuple[str, ...] = ("bars_daily", "trades", "quotes")
 CDM_BY_KIND: dict[str, str] = {kind: table for table, kind in CDM_TABLES.items()}
-
-
-def feed_kinds(feed_config) -> tuple[str, ...]:
-    """The raw table kinds a feed writes (``raw_<feed>_<kind>``); agrees with the ingest feeds' ``kinds``."""
-    kind = feed_config.kind
-    if kind == "synthetic":
-        return ("trades", "quotes", "bars_daily") if feed_config.params.daily_bars else ("trades", "quotes")
-    if kind in ("csv", "yfinance"):
-        return ("bars_daily",)
-    if kind == "lobster":
-        return ("trades", "quotes")
-    if kind == "polygon":
-        return (feed_config.params.data,)
-    raise ValueError(f"unknown feed kind {kind!r} for feed {feed_config.name!r}")
 
 
 @dataclass(frozen=True)

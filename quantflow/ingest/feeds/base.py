@@ -126,10 +126,14 @@ class Feed(abc.ABC):
                 raise FeedError(f"invalid params for a {self.kind} feed: {exc}", feed=name) from exc
         self.params = params
 
-    @property
+    @classmethod
     @abc.abstractmethod
+    def kinds_for(cls, params: BaseModel) -> tuple[str, ...]:
+        """The raw table kinds ("trades", "quotes", "bars_daily") a feed of this kind produces with ``params``."""
+
+    @property
     def kinds(self) -> tuple[str, ...]:
-        """The raw table kinds ("trades", "quotes", "bars_daily") this feed produces with its params."""
+        return self.kinds_for(self.params)
 
     @abc.abstractmethod
     def iter_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> Iterator[FeedBatch]:
@@ -190,6 +194,11 @@ def feed_class(kind: str) -> type[Feed]:
         raise FeedError(f"unknown feed kind {kind!r}; known kinds: {', '.join(FEED_CLASSES)}")
     module, _, cls = FEED_CLASSES[kind].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def feed_kinds(feed_config: Any) -> tuple[str, ...]:
+    """The raw tables (``raw_<feed>_<kind>``) a metadata ``FeedConfig`` produces, without building the feed."""
+    return feed_class(feed_config.kind).kinds_for(feed_config.params)
 
 
 def build_feed(feed_config: Any, project_dir: str | Path, **options: Any) -> Feed:

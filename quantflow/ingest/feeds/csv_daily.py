@@ -53,8 +53,8 @@ class CsvDailyFeed(Feed):
     kind = "csv"
     params_model = CsvFeedParams
 
-    @property
-    def kinds(self) -> tuple[str, ...]:
+    @classmethod
+    def kinds_for(cls, params) -> tuple[str, ...]:
         return ("bars_daily",)
 
     @property

@@ -69,8 +69,8 @@ class LobsterFeed(Feed):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise self.error(f"unknown timezone {self.params.timezone!r}") from exc
 
-    @property
-    def kinds(self) -> tuple[str, ...]:
+    @classmethod
+    def kinds_for(cls, params) -> tuple[str, ...]:
         return ("trades", "quotes")
 
     @property

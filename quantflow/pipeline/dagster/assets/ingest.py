@@ -4,10 +4,10 @@
 import dagster as dg
 
 from quantflow.ingest import runner as ingest_runner
+from quantflow.ingest.feeds.base import feed_kinds
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.pipeline.config import PipelineConfig, resolve
 from quantflow.pipeline.dagster.metadata import frame_preview
-from quantflow.transform.sources import feed_kinds
 
 GROUP = "ingest"
 
