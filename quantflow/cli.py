@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="rewrite every generated file")
     g.set_defaults(func=_cmd_dbt_generate)
 
-    p = sub.add_parser("run", help="run a stage (or all) through Dagster, in process")
+    p = sub.add_parser("run", help="run a stage (or all): ingest and dbt as in-process Dagster jobs, the state engine on Ray")
     p.add_argument("--stage", default="all", choices=["all", "ingest", "dbt", "state_engine"])
     p.add_argument("--start", help="first date, YYYY-MM-DD (default yesterday)")
     p.add_argument("--end", help="last date, YYYY-MM-DD (default today)")

@@ -1,7 +1,9 @@
 """What ``dagster_workspace.yaml`` and ``dagster job execute -m`` load: the project in the working directory.
 
-``QF_PROJECT_DIR`` points elsewhere. ``DAGSTER_HOME`` defaults to ``<project>/.temp`` so runs, logs and
-schedules persist with the project instead of in a throwaway temp dir.
+``QF_PROJECT_DIR`` points elsewhere. When unset, ``DAGSTER_HOME`` is set to ``<project>/.temp`` here, which
+reaches instances created after this module loads (the batch runner, ``qf run``). ``dagster dev`` and
+``dagster job execute`` create their instance before loading code, so they need ``DAGSTER_HOME`` in the
+environment (the Makefile sets it) to keep runs with the project instead of in a throwaway temp dir.
 """
 
 from __future__ import annotations
