@@ -6,7 +6,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantflow.metadata.loader import MetadataError, MetadataIssue, parse_yaml, unknown_keys, validate
+from quantflow.metadata.loader import (
+    MetadataError,
+    MetadataIssue,
+    line_of,
+    parse_yaml,
+    unknown_keys,
+    validate,
+)
 from quantflow.metadata.schema import LocalConnections, LocalFile, ProjectConfig, ProjectFile
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,10 @@ class MetadataManager:
         parsed_project = parse_yaml(project_path, interpolate_env=True)
         project_file = validate(parsed_project, ProjectFile, self.strict)
         issues = list(parsed_project.issues)
+        if project_file is not None:
+            for loc, message in project_file.project.consistency_issues():
+                issues.append(MetadataIssue(str(project_path), line_of(parsed_project.data, loc),
+                                            ".".join(map(str, loc)), message))
 
         local = LocalConnections()
         local_path = self.metadata_dir / LOCAL_FILE

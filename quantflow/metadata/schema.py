@@ -28,6 +28,11 @@ class MetadataModel(BaseModel):
 class SyntheticFeedParams(MetadataModel):
     """Deterministic market simulator: ticks per (symbol, date, seed)."""
 
+    def raw_kinds(self) -> tuple[str, ...]:
+        """The raw tables (``raw_<feed>_<kind>``) a feed with these params produces: one declaration per
+        feed kind, read by ingest, dbt, Dagster and the consistency checks below."""
+        return ("trades", "quotes", "bars_daily") if self.daily_bars else ("trades", "quotes")
+
     seed: int = 42
     start_price: float = Field(100.0, gt=0)
     annual_volatility: float = Field(0.25, gt=0, le=5)
@@ -66,6 +71,9 @@ class CsvFeedParams(MetadataModel):
     adjust: Literal["adjusted_close", "none"] = "none"
     bad_rows: Literal["drop", "fail"] = "drop"
 
+    def raw_kinds(self) -> tuple[str, ...]:
+        return ("bars_daily",)
+
     @model_validator(mode="after")
     def _adjust_needs_column(self) -> CsvFeedParams:
         if self.adjust == "adjusted_close" and not self.columns.adjusted_close:
@@ -80,6 +88,10 @@ class LobsterFeedParams(MetadataModel):
     level: int = Field(1, ge=1, le=50)
     timezone: str = "America/New_York"
     has_header: bool | None = None  # None = detect
+    order_messages: bool = True  # also ingest every message (raw_<feed>_messages) for book reconstruction
+
+    def raw_kinds(self) -> tuple[str, ...]:
+        return ("trades", "quotes", "messages") if self.order_messages else ("trades", "quotes")
 
 
 class YFinanceFeedParams(MetadataModel):
@@ -89,6 +101,9 @@ class YFinanceFeedParams(MetadataModel):
     backoff_seconds: float = Field(1.0, ge=0)
     requests_per_minute: int = Field(60, ge=1)
     timeout_seconds: float = Field(30.0, gt=0)  # per HTTP request
+
+    def raw_kinds(self) -> tuple[str, ...]:
+        return ("bars_daily",)
 
 
 class PolygonFeedParams(MetadataModel):
@@ -102,6 +117,9 @@ class PolygonFeedParams(MetadataModel):
     page_limit: int = Field(50_000, ge=1, le=50_000)
     timezone: str = "America/New_York"  # exchange time zone: local dates of bars and tick-day windows
     timeout_seconds: float = Field(30.0, gt=0)  # per HTTP request
+
+    def raw_kinds(self) -> tuple[str, ...]:
+        return (self.data,)
 
 
 class _FeedBase(MetadataModel):
@@ -212,6 +230,9 @@ class LobConfig(MetadataModel):
     interval: str | None = Field("1s", pattern=_DURATION, description="snapshot grid step; null: no table")
     offset: str = Field("0s", pattern=_DURATION)
     depth: int = Field(1, ge=1, le=50)
+    source: Literal["quotes", "messages"] = Field(
+        "quotes", description="quotes: cdm_quotes (top of book); messages: the book rebuilt from cdm_order_messages"
+    )
 
 
 class StateEngineConfig(MetadataModel):
@@ -245,6 +266,24 @@ class ProjectConfig(MetadataModel):
     data_processing: DataProcessingConfig = DataProcessingConfig()
     storage: StorageConfig = StorageConfig()
     state_engine: StateEngineConfig | None = None
+
+    def consistency_issues(self) -> list[tuple[tuple, str]]:
+        """Problems that span sections (field path, message); each section is valid on its own."""
+        issues: list[tuple[tuple, str]] = []
+        se = self.state_engine
+        if se is not None and se.lob.interval is not None and se.lob.source == "messages":
+            lob = ("project", "state_engine", "lob")
+            producers = [f for f in self.ingest.enabled_feeds if "messages" in f.params.raw_kinds()]
+            if not producers:
+                issues.append((lob + ("source",), "the book is rebuilt from order messages, but no enabled feed "
+                               "produces them (a lobster feed with order_messages: true does); use source: quotes"))
+            for feed in producers:
+                level = getattr(feed.params, "level", None)
+                if level is not None and se.lob.depth > level:
+                    issues.append((lob + ("depth",), f"depth {se.lob.depth} is deeper than the level-{level} files "
+                                   f"of feed {feed.name!r}: the levels behind {level} are not in its messages; "
+                                   f"use depth <= {level}"))
+        return issues
 
     @field_validator("symbols")
     @classmethod

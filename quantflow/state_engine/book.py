@@ -11,7 +11,10 @@ the *resting* order, as in LOBSTER). Types:
 - 2 partial cancellation: removes ``size`` (the cancelled quantity);
 - 3 deletion: removes ``size`` (the remaining quantity of the order);
 - 4 visible execution: removes ``size`` (the executed quantity);
-- 5 hidden execution, 6 cross trade, 7 halt and anything else: the visible book is unchanged.
+- 5 hidden execution, 6 cross trade, 7 halt and anything else: the visible book is unchanged;
+- 9 level set (QuantFlow's, not LOBSTER's): the level at ``price`` on the ``direction`` side now holds
+  ``size`` (0: the level is gone). A feed that also publishes the book (LOBSTER's orderbook file) writes
+  them where its messages cannot explain the published book, see ``level_sets``.
 
 Every LOBSTER message carries price, size and direction, so the book is kept as aggregate visible size per
 price level and no order table is needed. What this cannot know:
@@ -36,6 +39,16 @@ imbalance ``(bid_sz - ask_sz) / (bid_sz + ask_sz)`` and the cumulative depth of 
 Two modes: ``book_per_message`` (the book after every message: comparable with LOBSTER's orderbook file
 row by row) and ``book_grid`` (the book after the last message with ``ts <= g`` at grid times
 ``g = offset + k * interval`` from the segment's first to its last message, as ``lob_snapshots`` does).
+``book_grid`` can also continue a segment from the previous one's book (``reset``) and return the whole
+book at the end of chosen segments (``save``): that is how the state engine carries a book across days.
+
+Published books. LOBSTER writes only the messages inside the requested price range: a level-N message file
+lacks the submissions behind level N, so when a level inside the top N empties, the level that slides into
+view is unknown to the messages (on the AMZN level-1 day the top empties on message 2). ``level_sets``
+replays the messages against the book the feed publishes after each message (the top N levels) and
+returns the level sets that make the replay equal to it: a level missing from the replay, a size that
+differs, a level the feed no longer shows inside its window. Messages plus these sets rebuild the
+published book exactly; deeper levels are what the messages imply and may be stale.
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ DELETE = 3
 EXECUTE = 4
 HIDDEN_EXECUTE = 5
 HALT = 7
+LEVEL_SET = 9
 
 SIZE_EPS = 1e-9
 
@@ -63,19 +77,24 @@ LOBSTER_EMPTY_ASK = 9999999999
 
 # ----------------------------------------------------------------------------------------- book state
 #
-# One side of the book is two arrays (key, size) of the side's levels, sorted ascending by key, best level
-# last (activity is near the top, so inserts and removals there shift few elements). Bids use key = price,
-# asks key = -price.
+# The book is one (4, capacity) array: rows BID_KEY, BID_SIZE hold the bid levels, ASK_KEY, ASK_SIZE the
+# ask levels, each side sorted ascending by key with its best level last (activity is near the top, so
+# inserts and removals there shift few elements); bids use key = price, asks key = -price. One array
+# rather than four: Numba passes every array argument as a struct of seven fields, and with four arrays
+# the calls per message cost three times the work they do.
+
+BID_KEY = 0
+ASK_KEY = 2
 
 
 @njit(cache=True)
-def _find(keys, n, key):
-    """Position of ``key`` in ``keys[:n]`` (sorted ascending), or where it would be inserted."""
+def _find(book, r, n, key):
+    """Position of ``key`` in row ``r``'s first ``n`` keys (sorted ascending), or where it would go."""
     lo = 0
     hi = n
     while lo < hi:
         mid = (lo + hi) >> 1
-        if keys[mid] < key:
+        if book[r, mid] < key:
             lo = mid + 1
         else:
             hi = mid
@@ -83,89 +102,117 @@ def _find(keys, n, key):
 
 
 @njit(cache=True)
-def _add(keys, sizes, n, key, size):
-    """Add ``size`` at ``key``; returns the new number of levels."""
-    i = _find(keys, n, key)
-    if i < n and keys[i] == key:
-        sizes[i] += size
+def _add(book, r, n, key, size):
+    """Add ``size`` at ``key`` on the side whose keys are row ``r`` (sizes: row ``r + 1``); returns the new
+    number of levels."""
+    i = _find(book, r, n, key)
+    if i < n and book[r, i] == key:
+        book[r + 1, i] += size
         return n
     for j in range(n, i, -1):
-        keys[j] = keys[j - 1]
-        sizes[j] = sizes[j - 1]
-    keys[i] = key
-    sizes[i] = size
+        book[r, j] = book[r, j - 1]
+        book[r + 1, j] = book[r + 1, j - 1]
+    book[r, i] = key
+    book[r + 1, i] = size
     return n + 1
 
 
 @njit(cache=True)
-def _remove(keys, sizes, n, key, size):
-    """Remove ``size`` at ``key``; returns (new number of levels, 1 if clamped else 0)."""
-    i = _find(keys, n, key)
-    if i >= n or keys[i] != key:
-        return n, 1  # level unknown: nothing to remove from
-    rem = sizes[i] - size
-    clamped = 1 if rem < -SIZE_EPS else 0
-    if rem > SIZE_EPS:
-        sizes[i] = rem
-        return n, clamped
+def _drop(book, r, n, i):
+    """Remove level ``i``; returns the new number of levels."""
     for j in range(i, n - 1):
-        keys[j] = keys[j + 1]
-        sizes[j] = sizes[j + 1]
-    return n - 1, clamped
+        book[r, j] = book[r, j + 1]
+        book[r + 1, j] = book[r + 1, j + 1]
+    return n - 1
 
 
 @njit(cache=True)
-def _seed(keys, sizes, s, init_px, init_sz, sign):
+def _remove(book, r, n, key, size):
+    """Remove ``size`` at ``key``; returns (new number of levels, 1 if clamped else 0)."""
+    i = _find(book, r, n, key)
+    if i >= n or book[r, i] != key:
+        return n, 1  # level unknown: nothing to remove from
+    rem = book[r + 1, i] - size
+    clamped = 1 if rem < -SIZE_EPS else 0
+    if rem > SIZE_EPS:
+        book[r + 1, i] = rem
+        return n, clamped
+    return _drop(book, r, n, i), clamped
+
+
+@njit(cache=True)
+def _set(book, r, n, key, size):
+    """The level at ``key`` now holds ``size`` (at most ``SIZE_EPS``: no level); returns the new count."""
+    i = _find(book, r, n, key)
+    if i < n and book[r, i] == key:
+        if size > SIZE_EPS:
+            book[r + 1, i] = size
+            return n
+        return _drop(book, r, n, i)
+    if size > SIZE_EPS:
+        return _add(book, r, n, key, size)
+    return n
+
+
+@njit(cache=True)
+def _seed(book, r, s, init_px, init_sz, sign):
     """Levels of segment ``s``'s initial book (NaN price or non-positive size: no level)."""
     n = 0
     for lv in range(init_px.shape[1]):
         p = init_px[s, lv]
         z = init_sz[s, lv]
         if p == p and z == z and z > SIZE_EPS:
-            n = _add(keys, sizes, n, sign * p, z)
+            n = _add(book, r, n, sign * p, z)
     return n
 
 
 @njit(cache=True)
-def _apply(mtype, size, price, direction, bk, bs, nb, ak, asz, na):
+def _apply(mtype, size, price, direction, book, nb, na):
     """Apply one message; returns (nb, na, clamped)."""
-    if size != size or price != price:
-        return nb, na, 0
-    if mtype == SUBMIT:
-        if size > 0.0:
+    c = 0
+    if size == size and price == price:
+        if mtype == SUBMIT:
+            if size > 0.0:
+                if direction > 0:
+                    nb = _add(book, BID_KEY, nb, price, size)
+                elif direction < 0:
+                    na = _add(book, ASK_KEY, na, -price, size)
+        elif mtype == CANCEL or mtype == DELETE or mtype == EXECUTE:
             if direction > 0:
-                nb = _add(bk, bs, nb, price, size)
+                nb, c = _remove(book, BID_KEY, nb, price, size)
             elif direction < 0:
-                na = _add(ak, asz, na, -price, size)
-        return nb, na, 0
-    if mtype == CANCEL or mtype == DELETE or mtype == EXECUTE:
-        c = 0
-        if direction > 0:
-            nb, c = _remove(bk, bs, nb, price, size)
-        elif direction < 0:
-            na, c = _remove(ak, asz, na, -price, size)
-        return nb, na, c
-    return nb, na, 0  # hidden execution, cross trade, halt: the visible book is unchanged
+                na, c = _remove(book, ASK_KEY, na, -price, size)
+        elif mtype == LEVEL_SET:
+            if direction > 0:
+                nb = _set(book, BID_KEY, nb, price, size)
+            elif direction < 0:
+                na = _set(book, ASK_KEY, na, -price, size)
+        # hidden execution, cross trade, halt: the visible book is unchanged
+    return nb, na, c
 
 
 @njit(cache=True)
-def _emit(r, bk, bs, nb, ak, asz, na, outs):
+def _emit(r, book, nb, na, outs):
     """Write the top levels of the current book into output row ``r``, then its cdm_lob_l2 metrics."""
     o_bpx, o_bsz, o_apx, o_asz = outs[0], outs[1], outs[2], outs[3]
     for lv in range(o_bpx.shape[1]):
         if lv < nb:
-            o_bpx[r, lv] = bk[nb - 1 - lv]
-            o_bsz[r, lv] = bs[nb - 1 - lv]
+            o_bpx[r, lv] = book[BID_KEY, nb - 1 - lv]
+            o_bsz[r, lv] = book[BID_KEY + 1, nb - 1 - lv]
         else:
             o_bpx[r, lv] = np.nan
             o_bsz[r, lv] = np.nan
         if lv < na:
-            o_apx[r, lv] = -ak[na - 1 - lv]
-            o_asz[r, lv] = asz[na - 1 - lv]
+            o_apx[r, lv] = -book[ASK_KEY, na - 1 - lv]
+            o_asz[r, lv] = book[ASK_KEY + 1, na - 1 - lv]
         else:
             o_apx[r, lv] = np.nan
             o_asz[r, lv] = np.nan
     fill_book_metrics(r, outs)
+
+
+def _new_book(cap):
+    return np.empty((4, max(1, cap)), np.float64)
 
 
 def _outputs(n, depth):
@@ -182,19 +229,15 @@ def _capacity(off, init_px):
 
 
 @njit(cache=True)
-def _per_message_into(mtype, size, price, direction, off, ibp, ibs, iap, ias, cap, outs, clamps):
-    bk = np.empty(cap, np.float64)
-    bs = np.empty(cap, np.float64)
-    ak = np.empty(cap, np.float64)
-    asz = np.empty(cap, np.float64)
+def _per_message_into(mtype, size, price, direction, off, ibp, ibs, iap, ias, book, outs, clamps):
     for s in range(off.shape[0] - 1):
-        nb = _seed(bk, bs, s, ibp, ibs, 1.0)
-        na = _seed(ak, asz, s, iap, ias, -1.0)
+        nb = _seed(book, BID_KEY, s, ibp, ibs, 1.0)
+        na = _seed(book, ASK_KEY, s, iap, ias, -1.0)
         c = 0
         for i in range(off[s], off[s + 1]):
-            nb, na, cl = _apply(mtype[i], size[i], price[i], direction[i], bk, bs, nb, ak, asz, na)
+            nb, na, cl = _apply(mtype[i], size[i], price[i], direction[i], book, nb, na)
             c += cl
-            _emit(i, bk, bs, nb, ak, asz, na, outs)
+            _emit(i, book, nb, na, outs)
         clamps[s] = c
 
 
@@ -224,7 +267,7 @@ def book_per_message(mtype, size, price, direction, off, depth, init=None):
     outs = _outputs(mtype.shape[0], depth)
     clamps = np.zeros(off.shape[0] - 1, np.int64)
     _per_message_into(
-        mtype, size, price, direction, off, ibp, ibs, iap, ias, _capacity(off, ibp), outs, clamps
+        mtype, size, price, direction, off, ibp, ibs, iap, ias, _new_book(_capacity(off, ibp)), outs, clamps
     )
     return (*outs, clamps)
 
@@ -242,6 +285,21 @@ def _grid_counts(ts, off, interval, offset):
 
 
 @njit(cache=True)
+def _save(s, book, nb, na, e_off, ends, e_nb, e_na):
+    """Copy the whole book of segment ``s`` (best level first) into its slot of the end-book rows
+    (``ends``: bid px, bid size, ask px, ask size)."""
+    o = e_off[s]
+    for lv in range(nb):
+        ends[0, o + lv] = book[BID_KEY, nb - 1 - lv]
+        ends[1, o + lv] = book[BID_KEY + 1, nb - 1 - lv]
+    for lv in range(na):
+        ends[2, o + lv] = -book[ASK_KEY, na - 1 - lv]
+        ends[3, o + lv] = book[ASK_KEY + 1, na - 1 - lv]
+    e_nb[s] = nb
+    e_na[s] = na
+
+
+@njit(cache=True)
 def _grid_into(
     ts,
     mtype,
@@ -249,75 +307,118 @@ def _grid_into(
     price,
     direction,
     off,
+    reset,
+    save,
     ibp,
     ibs,
     iap,
     ias,
-    cap,
+    book,
     interval,
     offset,
-    counts,
     o_ts,
     o_qts,
     o_seg,
     o_nupd,
     outs,
     clamps,
+    e_off,
+    ends,
+    e_nb,
+    e_na,
 ):
-    bk = np.empty(cap, np.float64)
-    bs = np.empty(cap, np.float64)
-    ak = np.empty(cap, np.float64)
-    asz = np.empty(cap, np.float64)
+    nb = 0
+    na = 0
     r = 0
     for s in range(off.shape[0] - 1):
-        nb = _seed(bk, bs, s, ibp, ibs, 1.0)
-        na = _seed(ak, asz, s, iap, ias, -1.0)
+        if reset[s]:
+            nb = _seed(book, BID_KEY, s, ibp, ibs, 1.0)
+            na = _seed(book, ASK_KEY, s, iap, ias, -1.0)
         c = 0
         i0 = off[s]
         i1 = off[s + 1]
-        if i1 == i0:
-            clamps[s] = 0
-            continue
-        g, hi = _grid_bounds(ts[i0], ts[i1 - 1], interval, offset)
-        last = i0  # first message not yet counted in n_updates
-        for i in range(i0, i1):
-            nb, na, cl = _apply(mtype[i], size[i], price[i], direction[i], bk, bs, nb, ak, asz, na)
-            c += cl
-            # grid times g with ts[i] <= g < ts[i + 1] see the book after message i
-            while g <= hi and (i == i1 - 1 or g < ts[i + 1]):
-                if g >= ts[i]:
-                    o_ts[r] = g
-                    o_qts[r] = ts[i]
-                    o_seg[r] = s
-                    o_nupd[r] = i + 1 - last
-                    last = i + 1
-                    _emit(r, bk, bs, nb, ak, asz, na, outs)
-                    r += 1
-                g += interval
+        if i1 > i0:
+            g, hi = _grid_bounds(ts[i0], ts[i1 - 1], interval, offset)
+            last = i0  # first message not yet counted in n_updates
+            for i in range(i0, i1):
+                nb, na, cl = _apply(mtype[i], size[i], price[i], direction[i], book, nb, na)
+                c += cl
+                # grid times g with ts[i] <= g < ts[i + 1] see the book after message i
+                while g <= hi and (i == i1 - 1 or g < ts[i + 1]):
+                    if g >= ts[i]:
+                        o_ts[r] = g
+                        o_qts[r] = ts[i]
+                        o_seg[r] = s
+                        o_nupd[r] = i + 1 - last
+                        last = i + 1
+                        _emit(r, book, nb, na, outs)
+                        r += 1
+                    g += interval
         clamps[s] = c
+        if save[s]:
+            _save(s, book, nb, na, e_off, ends, e_nb, e_na)
     return r
 
 
-def book_grid(ts, mtype, size, price, direction, off, depth, interval, offset=0, init=None):
+def _distinct_prices(*prices) -> int:
+    """How many distinct finite prices the arrays hold: no side of a book can have more levels."""
+    flat = np.concatenate([np.ravel(p) for p in prices])
+    return max(1, int(np.unique(flat[np.isfinite(flat)]).shape[0]))
+
+
+def _chain_bounds(mtype, off, reset, ibp, iap):
+    """Levels a side can reach by the end of each segment: the levels it started its chain of segments
+    (a reset, then continuations) with, plus one per submission or level set since."""
+    adds = np.concatenate([[0], np.cumsum((mtype == SUBMIT) | (mtype == LEVEL_SET))])
+    seeded = np.maximum(np.isfinite(ibp).sum(axis=1), np.isfinite(iap).sum(axis=1)).astype(np.int64)
+    bound = np.empty(off.shape[0] - 1, np.int64)
+    chain_seed, chain_start = 0, 0
+    for s in range(off.shape[0] - 1):
+        if reset[s]:
+            chain_seed, chain_start = int(seeded[s]), int(off[s])
+        bound[s] = chain_seed + int(adds[off[s + 1]] - adds[chain_start])
+    return bound
+
+
+def book_grid(ts, mtype, size, price, direction, off, depth, interval, offset=0, init=None, reset=None,
+              save=None):
     """Snapshots of the book on the grid ``offset + k * interval`` (ns), segment by segment.
 
     The snapshot at grid time ``g`` is the book after the last message with ``ts <= g``; a segment's grid
     covers its first to its last message (as ``kernels.lob_snapshots``). ``ts`` must be non-decreasing
-    inside every segment. Returns ``(ts, quote_ts, segment, n_updates, bid_px, bid_size, ask_px, ask_size,
-    imbalance, bid_depth, ask_depth, mid, microprice, spread, spread_bps, clamps)``; ``quote_ts`` is the
-    timestamp of the last message applied, ``n_updates`` the messages since the previous snapshot.
+    inside every segment. ``reset`` (bool per segment, default all): the segment starts from its ``init``
+    book (empty without one) rather than from the book the previous segment ended with. ``save`` (bool
+    per segment, default none): return the whole book at the end of those segments.
+
+    Returns ``(ts, quote_ts, segment, n_updates, bid_px, bid_size, ask_px, ask_size, imbalance, bid_depth,
+    ask_depth, mid, microprice, spread, spread_bps, clamps, end_books)``; ``quote_ts`` is the timestamp of
+    the last message applied, ``n_updates`` the messages since the previous snapshot; ``end_books`` maps
+    each saved segment to ``(bid_px, bid_size, ask_px, ask_size)``, best level first.
     """
     if interval <= 0:
         raise ValueError("interval must be positive")
+    n_seg = off.shape[0] - 1
     ibp, ibs, iap, ias = _check_init(off, depth, init)
-    counts = _grid_counts(ts, off, interval, offset)
-    total = int(counts.sum())
+    reset = np.ones(n_seg, np.bool_) if reset is None else np.ascontiguousarray(reset, np.bool_)
+    save = np.zeros(n_seg, np.bool_) if save is None else np.ascontiguousarray(save, np.bool_)
+    if reset.shape != (n_seg,) or save.shape != (n_seg,):
+        raise ValueError("reset and save need one flag per segment")
+    if n_seg and not reset[0]:
+        raise ValueError("the first segment has no previous book to continue: reset[0] must be true")
+    bound = np.minimum(_chain_bounds(mtype, off, reset, ibp, iap), _distinct_prices(price, ibp, iap))
+    cap = max(1, int(bound.max()) if n_seg else 1)
+    e_off = np.zeros(n_seg + 1, np.int64)
+    e_off[1:] = np.cumsum(np.where(save, bound, 0))
+    ends = np.empty((4, int(e_off[-1])), np.float64)
+    e_nb = np.zeros(n_seg, np.int64)
+    e_na = np.zeros(n_seg, np.int64)
+    total = int(_grid_counts(ts, off, interval, offset).sum())
     o_ts = np.empty(total, np.int64)
     o_qts = np.empty(total, np.int64)
     o_seg = np.empty(total, np.int64)
     o_nupd = np.empty(total, np.int64)
     outs = _outputs(total, depth)
-    clamps = np.zeros(off.shape[0] - 1, np.int64)
+    clamps = np.zeros(n_seg, np.int64)
     r = _grid_into(
         ts,
         mtype,
@@ -325,23 +426,126 @@ def book_grid(ts, mtype, size, price, direction, off, depth, interval, offset=0,
         price,
         direction,
         off,
+        reset,
+        save,
         ibp,
         ibs,
         iap,
         ias,
-        _capacity(off, ibp),
+        _new_book(cap),
         interval,
         offset,
-        counts,
         o_ts,
         o_qts,
         o_seg,
         o_nupd,
         outs,
         clamps,
+        e_off,
+        ends,
+        e_nb,
+        e_na,
     )
     assert r == total
-    return (o_ts, o_qts, o_seg, o_nupd, *outs, clamps)
+    end_books = {}
+    for s in np.flatnonzero(save).tolist():
+        o = e_off[s]
+        end_books[s] = (
+            ends[0, o : o + e_nb[s]].copy(),
+            ends[1, o : o + e_nb[s]].copy(),
+            ends[2, o : o + e_na[s]].copy(),
+            ends[3, o : o + e_na[s]].copy(),
+        )
+    return (o_ts, o_qts, o_seg, o_nupd, *outs, clamps, end_books)
+
+
+# ------------------------------------------------------------------------------------- published books
+
+
+@njit(cache=True)
+def _sync_side(book, r, n, pub_px, pub_sz, i, sign, out, m):
+    """Level sets that make one side's known levels (keys: row ``r``) equal the published top levels of
+    message ``i``.
+
+    ``sign`` +1 bids (key = price), -1 asks (key = -price). The published window is the published levels
+    plus, when fewer than the published depth are shown, everything behind them (the side has no more).
+    Returns the new level count and the new number of sets in ``out`` (rows: message, side, price, size).
+    """
+    depth = pub_px.shape[1]
+    shown = 0
+    while shown < depth and pub_px[i, shown] == pub_px[i, shown]:
+        shown += 1
+    # keys strictly better than the deepest shown level, or every key when the side shows fewer than depth
+    floor = sign * pub_px[i, shown - 1] if shown == depth else -np.inf
+    j = n - 1
+    while j >= 0:  # best level first; removing level j shifts only levels above j
+        k = book[r, j]
+        if k < floor:
+            break
+        found = False
+        for lv in range(shown):
+            if sign * pub_px[i, lv] == k:
+                found = True
+                break
+        if not found:
+            m = _record(out, m, i, sign, sign * k, 0.0)
+            n = _drop(book, r, n, j)
+        j -= 1
+    for lv in range(shown):
+        k = sign * pub_px[i, lv]
+        want = pub_sz[i, lv]
+        p = _find(book, r, n, k)
+        have = book[r + 1, p] if p < n and book[r, p] == k else 0.0
+        if abs(have - want) > SIZE_EPS:
+            m = _record(out, m, i, sign, pub_px[i, lv], want)
+            n = _set(book, r, n, k, want)
+    return n, m
+
+
+@njit(cache=True)
+def _record(out, m, i, side, px, sz):
+    """Append one set; past the end of ``out`` only count, so the caller learns the size it needs."""
+    if m < out.shape[0]:
+        out[m, 0] = i
+        out[m, 1] = side
+        out[m, 2] = px
+        out[m, 3] = sz
+    return m + 1
+
+
+@njit(cache=True)
+def _level_sets_into(mtype, size, price, direction, off, pub_bpx, pub_bsz, pub_apx, pub_asz, book, out):
+    m = 0
+    for s in range(off.shape[0] - 1):
+        nb = 0
+        na = 0
+        for i in range(off[s], off[s + 1]):
+            nb, na, _ = _apply(mtype[i], size[i], price[i], direction[i], book, nb, na)
+            nb, m = _sync_side(book, BID_KEY, nb, pub_bpx, pub_bsz, i, 1.0, out, m)
+            na, m = _sync_side(book, ASK_KEY, na, pub_apx, pub_asz, i, -1.0, out, m)
+    return m
+
+
+def level_sets(mtype, size, price, direction, off, pub_bid_px, pub_bid_sz, pub_ask_px, pub_ask_sz):
+    """The level sets that make the messages rebuild a published book exactly (see the module docstring).
+
+    ``pub_*``: (n_messages, N) arrays, the published top N levels after each message (level 1 first, NaN
+    for no level; N is the feed's depth). Each segment starts from an empty book. Returns ``(message,
+    direction, price, size)`` arrays: after message ``message`` (a row index), the level at ``price`` on
+    side ``direction`` holds ``size`` (0: no level), in the order they must be applied.
+    """
+    pub = tuple(np.ascontiguousarray(a, np.float64) for a in (pub_bid_px, pub_bid_sz, pub_ask_px, pub_ask_sz))
+    n = mtype.shape[0]
+    if any(a.ndim != 2 or a.shape[0] != n or a.shape[1] != pub[0].shape[1] or a.shape[1] < 1 for a in pub):
+        raise ValueError("published books must be (n_messages, depth) arrays with depth >= 1")
+    book = _new_book(_distinct_prices(price, pub[0], pub[2]))  # a level is a price: never more levels
+    out = np.empty((max(1024, n // 4), 4), np.float64)
+    m = _level_sets_into(mtype, size, price, direction, off, *pub, book, out)
+    if m > out.shape[0]:  # counted, not all written: once more with room for every set
+        out = np.empty((m, 4), np.float64)
+        m = _level_sets_into(mtype, size, price, direction, off, *pub, book, out)
+    out = out[:m]
+    return out[:, 0].astype(np.int64), out[:, 1].astype(np.int8), out[:, 2].copy(), out[:, 3].copy()
 
 
 # ---------------------------------------------------------------------------------------------- polars
@@ -427,7 +631,7 @@ def book_snapshots(
     else:
         res = book_grid(ts, *args, depth, parse_duration(interval), parse_duration(offset), init)
         g_ts, g_qts, g_seg, g_nupd = res[:4]
-        levels = res[4:-1]
+        levels = res[4:-2]
     symbols = pl.Series("symbol", [k[0] for k in keys], dtype=pl.Utf8)
     days = np.array([k[1] for k in keys], np.int64)
     return lob_frame(symbols, days, (g_ts, g_qts, g_seg, g_nupd), levels, depth)

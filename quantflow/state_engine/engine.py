@@ -4,7 +4,8 @@
 ``quantflow.storage.tables``), runs the Numba kernels and returns polars tables:
 
 - ``cdm_trade_enriched``: every trade with its prevailing quote, mid, spreads, Lee-Ready direction;
-- ``cdm_lob_l2``: order-book snapshots on a time grid (when ``lob_interval`` is set);
+- ``cdm_lob_l2``: order-book snapshots on a time grid (when ``lob_interval`` is set), from the quotes
+  (``lob_source="quotes"``) or from a book rebuilt from order messages (``"messages"``, see ``book``);
 - one ``cdm_<type>_bars`` table per configured ``BarSpec`` (e.g. ``cdm_time_1m_bars``).
 
 No I/O, no Dagster, no Ray: the runner reads a shard, calls this, writes the tables.
@@ -14,7 +15,9 @@ segment starts fresh and ends by emitting its open bars, so no bar and no quote 
 and running many shards in one call equals running them one by one. With ``carry_state=True`` the state
 of each symbol (last quote, tick-rule history, open bars, imbalance-bar expectations) continues from one
 date to the next, and the returned ``CarryState`` lets the next call continue exactly where this one
-stopped: running day by day with the carried state equals running on the concatenated days.
+stopped: running day by day with the carried state equals running on the concatenated days. A book
+rebuilt from messages carries over too: a day starts from the book the previous day ended with (a feed
+that publishes its book, like LOBSTER, corrects it with level sets at the first message).
 
 Prevailing quote rule (no look-ahead): a quote prevails for a trade when ``quote.ts < trade.ts``, or when
 the timestamps are equal and either ``tie_break="quotes_first"`` (default: on equal timestamps the quote is
@@ -37,8 +40,10 @@ import numpy as np
 import polars as pl
 
 from quantflow.state_engine import bars as _bars
+from quantflow.state_engine import book as _book
 from quantflow.state_engine import kernels as _k
 from quantflow.state_engine.bars import BarSpec, parse_duration
+from quantflow.storage.tables import MESSAGES_SCHEMA, TRADES_SCHEMA
 
 UTC_NS = pl.Datetime("ns", "UTC")
 TIE_BREAKS = {"quotes_first": _k.TIE_QUOTES_FIRST, "sequence": _k.TIE_SEQUENCE}
@@ -47,6 +52,8 @@ LOB_TABLE = "cdm_lob_l2"
 
 TRADE_COLUMNS = ("symbol", "date", "ts", "trade_id", "price", "size")
 QUOTE_COLUMNS = ("symbol", "date", "ts", "quote_id", "bid", "ask", "bid_size", "ask_size")
+MESSAGE_COLUMNS = ("symbol", "date", "ts", "seq", "type", "size", "price", "direction")
+LOB_SOURCES = ("quotes", "messages")
 
 
 @dataclass(frozen=True)
@@ -56,14 +63,16 @@ class StateEngineSpec:
     ``lob_interval``: grid step of ``cdm_lob_l2`` snapshots (``"1s"``, ``"100ms"``; None: no table);
     ``lob_depth``: book levels per snapshot (level 1 from ``bid``/``ask``/``bid_size``/``ask_size``,
     level k >= 2 from ``bid_k``/``ask_k``/``bid_size_k``/``ask_size_k`` when the quotes carry them, null
-    otherwise); ``tie_break`` and ``carry_state``: see the module docstring; ``timezone``: the exchange
-    time zone that defines a ``date`` (its end closes time bars when state is carried).
+    otherwise) or, with ``lob_source="messages"``, from the book rebuilt from order messages (any depth);
+    ``tie_break`` and ``carry_state``: see the module docstring; ``timezone``: the exchange time zone that
+    defines a ``date`` (its end closes time bars when state is carried).
     """
 
     bars: tuple[BarSpec, ...] = (BarSpec("time", every="1m"),)
     lob_interval: str | None = "1s"
     lob_offset: str = "0s"
     lob_depth: int = 1
+    lob_source: str = "quotes"
     carry_state: bool = False
     tie_break: str = "quotes_first"
     timezone: str = "America/New_York"
@@ -81,6 +90,8 @@ class StateEngineSpec:
         parse_duration(self.lob_offset)
         if self.lob_depth < 1:
             raise ValueError("lob_depth must be >= 1")
+        if self.lob_source not in LOB_SOURCES:
+            raise ValueError(f"lob_source must be one of {LOB_SOURCES}, not {self.lob_source!r}")
         ZoneInfo(self.timezone)
 
     @classmethod
@@ -93,7 +104,7 @@ class StateEngineSpec:
     @property
     def fingerprint(self) -> str:
         """Identifies what carried state means: state from one spec must not feed another."""
-        parts = (self.bars, self.tie_break, self.timezone)
+        parts = (self.bars, self.tie_break, self.timezone, self.lob_source)
         return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
@@ -104,6 +115,7 @@ class SymbolState:
     last_date: dt.date
     enrich: tuple[np.ndarray, np.ndarray]
     bars: dict[str, tuple[np.ndarray, np.ndarray]]
+    book: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # bid px, sz, ask px, sz
 
 
 @dataclass
@@ -112,7 +124,8 @@ class CarryState:
 
     ``spec_fingerprint`` ties it to the spec that made it (a state from other bar settings is refused).
     Each array pair is (int64 state, float64 state) in the layouts documented in ``kernels`` (enrichment)
-    and ``bars`` (one pair per bar table key).
+    and ``bars`` (one pair per bar table key); ``book`` is the whole rebuilt book (message source only),
+    best level first.
     """
 
     spec_fingerprint: str
@@ -127,6 +140,7 @@ class _Segments:
     keys: list[tuple[str, int]]  # (symbol, date as days since epoch), sorted
     t_off: np.ndarray
     q_off: np.ndarray
+    m_off: np.ndarray
     symbols: pl.Series  # symbol per segment
     dates: np.ndarray  # int64 days per segment
 
@@ -228,6 +242,19 @@ def _prepare_quotes(quotes: pl.DataFrame | None) -> pl.DataFrame:
     out = quotes.with_columns(exprs) if exprs else quotes
     if out["ts"].null_count():
         raise ValueError("quotes have null timestamps")
+    return out
+
+
+def _prepare_messages(messages: pl.DataFrame | None) -> pl.DataFrame:
+    casts = {c: MESSAGES_SCHEMA[c] for c in MESSAGE_COLUMNS}
+    if messages is None:
+        return pl.DataFrame(schema=casts)
+    missing = [c for c in MESSAGE_COLUMNS if c not in messages.columns]
+    if missing:
+        raise ValueError(f"order messages are missing columns {missing}; has {messages.columns}")
+    out = messages.select(pl.col(c).cast(t) for c, t in casts.items())
+    if out["ts"].null_count():
+        raise ValueError("order messages have null timestamps")
     return out
 
 
@@ -405,6 +432,50 @@ def _lob_table(quotes: pl.DataFrame, seg: _Segments, spec: StateEngineSpec) -> p
     return lob_frame(seg.symbols, seg.dates, res[:4], res[4:], depth)
 
 
+def _message_lob_table(
+    msgs: pl.DataFrame,
+    seg: _Segments,
+    spec: StateEngineSpec,
+    reset: np.ndarray,
+    carried: dict[str, SymbolState],
+    save: np.ndarray,
+) -> tuple[pl.DataFrame, dict[int, tuple]]:
+    """``cdm_lob_l2`` from the book rebuilt from order messages; also the books of the ``save`` segments.
+
+    Segments flagged in ``reset`` start from the symbol's carried book (carry-state) or an empty one; the
+    others continue the book of the segment before (the same symbol's previous day).
+    """
+    n_seg = len(seg.keys)
+    books = {}
+    if spec.carry_state:
+        for s in np.flatnonzero(reset).tolist():
+            st = carried.get(seg.keys[s][0])
+            if st is not None and st.book is not None:
+                books[s] = st.book
+    init = None
+    if books:
+        width = max(max(b[0].shape[0], b[2].shape[0]) for b in books.values())
+        init = tuple(np.full((n_seg, width), np.nan) for _ in range(4))
+        for s, book in books.items():
+            for arr, levels in zip(init, book):
+                arr[s, : levels.shape[0]] = levels
+    res = _book.book_grid(
+        _i64(msgs["ts"]),
+        _ro(msgs["type"].to_numpy(), np.int8),
+        _f64(msgs["size"]),
+        _f64(msgs["price"]),
+        _ro(msgs["direction"].to_numpy(), np.int8),
+        seg.m_off,
+        spec.lob_depth,
+        parse_duration(spec.lob_interval),
+        parse_duration(spec.lob_offset),
+        init,
+        reset,
+        save,
+    )
+    return lob_frame(seg.symbols, seg.dates, res[:4], res[4:15], spec.lob_depth), res[16]
+
+
 def lob_frame(seg_symbols: pl.Series, seg_days: np.ndarray, grid: tuple, levels: tuple, depth: int) -> pl.DataFrame:
     """The ``cdm_lob_l2`` table from snapshot kernel outputs, for every book source (quotes or messages).
 
@@ -448,30 +519,36 @@ def lob_frame(seg_symbols: pl.Series, seg_days: np.ndarray, grid: tuple, levels:
 
 
 def process_shard(
-    trades: pl.DataFrame,
+    trades: pl.DataFrame | None,
     quotes: pl.DataFrame | None,
     spec: StateEngineSpec,
     state: CarryState | None = None,
+    messages: pl.DataFrame | None = None,
 ) -> tuple[dict[str, pl.DataFrame], CarryState]:
     """Run the state engine over the trades and quotes of one or more (symbol, date) shards.
 
-    Frames follow the CDM trade and quote schemas; they are sorted by (symbol, date, ts, id) here if they
-    are not already. ``state`` (carry-state on only; ignored otherwise) is what the previous call returned
-    for earlier dates. Returns the tables keyed by name and the state at the end of this input (symbols
-    not in this input keep their carried state).
+    Frames follow the CDM trade, quote and order-message schemas; they are sorted by (symbol, date, ts,
+    id) here if they are not already. ``messages`` (``cdm_order_messages``) feed ``cdm_lob_l2`` when
+    ``spec.lob_source == "messages"`` and are ignored otherwise. ``state`` (carry-state on only; ignored
+    otherwise) is what the previous call returned for earlier dates. Returns the tables keyed by name and
+    the state at the end of this input (symbols not in this input keep their carried state).
     """
-    trades = _prepare_trades(trades)
+    trades = _prepare_trades(trades if trades is not None else pl.DataFrame(schema=TRADES_SCHEMA))
     quotes = _prepare_quotes(quotes)
+    from_messages = spec.lob_interval is not None and spec.lob_source == "messages"
+    msgs = _prepare_messages(messages if from_messages else None)
     if spec.carry_state and state is not None and state.spec_fingerprint != spec.fingerprint:
         raise ValueError("carried state was produced by a different state-engine spec")
     trades, t_runs, t_keys = _runs(trades, "ts", "trade_id")
     quotes, q_runs, q_keys = _runs(quotes, "ts", "quote_id")
-    keys = sorted(set(t_keys) | set(q_keys))
+    msgs, m_runs, m_keys = _runs(msgs, "ts", "seq")
+    keys = sorted(set(t_keys) | set(q_keys) | set(m_keys))
     n_seg = len(keys)
     seg = _Segments(
         keys=keys,
         t_off=_align(keys, t_keys, t_runs),
         q_off=_align(keys, q_keys, q_runs),
+        m_off=_align(keys, m_keys, m_runs),
         symbols=pl.Series("symbol", [k[0] for k in keys], dtype=pl.Utf8),
         dates=np.array([k[1] for k in keys], dtype=np.int64),
     )
@@ -532,7 +609,12 @@ def process_shard(
     }
     end_states: dict[str, tuple[np.ndarray, np.ndarray]] = {"enrich": (enrich_si, enrich_sf)}
 
-    if spec.lob_interval is not None:
+    last_of_symbol = np.array([s == n_seg - 1 or keys[s + 1][0] != keys[s][0] for s in range(n_seg)], np.bool_)
+    end_books: dict[int, tuple] = {}
+    if from_messages:
+        save = last_of_symbol if spec.carry_state else np.zeros(n_seg, np.bool_)
+        tables[LOB_TABLE], end_books = _message_lob_table(msgs, seg, spec, load, carried, save)
+    elif spec.lob_interval is not None:
         tables[LOB_TABLE] = _lob_table(quotes, seg, spec)
 
     for b in spec.bars:
@@ -544,16 +626,14 @@ def process_shard(
         end_states[b.key] = (so_i, so_f)
 
     new_symbols = dict(carried)
-    for s in range(n_seg):
-        if s == n_seg - 1 or keys[s + 1][0] != keys[s][0]:
-            sym, day = keys[s]
-            new_symbols[sym] = SymbolState(
-                last_date=dt.date(1970, 1, 1) + dt.timedelta(days=day),
-                enrich=(end_states["enrich"][0][s].copy(), end_states["enrich"][1][s].copy()),
-                bars={
-                    b.key: (end_states[b.key][0][s].copy(), end_states[b.key][1][s].copy()) for b in spec.bars
-                },
-            )
+    for s in np.flatnonzero(last_of_symbol).tolist():
+        sym, day = keys[s]
+        new_symbols[sym] = SymbolState(
+            last_date=dt.date(1970, 1, 1) + dt.timedelta(days=day),
+            enrich=(end_states["enrich"][0][s].copy(), end_states["enrich"][1][s].copy()),
+            bars={b.key: (end_states[b.key][0][s].copy(), end_states[b.key][1][s].copy()) for b in spec.bars},
+            book=end_books.get(s),
+        )
     return tables, CarryState(spec.fingerprint, new_symbols)
 
 

@@ -7,7 +7,12 @@ or chained per symbol (carry-state on: one task walks a symbol's days in order, 
 a failed shard is retried alone and a rerun in ``skip_if_exists`` mode skips finished shards.
 
 Calendar bars (``every`` of 1w, 1mo, 1q, 1y) are built from ``cdm_bars_daily``; every other bar type
-needs ticks, and is skipped with a log line for projects whose feeds only give daily bars.
+needs ticks, and is skipped with a log line for projects whose feeds only give daily bars. With
+``lob.source: messages`` the book snapshots come from ``cdm_order_messages`` instead of ``cdm_quotes``.
+
+A shard writes its tables one after another, ``cdm_trade_enriched`` last (``cdm_lob_l2`` on a day without
+trades): that table being stored for every day is what marks a shard finished in ``skip_if_exists`` mode,
+so a shard interrupted between two writes is run again rather than skipped half done.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 CALENDAR_EVERY = ("1w", "1mo", "1q", "1y")
 ENRICHED_TABLE = "cdm_trade_enriched"
 LOB_TABLE = "cdm_lob_l2"
+MESSAGES_TABLE = "cdm_order_messages"
 SORT_KEYS = {ENRICHED_TABLE: ("symbol", "date", "ts", "trade_id"), LOB_TABLE: ("symbol", "date", "ts")}
 
 
@@ -60,6 +66,7 @@ def engine_spec(cfg: StateEngineConfig):
         "lob_interval": cfg.lob.interval,
         "lob_offset": cfg.lob.offset,
         "lob_depth": cfg.lob.depth,
+        "lob_source": cfg.lob.source,
         "carry_state": cfg.carry_state,
         "tie_break": cfg.tie_break,
         "timezone": cfg.timezone,
@@ -80,6 +87,15 @@ def calendar_tables(cfg: StateEngineConfig) -> list[str]:
     return [calendar_table(b) for b in cfg.bars if _is_calendar(b)]
 
 
+def input_tables(cfg: StateEngineConfig, table: str) -> list[str]:
+    """The CDM tables an output table is computed from (its lineage)."""
+    if table in calendar_tables(cfg):
+        return ["cdm_bars_daily"]
+    if table == LOB_TABLE:
+        return [MESSAGES_TABLE] if uses_messages(cfg) else ["cdm_quotes"]
+    return ["cdm_trades", "cdm_quotes"]
+
+
 def output_tables(cfg: StateEngineConfig) -> list[str]:
     """Every table the state engine can write for ``cfg``, in a stable order (one Dagster asset each)."""
     return tick_tables(cfg) + calendar_tables(cfg)
@@ -97,6 +113,8 @@ class ShardTask:
     quote_paths: tuple[str, ...]
     config: StateEngineConfig
     write_mode: str
+    message_paths: tuple[str, ...] = ()
+    trade_days: tuple[dt.date, ...] | None = None  # days with trades (None: every day of ``dates``)
 
     def __str__(self) -> str:
         span = self.dates[0].isoformat() if len(self.dates) == 1 else f"{self.dates[0]}..{self.dates[-1]}"
@@ -119,23 +137,25 @@ def run_shard(task: ShardTask) -> ShardResult:
     lake = Lake(Store(task.lake_root, task.storage))
     spec = engine_spec(task.config)
     tables = tick_tables(task.config)
-    # a shard whose enriched trades are stored for every day was finished by an earlier run
+    traded = set(task.dates if task.trade_days is None else task.trade_days)
+    # a shard whose last-written table is stored for every day was finished by an earlier run
     if task.write_mode == "skip_if_exists" and all(
-        lake.store.exists(lake.partition_path(ENRICHED_TABLE, task.symbol, d)) for d in task.dates
+        lake.store.exists(lake.partition_path(_done_marker(d in traded), task.symbol, d)) for d in task.dates
     ):
         return ShardResult({}, 0, True, time.perf_counter() - began)
     trades_by_day = _read_by_day(lake, task.trade_paths)
     quotes_by_day = _read_by_day(lake, task.quote_paths)
+    messages_by_day = _read_by_day(lake, task.message_paths)
     written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
     n_trades, state, held = 0, None, None
     for day in task.dates:  # one day at a time keeps memory flat; state carries across when configured
-        trades = trades_by_day.get(day)
-        if trades is None:
+        trades, messages = trades_by_day.get(day), messages_by_day.get(day)
+        if trades is None and messages is None:
             continue
-        n_trades += trades.height
+        n_trades += trades.height if trades is not None else 0
         if held is not None:
             _write_outputs(lake, held, task.write_mode, written)
-        held, state = process_shard(trades, quotes_by_day.get(day), spec, state)
+        held, state = process_shard(trades, quotes_by_day.get(day), spec, state, messages)
     if held is not None and spec.carry_state and state is not None:
         # the bars still open at the end of the chain close on its last day: written with that day
         for table, tail in flush_state(state, spec).items():
@@ -143,6 +163,11 @@ def run_shard(task: ShardTask) -> ShardResult:
     if held is not None:
         _write_outputs(lake, held, task.write_mode, written)
     return ShardResult(written, n_trades, False, time.perf_counter() - began)
+
+
+def _done_marker(has_trades: bool) -> str:
+    """The table a shard writes last on a day: enriched trades, or the book on a day of messages only."""
+    return ENRICHED_TABLE if has_trades else LOB_TABLE
 
 
 def _read_by_day(lake: Lake, paths: tuple[str, ...]) -> dict[dt.date, pl.DataFrame]:
@@ -155,7 +180,12 @@ def _read_by_day(lake: Lake, paths: tuple[str, ...]) -> dict[dt.date, pl.DataFra
 
 
 def _write_outputs(lake: Lake, out: dict[str, pl.DataFrame], mode: str, written: dict[str, WriteResult]) -> None:
-    for table, df in out.items():
+    # the done marker last: see the module docstring
+    enriched = out.get(ENRICHED_TABLE)
+    marker = _done_marker(enriched is not None and enriched.height > 0)
+    order = sorted(out, key=lambda t: t == marker)
+    for table in order:
+        df = out[table]
         if df.height == 0:
             continue
         spec = TableSpec(table, dict(df.schema), "day", SORT_KEYS.get(table, ("symbol", "date", "ts_first")))
@@ -204,21 +234,33 @@ def plan_shards(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end
     """One task per (symbol, time shard) with CDM trades; per symbol when state is carried across days."""
     lake = project_lake(md)
     tasks = []
-    quote_parts = {(p.symbol, p.period_start): p.path for p in lake.partitions("cdm_quotes", symbols, start, end)}
-    by_symbol: dict[str, dict[dt.date, str]] = {}
-    for p in lake.partitions("cdm_trades", symbols, start, end):
-        by_symbol.setdefault(p.symbol, {})[p.period_start] = p.path
+
+    def parts(table: str) -> dict[tuple[str, dt.date], str]:
+        return {(p.symbol, p.period_start): p.path for p in lake.partitions(table, symbols, start, end)}
+
+    trade_parts, quote_parts = parts("cdm_trades"), parts("cdm_quotes")
+    message_parts = parts(MESSAGES_TABLE) if uses_messages(cfg) else {}
+    by_symbol: dict[str, set[dt.date]] = {}
+    for symbol, day in (*trade_parts, *message_parts):  # a day of messages alone still has a book
+        by_symbol.setdefault(symbol, set()).add(day)
     for symbol in symbols:
-        days = by_symbol.get(symbol, {})
+        days = by_symbol.get(symbol, set())
         groups = [sorted(days)] if cfg.carry_state and days else _shard_groups(list(days), granularity)
         for group in groups:
+
+            def paths(found: dict, group=group, symbol=symbol) -> tuple[str, ...]:
+                return tuple(found[(symbol, d)] for d in group if (symbol, d) in found)
+
             tasks.append(ShardTask(
-                lake.store.root, lake.store.options, symbol, tuple(group),
-                tuple(days[d] for d in group),
-                tuple(quote_parts[(symbol, d)] for d in group if (symbol, d) in quote_parts),
-                cfg, write_mode,
+                lake.store.root, lake.store.options, symbol, tuple(group), paths(trade_parts), paths(quote_parts),
+                cfg, write_mode, paths(message_parts), tuple(d for d in group if (symbol, d) in trade_parts),
             ))
     return tasks
+
+
+def uses_messages(cfg: StateEngineConfig) -> bool:
+    """Whether ``cdm_lob_l2`` is rebuilt from order messages (rather than taken from the quotes)."""
+    return cfg.lob.interval is not None and cfg.lob.source == "messages"
 
 
 def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end: dt.date, symbols: list[str],
@@ -280,6 +322,8 @@ def run_production(
         say(f"state engine: no tick data for {start_date}..{end_date}; skipped {', '.join(ticks)}")
     else:
         say(f"state engine: {len(tasks)} shards ({shard_granularity}) for {len(symbols)} symbols on {kind}")
+        if uses_messages(cfg) and not any(t.message_paths for t in tasks):
+            result.skipped_bars.append(f"{LOB_TABLE} (lob.source is messages: no {MESSAGES_TABLE} in the window)")
         env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
         runner = make_executor(kind, max_concurrency, cfg.retries, env)
 

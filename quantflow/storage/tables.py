@@ -1,7 +1,7 @@
 """Schemas of the lake tables, shared by the stages that write and read them.
 
-Raw tables are named ``raw_<feed>_<kind>`` (kind: ``trades``, ``quotes``, ``bars_daily``); the CDM tables
-produced by dbt carry the same columns under ``cdm_*``. Every table has ``symbol`` and ``date`` columns:
+Raw tables are named ``raw_<feed>_<kind>`` (kind: ``trades``, ``quotes``, ``bars_daily``, ``messages``); the
+CDM tables produced by dbt carry the same columns under ``cdm_*``. Every table has ``symbol`` and ``date`` columns:
 the lake partitions by them (``<table>/symbol=<S>/date=<period>/data.parquet``), tick tables per day and
 daily tables per year, so a 20-year daily history is not 5,000 one-row files.
 """
@@ -46,6 +46,20 @@ BARS_DAILY_SCHEMA: dict[str, pl.DataType] = {
     "adj_factor": pl.Float64,  # adjusted close / raw close (1.0 when unadjusted)
 }
 
+MESSAGES_SCHEMA: dict[str, pl.DataType] = {
+    "symbol": pl.Utf8,
+    "date": pl.Date,
+    "ts": UTC_NS,
+    "seq": pl.Int64,  # position in the (symbol, date) stream: the order the book applies the messages in
+    "message_id": pl.Int64,  # the feed's message number (a level set: the message whose book it restores)
+    "type": pl.Int8,  # LOBSTER codes: 1 submit, 2 partial cancel, 3 delete, 4 visible / 5 hidden execution,
+    # 6 cross, 7 halt; 9 level set (the feed's published book: size of one level, 0 = no level)
+    "order_id": pl.Int64,  # null for level sets
+    "size": pl.Float64,
+    "price": pl.Float64,
+    "direction": pl.Int8,  # side of the resting order: +1 buy (bid), -1 sell (ask)
+}
+
 BAD_ROWS_SCHEMA: dict[str, pl.DataType] = {
     "feed": pl.Utf8,
     "symbol": pl.Utf8,
@@ -59,9 +73,18 @@ RAW_KINDS: dict[str, dict[str, pl.DataType]] = {
     "trades": TRADES_SCHEMA,
     "quotes": QUOTES_SCHEMA,
     "bars_daily": BARS_DAILY_SCHEMA,
+    "messages": MESSAGES_SCHEMA,
 }
 
-CDM_TABLES: dict[str, str] = {"cdm_trades": "trades", "cdm_quotes": "quotes", "cdm_bars_daily": "bars_daily"}
+CDM_TABLES: dict[str, str] = {
+    "cdm_trades": "trades",
+    "cdm_quotes": "quotes",
+    "cdm_bars_daily": "bars_daily",
+    "cdm_order_messages": "messages",
+}
+SEQUENCE_COLUMN = {"trades": "trade_id", "quotes": "quote_id", "messages": "seq"}
+# columns a feed may leave out: they are filled with their default (see ``conform``)
+OPTIONAL_COLUMNS = ("side", "adj_factor", "order_id")
 
 
 @dataclass(frozen=True)
@@ -81,8 +104,7 @@ def spec_for_kind(table: str, kind: str) -> TableSpec:
     schema = RAW_KINDS[kind]
     if kind == "bars_daily":
         return TableSpec(table, schema, partition_width(table), ("symbol", "date"))
-    seq = "trade_id" if kind == "trades" else "quote_id"
-    return TableSpec(table, schema, "day", ("symbol", "date", "ts", seq))
+    return TableSpec(table, schema, "day", ("symbol", "date", "ts", SEQUENCE_COLUMN[kind]))
 
 
 def raw_table_name(feed: str, kind: str) -> str:
@@ -91,7 +113,7 @@ def raw_table_name(feed: str, kind: str) -> str:
 
 def conform(df: pl.DataFrame, schema: dict[str, pl.DataType], where: str = "") -> pl.DataFrame:
     """Select and cast ``df`` to ``schema`` (missing nullable columns become null); names what is missing."""
-    missing = [c for c in schema if c not in df.columns and c not in ("side", "adj_factor")]
+    missing = [c for c in schema if c not in df.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"{where or 'frame'} is missing columns {missing}; has {df.columns}")
     exprs = []

@@ -48,6 +48,7 @@ class _Column:
     cast: str  # SQL expression over the raw column
     description: str
     tests: tuple[tuple[str, str, dict], ...] = ()  # (test, name suffix, arguments)
+    nullable: bool = False  # no not_null test
 
 
 _POSITIVE = ("accepted_range", "positive", {"min_value": 0, "inclusive": False, "finite": True})
@@ -70,7 +71,27 @@ def _columns(kind: str) -> list[_Column]:
             _Column("size", dbl.format(c="size"), "Trade size (> 0).", (_POSITIVE,)),
             _Column("side", "cast(case when side in (-1, 1) then side end as smallint)",
                     "Aggressor side from the feed: 1 buy, -1 sell, null unknown.",
-                    (("accepted_values", "known", {"values": [-1, 1], "quote": False}),)),
+                    (("accepted_values", "known", {"values": [-1, 1], "quote": False}),), nullable=True),
+        ]
+    if kind == "messages":
+        return common + [
+            _Column("ts", "{{ quantflow_utc('ts') }}", "Message time, UTC.",
+                    (("within_days_of_date", "near_date", {"max_days": 1}),)),
+            _Column("seq", "cast(seq as bigint)", "Position in the (symbol, date) stream: the book applies the "
+                    "messages in this order."),
+            _Column("message_id", "cast(message_id as bigint)", "The feed's message number (of a level set: "
+                    "the message whose book it restores)."),
+            _Column("type", "cast(type as smallint)", "1 submit, 2 partial cancel, 3 delete, 4 visible and 5 "
+                    "hidden execution, 6 cross, 7 halt (LOBSTER codes); 9 level set from the feed's book.",
+                    (("accepted_values", "known", {"values": [1, 2, 3, 4, 5, 6, 7, 9], "quote": False}),)),
+            _Column("order_id", "cast(order_id as bigint)", "The feed's order id (null for level sets).",
+                    nullable=True),
+            _Column("size", dbl.format(c="size"), "Shares (>= 0; a level set's new size, 0: no level).",
+                    (_NON_NEGATIVE,)),
+            _Column("price", dbl.format(c="price"), "Price (a halt's: LOBSTER's halt code).",
+                    (("accepted_range", "finite", {"finite": True}),)),
+            _Column("direction", "cast(direction as smallint)", "Side of the resting order: 1 buy (bid), "
+                    "-1 sell (ask).", (("accepted_values", "known", {"values": [-1, 1], "quote": False}),)),
         ]
     if kind == "quotes":
         return common + [
@@ -102,6 +123,8 @@ _FILTERS: dict[str, list[str]] = {
     "quotes": ["ts is not null", "quote_id is not null", "{{ quantflow_positive('bid') }}",
                "{{ quantflow_positive('ask') }}", "{{ quantflow_positive('bid_size') }}",
                "{{ quantflow_positive('ask_size') }}", "bid <= ask  -- crossed quotes are dropped"],
+    "messages": ["ts is not null", "seq is not null", "type is not null", "direction in (-1, 1)",
+                 "{{ quantflow_non_negative('size') }}", "{{ quantflow_is_finite('price') }}"],
     "bars_daily": ["{{ quantflow_positive('open') }}", "{{ quantflow_positive('high') }}",
                    "{{ quantflow_positive('low') }}", "{{ quantflow_positive('close') }}",
                    "{{ quantflow_non_negative('volume') }}", "{{ quantflow_positive('adj_factor') }}",
@@ -112,12 +135,14 @@ _FILTERS: dict[str, list[str]] = {
 _DEDUP: dict[str, tuple[list[str], list[str]]] = {
     "trades": (["symbol", "date", "trade_id"], ["ts", "price", "size"]),
     "quotes": (["symbol", "date", "quote_id"], ["ts", "bid", "ask"]),
+    "messages": (["symbol", "date", "seq"], ["ts", "message_id"]),
     "bars_daily": (["symbol", "date"], ["volume desc", "close"]),
 }
 
 _MODEL_TESTS: dict[str, list[tuple[str, str, dict]]] = {
     "trades": [],
     "quotes": [("expression_is_true", "bid_not_above_ask", {"expression": "bid <= ask"})],
+    "messages": [],
     "bars_daily": [("expression_is_true", "ohlc_consistent",
                     {"expression": "low <= least(open, close) and high >= greatest(open, close)"})],
 }
@@ -125,6 +150,7 @@ _MODEL_TESTS: dict[str, list[tuple[str, str, dict]]] = {
 _DESCRIPTIONS = {
     "trades": "Trades",
     "quotes": "Top-of-book quotes",
+    "messages": "Order messages",
     "bars_daily": "Daily OHLCV bars",
 }
 
@@ -238,6 +264,7 @@ def render_model_yml(kind: str, sources: list[RawSource]) -> str:
     filters = {
         "trades": "non-positive prices or sizes",
         "quotes": "non-positive prices or sizes and crossed quotes (bid > ask)",
+        "messages": "negative sizes, non-finite prices and unknown sides",
         "bars_daily": "non-positive prices, negative volume and inconsistent OHLC",
     }[kind]
     lines = [
@@ -260,8 +287,10 @@ def render_model_yml(kind: str, sources: list[RawSource]) -> str:
     for col in _columns(kind):
         lines.append(f"      - name: {col.name}")
         lines.append(f"        description: {_yaml_scalar(col.description)}")
+        if col.nullable and not col.tests:
+            continue
         lines.append("        data_tests:")
-        if col.name != "side":
+        if not col.nullable:
             lines.extend(_test_yaml(table, col.name, ("not_null", "not_null", {}), "          "))
         for test in col.tests:
             lines.extend(_test_yaml(table, col.name, test, "          "))

@@ -10,7 +10,7 @@ from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.tables import CDM_TABLES, raw_table_name
 
 # Order of the CDM tables in generated files and results.
-KIND_ORDER: tuple[str, ...] = ("bars_daily", "trades", "quotes")
+KIND_ORDER: tuple[str, ...] = ("bars_daily", "trades", "quotes", "messages")
 CDM_BY_KIND: dict[str, str] = {kind: table for table, kind in CDM_TABLES.items()}
 
 

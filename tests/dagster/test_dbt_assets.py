@@ -77,7 +77,8 @@ def test_no_enabled_feed_gives_external_cdm_specs(tmp_path):
     md = get_metadata_manager(tmp_path).load_all()
     specs = build_dbt_assets(md)
     assert all(isinstance(s, dg.AssetSpec) for s in specs)
-    assert {s.key.to_user_string() for s in specs} == CDM and {s.group_name for s in specs} == {"dbt"}
+    assert {s.key.to_user_string() for s in specs} == CDM | {"cdm_order_messages"}
+    assert {s.group_name for s in specs} == {"dbt"}
     assert not (tmp_path / "dbt_project").exists()
     assert isinstance(build_dbt_resource(md), dg.ResourceDefinition)
 

@@ -30,7 +30,8 @@ def test_sample_project_asset_graph_has_ingest_and_dbt_with_lineage():
     assert {"cdm_trade_enriched", "cdm_lob_l2", "cdm_time_1m_bars", "cdm_time_1w_bars"} <= state_tables
     for table in state_tables:
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(table)).parent_keys}
-        assert parents == ({"cdm_bars_daily"} if table == "cdm_time_1w_bars" else {"cdm_trades", "cdm_quotes"})
+        expected = {"cdm_time_1w_bars": {"cdm_bars_daily"}, "cdm_lob_l2": {"cdm_quotes"}}
+        assert parents == expected.get(table, {"cdm_trades", "cdm_quotes"}), table
     jobs = {job.name for job in defs.jobs}
     assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_dbt", "quantflow_state_engine"}
     assert defs.resolve_job_def("quantflow_ingest")  # resolvable, with the dbt resource bound
@@ -112,3 +113,20 @@ def test_state_engine_job_materializes_every_output(tmp_path):
     assert meta["shards"].value == 20 and meta["trades"].value > 0 and meta["trades_per_second"].value > 0
     assert meta["rows_written/cdm_time_5m_bars"].value > 0
     assert "| symbol |" in meta["preview/cdm_time_5m_bars"].value
+
+
+def test_a_book_from_messages_has_the_order_messages_as_its_parent(tmp_path):
+    write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AMZN]
+          ingest:
+            feeds:
+              - {name: lob, kind: lobster, params: {path: files}}
+          state_engine:
+            lob: {interval: 1s, source: messages}
+        """)
+    graph = _graph(build_defs_from_metadata(get_metadata_manager(tmp_path).load_all()))
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("cdm_lob_l2")).parent_keys}
+    assert parents == {"cdm_order_messages"}
+    assert {k.to_user_string() for k in graph.get(dg.AssetKey("cdm_order_messages")).parent_keys} == {"raw_lob"}

@@ -6,15 +6,18 @@ import csv
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from quantflow.ingest.feeds.base import FeedError, build_feed
 from quantflow.ingest.feeds.lobster import LobsterFeed
 from quantflow.metadata.schema import LobsterFeed as LobsterFeedConfig
-from quantflow.storage.tables import QUOTES_SCHEMA, TRADES_SCHEMA
+from quantflow.state_engine.book import LEVEL_SET, book_per_message
+from quantflow.storage.tables import MESSAGES_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
 
 DAY = dt.date(2012, 6, 21)
+DAY2 = dt.date(2024, 1, 16)  # the hand-written files' day
 UTC = dt.UTC
 
 
@@ -73,7 +76,9 @@ def test_registry_and_relative_path(shared_data):
         name="lob", kind="lobster", params={"path": "data/lobster_amzn_2012-06-21_level1"}
     )
     feed = build_feed(cfg, shared_data.parent)
-    assert isinstance(feed, LobsterFeed) and feed.kinds == ("trades", "quotes")
+    assert isinstance(feed, LobsterFeed) and feed.kinds == ("trades", "quotes", "messages")
+    cfg.params.order_messages = False
+    assert build_feed(cfg, shared_data.parent).kinds == ("trades", "quotes")
     assert [d for d, _ in feed.message_files("AMZN", DAY, DAY)] == [DAY]
     assert feed.message_files("AMZN", dt.date(2012, 6, 22), dt.date(2012, 6, 30)) == []
 
@@ -176,3 +181,76 @@ def test_files_are_picked_by_symbol_date_and_level(tmp_path):
     batches = list(feed.iter_batches(["XYZ", "NONE"], dt.date(2024, 1, 1), dt.date(2024, 1, 31)))
     assert [b.tables["trades"]["date"][0] for b in batches] == [dt.date(2024, 1, 16), dt.date(2024, 1, 17)]
     assert {b.tables["trades"]["symbol"][0] for b in batches} == {"XYZ"}
+
+
+# ---------------------------------------------------------------- order messages and level sets
+
+
+def test_amzn_messages_and_level_sets_rebuild_the_order_book_file(amzn):
+    """Every LOBSTER message is in the messages table, in file order; the level sets after them make the
+    book rebuilt from the table equal the order-book file's row after every message (checked against the
+    file read with the csv module)."""
+    batch, messages, book = amzn
+    msgs = batch.tables["messages"]
+    assert msgs.schema == pl.Schema(MESSAGES_SCHEMA)
+    assert msgs["seq"].to_list() == list(range(1, msgs.height + 1)) and msgs["ts"].is_sorted()
+    own = msgs.filter(pl.col("type") != LEVEL_SET)
+    assert own["message_id"].to_list() == list(range(1, len(messages) + 1))
+    assert own["order_id"].to_list() == [int(m[2]) for m in messages]
+    assert own["type"].to_list() == [int(m[1]) for m in messages]
+    assert own["price"].to_list() == [round(int(m[4]) / 10_000, 4) for m in messages]
+    sets = msgs.filter(pl.col("type") == LEVEL_SET)
+    assert sets["order_id"].null_count() == sets.height > 0
+    res = book_per_message(
+        np.ascontiguousarray(msgs["type"].to_numpy()), msgs["size"].to_numpy(), msgs["price"].to_numpy(),
+        np.ascontiguousarray(msgs["direction"].to_numpy()), np.array([0, msgs.height], np.int64), 1,
+    )
+    after = msgs.with_row_index("row").group_by("message_id").agg(pl.col("row").max()).sort("message_id")
+    rows = after["row"].to_numpy()
+
+    def side(px: str, sz: str) -> tuple[list, list]:
+        ok = [abs(int(px)) != 9_999_999_999 for px, _ in ((r[px], r[sz]) for r in book_rows)]
+        return ([int(r[px]) / 10_000 if k else None for r, k in zip(book_rows, ok)],
+                [float(r[sz]) if k else None for r, k in zip(book_rows, ok)])
+
+    book_rows = [dict(zip(("ask", "ask_size", "bid", "bid_size"), r)) for r in book]
+    for col, (px, sz) in ((0, side("bid", "bid_size")), (2, side("ask", "ask_size"))):
+        got_px = [None if np.isnan(v) else round(v, 4) for v in res[col][rows, 0]]
+        got_sz = [None if np.isnan(v) else v for v in res[col + 1][rows, 0]]
+        assert got_px == px and got_sz == sz
+    assert res[-1][0] == 0  # no message ever hit a level the rebuilt book did not know
+    print(f"AMZN level 1: {sets.height} level sets for {len(messages)} messages")
+    assert sets.height < 0.25 * len(messages)  # measured 10,972 for 57,515 messages
+
+
+def test_small_day_messages_and_level_sets(tmp_path):
+    # the top bid empties on message 2 and the file reveals 99.90 x 40 behind it, which no message created
+    messages = ["34200.1,1,1,100,1000000,1", "34200.2,4,1,100,1000000,1", "34200.3,2,5,10,999000,1"]
+    book = ["9999999999,0,1000000,100", "9999999999,0,999000,40", "9999999999,0,999000,30"]
+    write_day(tmp_path, messages=messages, book=book)
+    [batch] = list(LobsterFeed("lob", {"path": str(tmp_path)}, ".").iter_batches(["XYZ"], DAY2, DAY2))
+    got = batch.tables["messages"].select("seq", "message_id", "type", "order_id", "size", "price", "direction")
+    assert got.rows() == [
+        (1, 1, 1, 1, 100.0, 100.0, 1),
+        (2, 2, 4, 1, 100.0, 100.0, 1),
+        (3, 2, LEVEL_SET, None, 40.0, 99.9, 1),
+        (4, 3, 2, 5, 10.0, 99.9, 1),
+    ]
+    ts = batch.tables["messages"]["ts"]
+    assert ts[2] == ts[1]  # a level set carries the time of the message whose book it restores
+    off = LobsterFeed("lob", {"path": str(tmp_path), "order_messages": False}, ".")
+    [batch] = list(off.iter_batches(["XYZ"], DAY2, DAY2))
+    assert set(batch.tables) == {"trades", "quotes"}
+
+
+def test_level_2_files_feed_every_published_level(tmp_path):
+    messages = ["34200.1,1,1,10,1000000,1", "34200.2,4,1,10,1000000,1"]
+    book = ["1010000,5,1000000,10,1020000,7,990000,20", "1010000,5,990000,20,1020000,7,980000,15"]
+    write_day(tmp_path, messages=messages, book=book, level=2)
+    feed = LobsterFeed("lob", {"path": str(tmp_path), "level": 2}, ".")
+    [batch] = list(feed.iter_batches(["XYZ"], DAY2, DAY2))
+    sets = batch.tables["messages"].filter(pl.col("type") == LEVEL_SET)
+    assert sets.select("message_id", "price", "size", "direction").rows() == [
+        (1, 99.0, 20.0, 1), (1, 101.0, 5.0, -1), (1, 102.0, 7.0, -1), (2, 98.0, 15.0, 1),
+    ]
+    assert batch.tables["quotes"].select("bid", "ask").rows() == [(100.0, 101.0), (99.0, 101.0)]

@@ -168,3 +168,41 @@ def test_qf_validate_prints_errors_and_exits_1(tmp_path):
                          "--strict"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "OK: project sample_research" in ok.stdout
+
+
+def test_a_book_from_messages_needs_a_feed_that_has_them(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          ingest:
+            feeds:
+              - {name: sim, kind: synthetic}
+              - {name: lob, kind: lobster, enabled: false, params: {path: x}}
+          state_engine:
+            lob:
+              interval: 1s
+              source: messages
+        """)
+    [issue] = _issues(root)
+    assert issue.field == "project.state_engine.lob.source" and issue.line == 11
+    assert "no enabled feed produces them" in issue.message
+
+
+def test_a_book_deeper_than_the_lobster_files_is_refused(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          ingest:
+            feeds:
+              - {name: lob, kind: lobster, params: {path: x, level: 5}}
+          state_engine:
+            lob: {interval: 1s, depth: 10, source: messages}
+        """)
+    [issue] = _issues(root)
+    assert issue.field == "project.state_engine.lob.depth" and issue.line == 8
+    assert "deeper than the level-5 files of feed 'lob'" in issue.message
+    (root / "project_metadata" / "project.yaml").write_text(
+        (root / "project_metadata" / "project.yaml").read_text().replace("depth: 10", "depth: 5"))
+    assert get_metadata_manager(root).load_all().project.state_engine.lob.source == "messages"

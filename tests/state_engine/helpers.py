@@ -89,6 +89,80 @@ def make_market(
     return t, q
 
 
+def random_stream(rng, n, mid=10_000.0, tick=1.0):
+    """Submits around a mid, partial cancels / deletes of resting orders, executions at the best level,
+    hidden executions, halts, and a few cancels of unknown orders (clamps)."""
+    mtype = np.empty(n, np.int8)
+    size = np.empty(n)
+    price = np.empty(n)
+    direction = np.empty(n, np.int8)
+    orders: dict[int, list] = {}  # id -> [price, remaining, direction]
+    next_id = 0
+    for i in range(n):
+        u = rng.random()
+        if u < 0.45 or len(orders) < 5:
+            d = 1 if rng.random() < 0.5 else -1
+            p = mid - d * tick * rng.integers(1, 12)
+            z = float(rng.integers(1, 300))
+            orders[next_id] = [p, z, d]
+            next_id += 1
+            mtype[i], size[i], price[i], direction[i] = 1, z, p, d
+        elif u < 0.93:
+            kind = rng.choice([2, 3, 4]) if u < 0.9 else int(rng.choice([5, 7]))
+            if kind == 4:  # execution at the best level of a random side
+                d = 1 if rng.random() < 0.5 else -1
+                side = [k for k, o in orders.items() if o[2] == d] or list(orders)
+                best = max(side, key=lambda k: orders[k][0] * orders[k][2])
+                oid = best
+            else:
+                oid = int(rng.choice(list(orders)))
+            p, rem, d = orders[oid]
+            if kind == 2:
+                z = float(rng.integers(1, rem + 1))
+            elif kind == 4:
+                z = float(rng.integers(1, rem + 1))
+            else:
+                z = rem
+            if kind in (2, 3, 4):
+                orders[oid][1] -= z
+                if orders[oid][1] <= 0:
+                    del orders[oid]
+            mtype[i], size[i], price[i], direction[i] = kind, z, p, d
+        else:  # an order resting before the stream: unknown level or more than the known size
+            d = 1 if rng.random() < 0.5 else -1
+            mtype[i] = rng.choice([2, 3, 4])
+            size[i] = float(rng.integers(1, 500))
+            price[i] = mid - d * tick * rng.integers(1, 15)
+            direction[i] = d
+        mid += tick * rng.integers(-1, 2) * (rng.random() < 0.05)
+    return mtype, size, price, direction
+
+
+def make_messages(
+    seed: int = 0,
+    symbols: tuple[str, ...] = ("AAA", "BBB"),
+    dates: tuple[dt.date, ...] = (dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4)),
+    per_day: int = 1500,
+) -> pl.DataFrame:
+    """CDM order messages (``cdm_order_messages``): one ``random_stream`` per (symbol, date) over a
+    morning session, millisecond stamps with bursts of equal times, a few level sets, no order ids."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for sym in symbols:
+        for day in dates:
+            mtype, size, price, direction = random_stream(rng, per_day, mid=100.0 + 10 * len(frames), tick=0.01)
+            sets = rng.random(per_day) < 0.02
+            mtype = np.where(sets, 9, mtype).astype(np.int8)
+            size = np.where(sets & (rng.random(per_day) < 0.3), 0.0, size)
+            ts = _session_open_ns(day) + np.cumsum(rng.choice([0, 0, 1, 5, 300, 2000], per_day)) * 1_000_000
+            frames.append(pl.DataFrame({
+                "symbol": sym, "date": day, "ts": ts, "seq": np.arange(1, per_day + 1), "message_id":
+                np.arange(1, per_day + 1), "type": mtype, "order_id": None, "size": size,
+                "price": np.round(price, 2), "direction": direction,
+            }, schema_overrides={"order_id": pl.Int64}))
+    return pl.concat(frames).with_columns(pl.col("ts").cast(UTC_NS), pl.col("date").cast(pl.Date))
+
+
 def lobster_available() -> bool:
     return (LOBSTER_DIR / f"{LOBSTER_STEM}_message_1.csv").exists()
 

@@ -4,7 +4,8 @@ Each function computes one output of ``quantflow.state_engine`` a different way 
 prevailing quote by sorting trades and quotes into one event stream and forward-filling, Lee-Ready with
 polars expressions, time bars with a pandas group-by, threshold and imbalance bars with a plain Python
 loop over trades, order-book snapshots with an as-of lookup per grid time, weekly/monthly bars with
-pandas ``resample``. The tests compare the engine with these on synthetic and real data.
+pandas ``resample``, order books from messages with dicts of price -> size. The tests compare the engine
+with these on synthetic and real data.
 
 ``group_by`` names the columns whose change resets all state: ``["symbol", "date"]`` for independent
 shards (carry-state off) and ``["symbol"]`` for one continuous history per symbol (carry-state on).
@@ -311,6 +312,105 @@ def lob_snapshots(quotes: pl.DataFrame, interval_ns: int, offset_ns: int = 0) ->
         ((bs - as_) / (bs + as_)).alias("imbalance_1"),
         bs.alias("bid_depth_1"),
         as_.alias("ask_depth_1"),
+    )
+
+
+def _book_step(bids: dict, asks: dict, t: int, z: float, p: float, d: int) -> int:
+    """Apply one order message to dict books (price -> size); returns 1 when the message was clamped."""
+    side = bids if d > 0 else asks
+    if t == 1:
+        side[p] = side.get(p, 0.0) + z
+    elif t in (2, 3, 4):
+        have = side.get(p)
+        if have is None:
+            return 1
+        if have - z > 0:
+            side[p] = have - z
+        else:
+            del side[p]
+        return int(z > have)
+    elif t == 9:  # level set
+        if z > 0:
+            side[p] = z
+        else:
+            side.pop(p, None)
+    return 0
+
+
+def reference_book(mtype, size, price, direction, off, depth, init=None):
+    """Pure-Python book: dict price -> size per side, sorted at read time. Same outputs as
+    ``book.book_per_message``'s level arrays (bid_px, bid_sz, ask_px, ask_sz) and clamp counts."""
+    n = len(mtype)
+    out = [np.full((n, depth), np.nan) for _ in range(4)]
+    clamps = []
+    for s in range(len(off) - 1):
+        bids: dict[float, float] = {}
+        asks: dict[float, float] = {}
+        if init is not None:
+            for side, (px, sz) in ((bids, (init[0], init[1])), (asks, (init[2], init[3]))):
+                for p, z in zip(px[s], sz[s]):
+                    if not np.isnan(p) and not np.isnan(z) and z > 0:
+                        side[float(p)] = side.get(float(p), 0.0) + float(z)
+        c = 0
+        for i in range(off[s], off[s + 1]):
+            c += _book_step(bids, asks, int(mtype[i]), float(size[i]), float(price[i]), int(direction[i]))
+            for k, p in enumerate(sorted(bids, reverse=True)[:depth]):
+                out[0][i, k], out[1][i, k] = p, bids[p]
+            for k, p in enumerate(sorted(asks)[:depth]):
+                out[2][i, k], out[3][i, k] = p, asks[p]
+        clamps.append(c)
+    return (*out, np.array(clamps))
+
+
+def message_book_snapshots(messages: pl.DataFrame, interval_ns: int, depth: int, group_by: list[str]) -> pl.DataFrame:
+    """``cdm_lob_l2`` from order messages: dict books replayed message by message (a fresh book at each
+    change of ``group_by``: ``["symbol", "date"]`` independent days, ``["symbol"]`` one continuous book),
+    then, per (symbol, date), the book after the last message with ts <= g at each grid time g."""
+    msgs = messages.with_columns(pl.col("ts").cast(pl.Int64)).sort("symbol", "date", "ts", "seq")
+    per_message = []
+    for _, part in msgs.group_by(group_by, maintain_order=True):
+        bids: dict[float, float] = {}
+        asks: dict[float, float] = {}
+        for r in part.iter_rows(named=True):
+            _book_step(bids, asks, r["type"], r["size"], r["price"], r["direction"])
+            row = {"symbol": r["symbol"], "date": r["date"], "ts": r["ts"]}
+            top_b = sorted(bids, reverse=True)[:depth]
+            top_a = sorted(asks)[:depth]
+            for k in range(depth):
+                row[f"bid_price_{k + 1}"] = top_b[k] if k < len(top_b) else None
+                row[f"bid_size_{k + 1}"] = bids[top_b[k]] if k < len(top_b) else None
+                row[f"ask_price_{k + 1}"] = top_a[k] if k < len(top_a) else None
+                row[f"ask_size_{k + 1}"] = asks[top_a[k]] if k < len(top_a) else None
+            per_message.append(row)
+    book = pl.DataFrame(per_message, infer_schema_length=None)
+    out = []
+    for _, part in book.group_by(["symbol", "date"], maintain_order=True):
+        ts = part["ts"].to_numpy()
+        first = -((-ts[0]) // interval_ns) * interval_ns
+        grid = np.arange(first, ts[-1] + 1, interval_ns, dtype=np.int64)
+        if grid.size == 0:
+            continue
+        row = np.searchsorted(ts, grid, side="right") - 1
+        prev = np.concatenate([[-1], row[:-1]])
+        out.append(part[row].with_columns(
+            pl.col("ts").alias("quote_ts"), pl.Series("ts", grid), pl.Series("n_updates", row - prev)))
+    df = pl.concat(out).with_columns(pl.col("ts", "quote_ts").cast(pl.Datetime("ns", "UTC")))
+    b, a = pl.col("bid_price_1"), pl.col("ask_price_1")
+    bs, as_ = pl.col("bid_size_1"), pl.col("ask_size_1")
+    levels = []
+    for k in range(1, depth + 1):
+        levels += [
+            ((pl.col(f"bid_size_{k}") - pl.col(f"ask_size_{k}")) / (pl.col(f"bid_size_{k}") + pl.col(f"ask_size_{k}")))
+            .alias(f"imbalance_{k}"),
+            pl.sum_horizontal([pl.col(f"bid_size_{j}") for j in range(1, k + 1)], ignore_nulls=False).alias(f"bid_depth_{k}"),
+            pl.sum_horizontal([pl.col(f"ask_size_{j}") for j in range(1, k + 1)], ignore_nulls=False).alias(f"ask_depth_{k}"),
+        ]
+    return df.with_columns(
+        ((b + a) / 2).alias("mid"),
+        ((b * as_ + a * bs) / (bs + as_)).alias("microprice"),
+        (a - b).alias("spread"),
+        ((a - b) / ((b + a) / 2) * 1e4).alias("spread_bps"),
+        *levels,
     )
 
 

@@ -9,99 +9,10 @@ import polars as pl
 import pytest
 
 from quantflow.state_engine import book as B
+from tests.state_engine.helpers import random_stream
+from tests.state_engine.reference import reference_book
 
 DEPTH = 5
-
-
-# ------------------------------------------------------------------------------------------- reference
-
-
-def reference_book(mtype, size, price, direction, off, depth, init=None):
-    """Pure-Python book: dict price -> size per side, sorted at read time. Same outputs as the kernel's
-    level arrays (bid_px, bid_sz, ask_px, ask_sz) and clamp counts."""
-    n = len(mtype)
-    out = [np.full((n, depth), np.nan) for _ in range(4)]
-    clamps = []
-    for s in range(len(off) - 1):
-        bids: dict[float, float] = {}
-        asks: dict[float, float] = {}
-        if init is not None:
-            for side, (px, sz) in ((bids, (init[0], init[1])), (asks, (init[2], init[3]))):
-                for p, z in zip(px[s], sz[s]):
-                    if not np.isnan(p) and not np.isnan(z) and z > 0:
-                        side[float(p)] = side.get(float(p), 0.0) + float(z)
-        c = 0
-        for i in range(off[s], off[s + 1]):
-            side = bids if direction[i] > 0 else asks
-            t, p, z = int(mtype[i]), float(price[i]), float(size[i])
-            if t == 1:
-                side[p] = side.get(p, 0.0) + z
-            elif t in (2, 3, 4):
-                have = side.get(p)
-                if have is None:
-                    c += 1
-                else:
-                    if z > have:
-                        c += 1
-                    if have - z > 0:
-                        side[p] = have - z
-                    else:
-                        del side[p]
-            for k, p in enumerate(sorted(bids, reverse=True)[:depth]):
-                out[0][i, k], out[1][i, k] = p, bids[p]
-            for k, p in enumerate(sorted(asks)[:depth]):
-                out[2][i, k], out[3][i, k] = p, asks[p]
-        clamps.append(c)
-    return (*out, np.array(clamps))
-
-
-def random_stream(rng, n, mid=10_000.0, tick=1.0):
-    """Submits around a mid, partial cancels / deletes of resting orders, executions at the best level,
-    hidden executions, halts, and a few cancels of unknown orders (clamps)."""
-    mtype = np.empty(n, np.int8)
-    size = np.empty(n)
-    price = np.empty(n)
-    direction = np.empty(n, np.int8)
-    orders: dict[int, list] = {}  # id -> [price, remaining, direction]
-    next_id = 0
-    for i in range(n):
-        u = rng.random()
-        if u < 0.45 or len(orders) < 5:
-            d = 1 if rng.random() < 0.5 else -1
-            p = mid - d * tick * rng.integers(1, 12)
-            z = float(rng.integers(1, 300))
-            orders[next_id] = [p, z, d]
-            next_id += 1
-            mtype[i], size[i], price[i], direction[i] = 1, z, p, d
-        elif u < 0.93:
-            kind = rng.choice([2, 3, 4]) if u < 0.9 else int(rng.choice([5, 7]))
-            if kind == 4:  # execution at the best level of a random side
-                d = 1 if rng.random() < 0.5 else -1
-                side = [k for k, o in orders.items() if o[2] == d] or list(orders)
-                best = max(side, key=lambda k: orders[k][0] * orders[k][2])
-                oid = best
-            else:
-                oid = int(rng.choice(list(orders)))
-            p, rem, d = orders[oid]
-            if kind == 2:
-                z = float(rng.integers(1, rem + 1))
-            elif kind == 4:
-                z = float(rng.integers(1, rem + 1))
-            else:
-                z = rem
-            if kind in (2, 3, 4):
-                orders[oid][1] -= z
-                if orders[oid][1] <= 0:
-                    del orders[oid]
-            mtype[i], size[i], price[i], direction[i] = kind, z, p, d
-        else:  # an order resting before the stream: unknown level or more than the known size
-            d = 1 if rng.random() < 0.5 else -1
-            mtype[i] = rng.choice([2, 3, 4])
-            size[i] = float(rng.integers(1, 500))
-            price[i] = mid - d * tick * rng.integers(1, 15)
-            direction[i] = d
-        mid += tick * rng.integers(-1, 2) * (rng.random() < 0.05)
-    return mtype, size, price, direction
 
 
 def _ro(*arrays):
@@ -283,7 +194,7 @@ def test_grid_equals_per_message_sampled():
     pm = B.book_per_message(mtype, size, price, direction, off, DEPTH)
     g = B.book_grid(ts, mtype, size, price, direction, off, DEPTH, interval, offset)
     g_ts, g_qts, g_seg, g_nupd = g[:4]
-    np.testing.assert_array_equal(g[-1], pm[-1])
+    np.testing.assert_array_equal(g[-2], pm[-1])
     assert len(g_ts) > 100
     expected_rows = []
     for s in range(len(off) - 1):
@@ -360,3 +271,130 @@ def test_book_snapshots_frame():
         tuple(np.array([[v]]) for v in (9_990.0, 1.0, np.nan, np.nan)),
     )
     np.testing.assert_array_equal(seeded["bid_size_2"].fill_null(np.nan).to_numpy(), ref[1][:, 1])
+
+
+# ------------------------------------------------------------------------ (e) published books, level sets
+
+
+def merge_level_sets(mtype, size, price, direction, sets):
+    """The message stream with the level sets after their messages; returns it and, per message, the
+    row of the stream after which its published book must hold (its last set, or the message itself)."""
+    idx, side, px, sz = sets
+    rows, last = [], np.empty(len(mtype), np.int64)
+    k = 0
+    for i in range(len(mtype)):
+        rows.append((mtype[i], size[i], price[i], direction[i]))
+        while k < len(idx) and idx[k] == i:
+            rows.append((B.LEVEL_SET, sz[k], px[k], side[k]))
+            k += 1
+        last[i] = len(rows) - 1
+    assert k == len(idx)
+    cols = [np.array([r[j] for r in rows], dtype) for j, dtype in enumerate((np.int8, float, float, np.int8))]
+    return (*cols, last)
+
+
+@pytest.mark.parametrize("depth, keep", [(1, 0.6), (3, 0.6), (3, 1.0), (10, 0.3)])
+def test_level_sets_rebuild_a_published_book(depth, keep):
+    """A feed publishes the true top ``depth`` levels after every message but its message file lacks some
+    messages (LOBSTER: those outside the window, and everything before the file starts): the kept messages
+    plus the level sets rebuild the published book exactly after every message."""
+    rng = np.random.default_rng(depth * 10 + int(keep * 10))
+    truth = random_stream(rng, 4000)
+    n = len(truth[0])
+    pub = reference_book(*truth, np.array([0, n]), depth)
+    kept = np.flatnonzero(rng.random(n) < keep)
+    kept = kept[kept > 50]  # the file starts after the book has filled up
+    m = tuple(np.ascontiguousarray(a[kept]) for a in truth)
+    published = tuple(np.ascontiguousarray(a[kept]) for a in pub[:4])
+    sets = B.level_sets(*m, np.array([0, len(kept)], np.int64), *published)
+    assert len(sets[0]) > 0 and (np.diff(sets[0]) >= 0).all()
+    *stream, last = merge_level_sets(*m, sets)
+    res = B.book_per_message(*_ro(*stream), np.array([0, len(stream[0])], np.int64), depth)
+    for got, want, name in zip(res[:4], published, ("bid_px", "bid_sz", "ask_px", "ask_sz")):
+        np.testing.assert_array_equal(got[last], want, err_msg=name)
+    print(f"depth {depth}, {keep:.0%} of messages kept: {len(sets[0])} level sets for {len(kept)} messages")
+
+
+def test_no_level_sets_when_the_messages_explain_the_book():
+    rng = np.random.default_rng(11)
+    truth = random_stream(rng, 3000)
+    n = len(truth[0])
+    pub = reference_book(*truth, np.array([0, n]), 2)
+    sets = B.level_sets(*truth, np.array([0, n], np.int64), *pub[:4])
+    assert len(sets[0]) == 0
+
+
+def test_level_set_window_semantics():
+    """Level 2 published: a revealed level is set, a level pushed out of the window is kept, a stale
+    level the window shows again is corrected, a level gone from inside the window is removed."""
+    nan = np.nan
+    rows = [  # message (type, size, price, direction), published bids (px, sz) x 2, asks (px, sz) x 2
+        ((1, 10, 100, 1), [100, 10, 99, 20], [101, 5, 102, 7]),  # the book before the file: sets 99, 101, 102
+        ((4, 10, 100, 1), [99, 20, 98, 15], [101, 5, 102, 7]),  # 100 executed away: 98 revealed
+        ((1, 5, 99.5, 1), [99.5, 5, 99, 20], [101, 5, 102, 7]),  # 98 pushed out of the window: kept
+        ((3, 5, 99.5, 1), [99, 20, 98, 12], [101, 5, 102, 7]),  # 98 back in view with 12 (changed unseen)
+        ((2, 1, 101, -1), [99, 20, 98, 12], [101, 4, nan, nan]),  # asks: 102 left the book unseen
+    ]
+    msgs = [np.array([r[0][j] for r in rows], d) for j, d in enumerate((np.int8, float, float, np.int8))]
+    bid = np.array([r[1] for r in rows], float)
+    ask = np.array([r[2] for r in rows], float)
+    sets = B.level_sets(*msgs, np.array([0, len(rows)], np.int64), bid[:, ::2], bid[:, 1::2], ask[:, ::2],
+                        ask[:, 1::2])
+    got = list(zip(sets[0].tolist(), sets[1].tolist(), sets[2].tolist(), sets[3].tolist()))
+    assert got == [
+        (0, 1, 99.0, 20.0),
+        (0, -1, 101.0, 5.0),
+        (0, -1, 102.0, 7.0),
+        (1, 1, 98.0, 15.0),
+        (3, 1, 98.0, 12.0),
+        (4, -1, 102.0, 0.0),
+    ]
+
+
+def test_level_set_message_applies_an_absolute_size():
+    res = _run([(1, 10, 100, 1), (B.LEVEL_SET, 4, 100, 1), (B.LEVEL_SET, 7, 99, 1), (B.LEVEL_SET, 0, 100, 1),
+                (B.LEVEL_SET, 0, 98, 1)])
+    np.testing.assert_array_equal(res[1][1], [4, np.nan, np.nan])
+    np.testing.assert_array_equal(res[0][2], [100, 99, np.nan])
+    np.testing.assert_array_equal(res[0][3], [99, np.nan, np.nan])
+    np.testing.assert_array_equal(res[0][4], [99, np.nan, np.nan])  # setting an absent level to 0: no-op
+    assert res[-1][0] == 0
+
+
+def test_grid_continues_a_book_across_segments_and_saves_it():
+    """``reset=False`` continues the previous segment's book (carried state across days): the snapshots of
+    day 2 equal those of one uninterrupted stream; the saved end book is the reference book, and seeding
+    day 2 with day 1's saved book gives the same snapshots again."""
+    rng = np.random.default_rng(21)
+    mtype, size, price, direction = random_stream(rng, 3000)
+    ts = 1_700_000_000_000_000_000 + np.cumsum(rng.integers(0, 40, 3000)) * 1_000_000
+    split = 1700
+    off2 = np.array([0, split, 3000], np.int64)
+    args = (ts, mtype, size, price, direction)
+    interval = 250_000_000
+    carried = B.book_grid(*args, off2, 4, interval, reset=[True, False], save=[True, True])
+    whole = B.book_per_message(mtype, size, price, direction, np.array([0, 3000], np.int64), 4)
+    seg, g_ts = carried[2], carried[0]
+    day2 = seg == 1
+    k = np.searchsorted(ts, g_ts[day2], side="right") - 1  # the message each day-2 snapshot sees
+    for j in range(4):
+        np.testing.assert_array_equal(carried[4 + j][day2], whole[j][k])
+    fresh = B.book_grid(*args, off2, 4, interval)
+    assert not all(np.array_equal(fresh[4 + j][day2], carried[4 + j][day2], equal_nan=True) for j in range(4))
+    ends = carried[-1]
+    ref = reference_book(mtype, size, price, direction, [0, 3000], 200)
+    assert np.isnan(ref[0][-1][-1]) and np.isnan(ref[2][-1][-1])  # 200 levels hold the whole book
+    for j in range(4):
+        levels = ref[j][-1][~np.isnan(ref[j][-1])]
+        np.testing.assert_array_equal(ends[1][j], levels)
+    # seed day 2 with day 1's saved book: the same snapshots as continuing
+    b1 = ends[0]
+    width = max(len(b1[0]), len(b1[2]))
+    init = [np.full((2, width), np.nan) for _ in range(4)]
+    for arr, levels in zip(init, b1):
+        arr[1, : len(levels)] = levels
+    seeded = B.book_grid(*args, off2, 4, interval, init=tuple(init))
+    for j in range(11):
+        np.testing.assert_array_equal(seeded[4 + j][day2], carried[4 + j][day2])
+    with pytest.raises(ValueError, match="reset\\[0\\]"):
+        B.book_grid(*args, off2, 4, interval, reset=[False, False])

@@ -40,12 +40,14 @@ def test_feed_kinds_per_feed_type(tmp_path):
               - {name: syn_ticks, kind: synthetic, params: {daily_bars: false}}
               - {name: files, kind: csv, params: {path: x}}
               - {name: book, kind: lobster, params: {path: y}}
+              - {name: top, kind: lobster, params: {path: y, order_messages: false}}
               - {name: yahoo, kind: yfinance}
               - {name: poly, kind: polygon, params: {data: quotes}}
         """)
     kinds = {f.name: feed_kinds(f) for f in md.project.ingest.feeds}
     assert kinds == {"syn": ("trades", "quotes", "bars_daily"), "syn_ticks": ("trades", "quotes"),
-                     "files": ("bars_daily",), "book": ("trades", "quotes"), "yahoo": ("bars_daily",),
+                     "files": ("bars_daily",), "book": ("trades", "quotes", "messages"),
+                     "top": ("trades", "quotes"), "yahoo": ("bars_daily",),
                      "poly": ("quotes",)}
     # the ingest feeds write exactly these tables
     feeds = pytest.importorskip("quantflow.ingest.feeds.base", reason="ingest feeds not importable")

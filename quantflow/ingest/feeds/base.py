@@ -127,9 +127,12 @@ class Feed(abc.ABC):
         self.params = params
 
     @classmethod
-    @abc.abstractmethod
     def kinds_for(cls, params: BaseModel) -> tuple[str, ...]:
-        """The raw table kinds ("trades", "quotes", "bars_daily") a feed of this kind produces with ``params``."""
+        """The raw table kinds ("trades", "quotes", "bars_daily", "messages") a feed with ``params`` produces,
+        as its params model declares (``raw_kinds`` in ``quantflow.metadata.schema``)."""
+        if not isinstance(params, cls.params_model):
+            params = cls.params_model.model_validate(params if isinstance(params, dict) else params.model_dump())
+        return params.raw_kinds()
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -198,7 +201,7 @@ def feed_class(kind: str) -> type[Feed]:
 
 def feed_kinds(feed_config: Any) -> tuple[str, ...]:
     """The raw tables (``raw_<feed>_<kind>``) a metadata ``FeedConfig`` produces, without building the feed."""
-    return feed_class(feed_config.kind).kinds_for(feed_config.params)
+    return feed_config.params.raw_kinds()
 
 
 def build_feed(feed_config: Any, project_dir: str | Path, **options: Any) -> Feed:

@@ -53,10 +53,6 @@ class CsvDailyFeed(Feed):
     kind = "csv"
     params_model = CsvFeedParams
 
-    @classmethod
-    def kinds_for(cls, params) -> tuple[str, ...]:
-        return ("bars_daily",)
-
     @property
     def folder(self) -> Path:
         return self.resolve_path(self.params.path)

@@ -25,6 +25,16 @@ Mapping (see ``LOBSTER_SampleFiles_ReadMe.txt``):
   ``quote_id < i`` (the state engine's ``tie_break="sequence"``).
 - Type 7 (trading halt / quoting / resume) messages are skipped; their order-book rows duplicate the
   previous state and drop out with the unchanged rows.
+- Order messages (``params.order_messages``, default on): every message, halts included, as
+  ``raw_<feed>_messages`` (``seq``, ``message_id`` = message number, ``type``, ``order_id``, ``size``,
+  ``price`` / 10000, ``direction``) for the state engine's book reconstruction (``lob.source:
+  messages``). A level-N message file holds only the messages inside the top N levels, so the messages
+  alone cannot say which level slides into view when one inside empties, nor what the book held before
+  the first message. After each message the feed therefore compares the book the messages rebuild with
+  the published one (all N levels of the order-book file) and writes the differences as level-set
+  messages (type 9, after the message whose book they restore, no ``order_id``; see
+  ``quantflow.state_engine.book.level_sets``): messages plus level sets rebuild the order-book file's
+  levels exactly, at every message.
 """
 
 from __future__ import annotations
@@ -36,16 +46,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 import polars as pl
 
 from quantflow.ingest.feeds.base import Feed, FeedBatch
 from quantflow.metadata.schema import LobsterFeedParams
+from quantflow.state_engine.book import LEVEL_SET, level_sets
 from quantflow.storage.tables import UTC_NS
 
 log = logging.getLogger(__name__)
 
 MESSAGE_COLUMNS = ("time", "type", "order_id", "size", "price", "direction")
 BOOK_COLUMNS = ("ask", "ask_size", "bid", "bid_size")
+
+
+def book_columns(level: int) -> tuple[str, ...]:
+    """Names of a level-N order-book file's columns: level 1 as ``BOOK_COLUMNS``, then ``ask_2`` ..."""
+    return BOOK_COLUMNS + tuple(f"{c}_{k}" for k in range(2, level + 1) for c in BOOK_COLUMNS)
 PRICE_SCALE = 10_000.0
 EMPTY_ASK = 9_999_999_999
 EMPTY_BID = -9_999_999_999
@@ -68,10 +85,6 @@ class LobsterFeed(Feed):
             ZoneInfo(self.params.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise self.error(f"unknown timezone {self.params.timezone!r}") from exc
-
-    @classmethod
-    def kinds_for(cls, params) -> tuple[str, ...]:
-        return ("trades", "quotes")
 
     @property
     def folder(self) -> Path:
@@ -115,11 +128,12 @@ class LobsterFeed(Feed):
                     self.folder,
                 )
             for day, message_path in files:
-                trades, quotes = self.read_day(symbol, day, message_path)
-                yield self.batch(trades=trades, quotes=quotes)
+                tables = self.read_day(symbol, day, message_path)
+                yield self.batch(**{k: v for k, v in tables.items() if k in self.kinds})
 
     # ------------------------------------------------------------------ one day
-    def read_day(self, symbol: str, day: dt.date, message_path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def read_day(self, symbol: str, day: dt.date, message_path: Path) -> dict[str, pl.DataFrame]:
+        """``{"trades", "quotes", "messages"}`` frames of one message file and its order-book twin."""
         book_path = message_path.with_name(message_path.name.replace("_message_", "_orderbook_"))
         if not book_path.is_file():
             raise self.error(
@@ -128,7 +142,7 @@ class LobsterFeed(Feed):
                 file=message_path,
             )
         messages = self._read_numeric(message_path, symbol, MESSAGE_COLUMNS, {"time": pl.Float64})
-        book = self._read_numeric(book_path, symbol, BOOK_COLUMNS, {})
+        book = self._read_numeric(book_path, symbol, book_columns(self.params.level), {})
         if messages.height != book.height:
             raise self.error(
                 f"{messages.height} messages but {book.height} order-book rows in {book_path.name}; "
@@ -185,7 +199,65 @@ class LobsterFeed(Feed):
         top = ["bid", "ask", "bid_size", "ask_size"]
         changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in top])
         quotes = quotes.filter(changed | (pl.col("quote_id") == 1))
-        return trades, quotes
+        out = {"trades": trades, "quotes": quotes}
+        if self.params.order_messages:
+            out["messages"] = self._messages(frame)
+        return out
+
+    def _messages(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Every message, then the level sets that make them rebuild the published book (module docstring)."""
+        level = self.params.level
+
+        def published(name: str, empty: pl.Expr) -> np.ndarray:
+            cols = [name if k == 1 else f"{name}_{k}" for k in range(1, level + 1)]
+            return np.stack([frame.select(pl.when(empty(c)).then(None).otherwise(pl.col(c)).cast(pl.Float64)
+                                          .fill_null(np.nan)).to_series().to_numpy() for c in cols], axis=1)
+
+        def empty_bid(c: str) -> pl.Expr:
+            return pl.col(c.replace("_size", "")) <= EMPTY_BID
+
+        def empty_ask(c: str) -> pl.Expr:
+            return pl.col(c.replace("_size", "")) >= EMPTY_ASK
+
+        idx, side, px, sz = level_sets(
+            np.ascontiguousarray(frame["type"].to_numpy(), np.int8),
+            np.ascontiguousarray(frame["size"].to_numpy(), np.float64),
+            np.ascontiguousarray(frame["price"].to_numpy(), np.float64),  # raw integer prices: exact
+            np.ascontiguousarray(frame["direction"].to_numpy(), np.int8),
+            np.array([0, frame.height], np.int64),
+            published("bid", empty_bid),
+            published("bid_size", empty_bid),
+            published("ask", empty_ask),
+            published("ask_size", empty_ask),
+        )
+        messages = frame.select(
+            "symbol", "date", "ts",
+            pl.col("seq").alias("message_id"),
+            pl.col("type").cast(pl.Int8),
+            pl.col("order_id"),
+            pl.col("size").cast(pl.Float64),
+            pl.col("price").cast(pl.Float64),
+            pl.col("direction").cast(pl.Int8),
+            pl.lit(0, pl.Int32).alias("_set"),
+        )
+        sets = pl.DataFrame({
+            "_row": idx,
+            "type": np.full(idx.shape[0], LEVEL_SET, np.int8),
+            "size": sz,
+            "price": px,
+            "direction": side,
+            "_set": np.arange(1, idx.shape[0] + 1, dtype=np.int32),
+        }).join(frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), "symbol", "date", "ts",
+                             pl.col("seq").alias("message_id")), on="_row", how="left")
+        sets = sets.select(*(pl.col(c) if c != "order_id" else pl.lit(None, pl.Int64).alias(c)
+                             for c in messages.columns))
+        # a message, then the level sets after it, in the order they were found
+        stream = pl.concat([messages, sets], how="vertical_relaxed").sort("message_id", "_set")
+        return stream.with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("seq"),
+            pl.when(pl.col("type") == HALT_TYPE).then(pl.col("price")).otherwise(
+                (pl.col("price") / PRICE_SCALE).round(4)).alias("price"),
+        ).drop("_set")
 
     def _has_header(self, path: Path) -> bool:
         if self.params.has_header is not None:

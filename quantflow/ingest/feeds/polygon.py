@@ -78,10 +78,6 @@ class PolygonFeed(Feed):
         self.limiter = RateLimiter(self.params.requests_per_minute, clock=clock, sleep=sleep)
         self.requests_made = 0
 
-    @classmethod
-    def kinds_for(cls, params) -> tuple[str, ...]:
-        return (params.data,)
-
     def api_key(self) -> str:
         var = self.params.api_key_env
         key = os.environ.get(var, "").strip()

@@ -309,10 +309,6 @@ class SyntheticFeed(Feed):
         if p.session_close <= p.session_open:
             raise self.error(f"session_close {p.session_close} must be after session_open {p.session_open}")
 
-    @classmethod
-    def kinds_for(cls, params) -> tuple[str, ...]:
-        return ("trades", "quotes", "bars_daily") if params.daily_bars else ("trades", "quotes")
-
     def simulate_day(self, symbol: str, day: dt.date) -> SyntheticDay:
         """The deterministic simulation of one (symbol, weekday)."""
         try:

@@ -98,10 +98,6 @@ class YFinanceFeed(Feed):
         self.limiter = RateLimiter(self.params.requests_per_minute, clock=clock, sleep=sleep)
         self.calls_made = 0
 
-    @classmethod
-    def kinds_for(cls, params) -> tuple[str, ...]:
-        return ("bars_daily",)
-
     def iter_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> Iterator[FeedBatch]:
         symbols = self.check_range(symbols, start, end)
         for symbol in symbols:

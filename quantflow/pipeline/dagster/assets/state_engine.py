@@ -43,13 +43,11 @@ def build_state_engine_assets(md: ProjectMetadata) -> list:
     cfg = md.project.state_engine
     if cfg is None:
         return []
-    calendar = set(state_runner.calendar_tables(cfg))
     specs = [
         dg.AssetSpec(
             table,
             group_name=GROUP,
-            deps=[dg.AssetKey("cdm_bars_daily")] if table in calendar else [dg.AssetKey("cdm_trades"),
-                                                                            dg.AssetKey("cdm_quotes")],
+            deps=[dg.AssetKey(t) for t in state_runner.input_tables(cfg, table)],
             kinds={"numba", "parquet"},
             skippable=True,
             description=f"State engine output `{table}` (lake table, partitioned by symbol and date).",
@@ -58,7 +56,8 @@ def build_state_engine_assets(md: ProjectMetadata) -> list:
     ]
 
     @dg.multi_asset(name="state_engine_full", specs=specs, can_subset=False,
-                    description="One Numba pass per (symbol, time shard) over CDM trades and quotes, on Ray.")
+                    description="One Numba pass per (symbol, time shard) over CDM trades, quotes and order "
+                                "messages, on Ray.")
     def state_engine_full(context: dg.AssetExecutionContext, config: PipelineConfig):
         window = resolve(config, md.symbols)
         result = state_runner.run_production(
