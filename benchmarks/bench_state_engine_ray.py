@@ -1,6 +1,7 @@
 """State-engine Ray benchmark: the sharded stage on the serial in-process executor, one Ray worker and two.
 
     python benchmarks/bench_state_engine_ray.py [--trades-per-day 300_000] [--shards 20] [--repeat 2]
+    python benchmarks/bench_state_engine_ray.py --warmup-only [--warmup-samples 9]
 
 A throwaway project in a temp dir under /tmp gets a lake of simulated CDM trades and quotes (the
 ``SyntheticFeed``, ``--symbols`` x ``--shards / --symbols`` trading days: one shard per symbol and day),
@@ -22,11 +23,15 @@ worker uses one core and ray-2 / ray-1 measures the scaling across workers alone
 in this process with the default threads.
 
 Per-worker warm-up: in a fresh Ray (``ray.shutdown()`` then ``ray.init``), a ``max_calls=1`` task (a new
-worker process each time, checked: the state engine must not be imported yet) times importing the state
-engine and running ``run_shard`` on a tiny shard, then the same call again; warm-up = import + first call
-- second call, with the Numba cache warm (the default ``__pycache__`` next to the sources, shared by every
-local worker, or ``NUMBA_CACHE_DIR`` when set, passed on to the workers). The cold figure repeats this with
-an empty ``NUMBA_CACHE_DIR`` (set in the Ray runtime_env): the compile time that ``cache=True`` saves.
+worker process each time, checked: neither the state engine nor numba nor polars imported yet) does what a
+``RayExecutor`` task does, timed: ``executors._run_in_worker`` on the pickled ``(run_shard, tiny shard,
+retries)`` (the executor's once-per-worker GC setup, unpickling, which imports the state engine, and the
+shard), then the same call again; warm-up = first call - second call, with the Numba cache warm (the
+default ``__pycache__`` next to the sources, shared by every local worker, or ``NUMBA_CACHE_DIR`` when set,
+passed on to the workers). ``import_s`` is the part before ``run_shard`` starts; ``gc_s`` the time the
+garbage collector ran during the first call. The cold figure repeats this with an empty
+``NUMBA_CACHE_DIR`` (set in the Ray runtime_env): the compile time that ``cache=True`` saves.
+``--warmup-only`` measures the warm-up alone (a tiny lake, no serial/Ray runs, no cold figure).
 
 A JSON copy goes to ``benchmarks/results/`` (git-ignored).
 """
@@ -37,7 +42,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import pickle
 import platform
 import shutil
 import statistics
@@ -166,25 +170,40 @@ def probe_workers() -> list[dict]:
     return ray.get([probe.remote() for _ in range(RAY_CPUS)])
 
 
-def _warmup_in_fresh_worker(task_blob: bytes) -> dict:
-    """Runs in a new worker process. Refers to no quantflow global: unpickling the task imports it, timed."""
+def _warmup_in_fresh_worker(payload: bytes) -> dict:
+    """Runs in a new worker process, the way a ``RayExecutor`` task does: ``_run_in_worker`` (its GC setup,
+    then unpickling ``(run_shard, task, retries)``, which imports the state engine, then the shard), timed
+    twice. Refers to no quantflow global, so nothing of quantflow is imported before the clock starts."""
+    import gc as _gc
     import sys as _sys
     import time as _time
 
-    fresh = not any(m.startswith("quantflow.state_engine") for m in _sys.modules)
-    began = _time.perf_counter()
-    task = pickle.loads(task_blob)  # imports quantflow.state_engine.runner, the metadata schema, the lake
-    import quantflow.state_engine.engine  # noqa: F401  (numba, the kernels: what run_shard imports)
-    from quantflow.state_engine.runner import run_shard
+    fresh = not any(m.startswith(("quantflow.state_engine", "numba", "polars")) for m in _sys.modules)
+    in_gc = {"s": 0.0, "began": 0.0}
 
-    imported = _time.perf_counter()
-    run_shard(task)
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            in_gc["began"] = _time.perf_counter()
+        else:
+            in_gc["s"] += _time.perf_counter() - in_gc["began"]
+
+    _gc.callbacks.append(on_gc)
+    began = _time.perf_counter()
+    from quantflow.compute.executors import _run_in_worker  # what Ray imports to load a shard task
+
+    first = _run_in_worker(payload)
     first_done = _time.perf_counter()
-    run_shard(task)
+    gc_s = in_gc["s"]
+    second = _run_in_worker(payload)
     second_done = _time.perf_counter()
+    _gc.callbacks.remove(on_gc)
+    for outcome in (first, second):
+        if not outcome.ok:
+            raise RuntimeError(f"warm-up shard failed: {outcome.error}")
     hits = misses = 0
-    for name in ("quantflow.state_engine.kernels", "quantflow.state_engine.bars"):
-        for obj in vars(_sys.modules[name]).values():
+    for name in ("quantflow.state_engine.kernels", "quantflow.state_engine.bars", "quantflow.state_engine.book"):
+        module = _sys.modules.get(name)
+        for obj in vars(module).values() if module else ():
             stats = getattr(obj, "stats", None)
             if stats is not None and hasattr(stats, "cache_hits"):
                 hits += sum(stats.cache_hits.values())
@@ -192,10 +211,12 @@ def _warmup_in_fresh_worker(task_blob: bytes) -> dict:
     return {
         "pid": os.getpid(),
         "fresh": fresh,
-        "import_s": imported - began,
-        "first_call_s": first_done - imported,
+        # everything before run_shard starts: GC setup, unpickling the task (imports), Ray's executor module
+        "import_s": (first_done - began) - first.seconds,
+        "first_call_s": first.seconds,
         "second_call_s": second_done - first_done,
         "warmup_s": (first_done - began) - (second_done - first_done),
+        "gc_s": gc_s,
         "numba_cache_hits": hits,
         "numba_cache_misses": misses,
         "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR", ""),
@@ -205,11 +226,12 @@ def _warmup_in_fresh_worker(task_blob: bytes) -> dict:
 def measure_warmup(task: runner.ShardTask, env: dict[str, str], samples: int) -> list[dict]:
     """``samples`` fresh workers, one after another, in a fresh Ray whose workers get ``env``."""
     import ray
+    from ray import cloudpickle
 
     start_ray(env)
     fn = ray.remote(num_cpus=1, max_calls=1)(_warmup_in_fresh_worker)
-    blob = pickle.dumps(task)
-    out = [ray.get(fn.remote(blob)) for _ in range(samples)]
+    payload = cloudpickle.dumps((runner.run_shard, task, 0))  # what RayExecutor sends: (fn, shard, retries)
+    out = [ray.get(fn.remote(payload)) for _ in range(samples)]
     ray.shutdown()
     stale = [o for o in out if not o["fresh"]]
     if stale:
@@ -298,29 +320,34 @@ def mark(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def print_table(modes: list[dict], warm: dict, cold: dict) -> list[dict]:
+def print_table(modes: list[dict], warm: dict, cold: dict | None) -> list[dict]:
     targets = []
-    print(
-        f"\n{'worker threads':<16} {'serial s':>9} {'ray-1 s':>8} {'ray-2 s':>8} "
-        f"{'ray-2/ray-1':>12} {'ray-2/serial':>13} {'ray-2 overlap':>14}"
-    )
+    if modes:
+        print(
+            f"\n{'worker threads':<16} {'serial s':>9} {'ray-1 s':>8} {'ray-2 s':>8} "
+            f"{'ray-2/ray-1':>12} {'ray-2/serial':>13} {'ray-2 overlap':>14}"
+        )
     for m in modes:
         b = m["best"]
         print(
             f"{m['mode']:<16} {b['serial']['wall_s']:9.2f} {b['ray-1']['wall_s']:8.2f} {b['ray-2']['wall_s']:8.2f} "
             f"{m['scaling']:11.2f}x {m['vs_serial']:12.2f}x {b['ray-2']['overlap']:14.2f}"
         )
+    samples = ", ".join(f"{s['warmup_s']:.3f}" for s in warm["all"])
     print(
         f"\nper-worker warm-up (fresh worker, warm Numba cache, median of {warm['samples']}): "
         f"{warm['warmup_s']:.3f} s  (import {warm['import_s']:.3f} s + first call {warm['first_call_s']:.3f} s "
-        f"- second call {warm['second_call_s']:.3f} s; kernels from cache {warm['numba_cache_hits']}, "
-        f"compiled {warm['numba_cache_misses']})"
+        f"- second call {warm['second_call_s']:.3f} s; garbage collector during import + first call "
+        f"{warm['gc_s']:.3f} s; kernels from cache {warm['numba_cache_hits']}, compiled "
+        f"{warm['numba_cache_misses']}; samples {samples})"
     )
-    print(
-        f"cold compile (empty NUMBA_CACHE_DIR): warm-up {cold['warmup_s']:.3f} s  (import {cold['import_s']:.3f} s "
-        f"+ first call {cold['first_call_s']:.3f} s; compiled {cold['numba_cache_misses']}): "
-        f"cache=True saves {cold['warmup_s'] - warm['warmup_s']:.2f} s per worker\n"
-    )
+    if cold is not None:
+        print(
+            f"cold compile (empty NUMBA_CACHE_DIR): warm-up {cold['warmup_s']:.3f} s  (import {cold['import_s']:.3f} s "
+            f"+ first call {cold['first_call_s']:.3f} s; compiled {cold['numba_cache_misses']}): "
+            f"cache=True saves {cold['warmup_s'] - warm['warmup_s']:.2f} s per worker"
+        )
+    print()
     print(f"{'target':<44} {'measured':>10}  status")
     for m in modes:
         for name, value, ok, text in (
@@ -343,7 +370,7 @@ def print_table(modes: list[dict], warm: dict, cold: dict) -> list[dict]:
 
 
 def summarise(samples: list[dict]) -> dict:
-    keys = ("import_s", "first_call_s", "second_call_s", "warmup_s", "numba_cache_hits", "numba_cache_misses")
+    keys = ("import_s", "first_call_s", "second_call_s", "warmup_s", "gc_s", "numba_cache_hits", "numba_cache_misses")
     return {
         "samples": len(samples),
         **{k: statistics.median(s[k] for s in samples) for k in keys},
@@ -364,25 +391,32 @@ def run(args) -> dict:
         f"{RAY_CPUS}; project in {tmp}",
         flush=True,
     )
+    modes: list[dict] = []
+    cold: dict | None = None
     try:
         began = time.perf_counter()
-        md = get_metadata_manager(
-            make_project(
-                tmp / "project", symbols, days, args.trades_per_day, args.quotes_per_trade, args.seed
-            )
-        ).load_all()
+        if not args.warmup_only:
+            md = get_metadata_manager(
+                make_project(
+                    tmp / "project", symbols, days, args.trades_per_day, args.quotes_per_trade, args.seed
+                )
+            ).load_all()
         tiny_md = get_metadata_manager(
             make_project(tmp / "tiny", symbols[:1], days[:1], 500, 2.0, args.seed)
         ).load_all()
         print(f"  lake written in {time.perf_counter() - began:.1f} s", flush=True)
-        modes = [bench_mode(md, days, mode, base_env, args.repeat) for mode in args.thread_modes.split(",")]
+        if not args.warmup_only:
+            modes = [bench_mode(md, days, mode, base_env, args.repeat) for mode in args.thread_modes.split(",")]
         tiny = runner.plan_shards(
             tiny_md, tiny_md.project.state_engine, days[0], days[0], symbols[:1], "overwrite"
         )[0]
+        if args.warmup_only:
+            runner.run_shard(tiny)  # the kernels in the Numba cache (the full runs do this otherwise)
         warm = summarise(measure_warmup(tiny, base_env, args.warmup_samples))
-        cold_dir = tmp / "numba_cold_cache"
-        cold_dir.mkdir()
-        cold = summarise(measure_warmup(tiny, base_env | {"NUMBA_CACHE_DIR": str(cold_dir)}, 1))
+        if not args.warmup_only:
+            cold_dir = tmp / "numba_cold_cache"
+            cold_dir.mkdir()
+            cold = summarise(measure_warmup(tiny, base_env | {"NUMBA_CACHE_DIR": str(cold_dir)}, 1))
     finally:
         if args.keep:
             print(f"  kept {tmp}")
@@ -399,7 +433,7 @@ def run(args) -> dict:
         "days": len(days),
         "trades_per_day": args.trades_per_day,
         "quotes_per_trade": args.quotes_per_trade,
-        "trades": modes[0]["best"]["serial"]["trades"],
+        "trades": modes[0]["best"]["serial"]["trades"] if modes else None,
         "repeat": args.repeat,
         "ray_num_cpus": RAY_CPUS,
         "machine": {
@@ -434,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list: 'default' (production workers), '1' (POLARS_MAX_THREADS=1 etc. in workers)",
     )
     p.add_argument("--warmup-samples", type=int, default=3, help="fresh workers timed for the warm-up")
+    p.add_argument(
+        "--warmup-only",
+        action="store_true",
+        help="only the per-worker warm-up (tiny lake, no serial/ray runs, no cold compile)",
+    )
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--keep", action="store_true", help="keep the temp project")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

@@ -3,12 +3,18 @@
 Shards are independent and idempotent, so a failed shard is retried alone. A shard carries locations
 (Parquet paths, the lake root), never large arrays: moving arrays through Ray's object store made Ray
 slower than serial on these machines, so each task reads and writes its own data.
+
+A Ray task unpickles its shard function and shard itself (``_run_in_worker``), so that a fresh worker
+first freezes the garbage collector's view of what Ray already holds, then imports the state engine
+(numba, polars, the kernels) while those objects are no longer scanned: see ``_prepare_worker``.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +90,35 @@ def _run_with_retries(fn: Callable[[Any], Any], shard: Any, retries: int) -> Sha
     return ShardOutcome(shard, None, error, retries + 1, time.perf_counter() - began)
 
 
+_worker_prepared = False
+
+
+def _prepare_worker() -> bool:
+    """Once per worker process, before the first task's imports: True the first time, else False.
+
+    ``gc.freeze()`` moves every object alive now (Ray's own modules and state, a few hundred thousand
+    objects, all of them as long-lived as the process) to the permanent generation, so the full
+    collections that importing numba, polars and the kernels triggers no longer walk them: about 0.12 s
+    less GC in a fresh worker on a 2-core machine (of about 0.19 s). Nothing is collected first, so any
+    garbage cycle already pending stays (once, a few KB); Ray Serve freezes its replicas the same way.
+    """
+    global _worker_prepared
+    if _worker_prepared:
+        return False
+    _worker_prepared = True
+    gc.freeze()
+    return True
+
+
+def _run_in_worker(payload: bytes) -> ShardOutcome:
+    """The Ray task: ``(fn, shard, retries)`` come pickled, and are unpickled after ``_prepare_worker``."""
+    first = _prepare_worker()
+    fn, shard, retries = pickle.loads(payload)  # imports fn's module (the state engine) in a fresh worker
+    if first:
+        gc.freeze()  # the modules just imported live as long as the worker too
+    return _run_with_retries(fn, shard, retries)
+
+
 class RayExecutor:
     """Runs shards as Ray tasks, at most ``max_concurrency`` at a time.
 
@@ -122,8 +157,10 @@ class RayExecutor:
 
         self._init()
         began = time.perf_counter()
+        from ray import cloudpickle
+
         # the environment goes with every task (not ray.init), so it holds on an already running Ray too
-        task = ray.remote(num_cpus=1, max_retries=0)(_run_with_retries).options(
+        task = ray.remote(num_cpus=1, max_retries=0)(_run_in_worker).options(
             runtime_env={"env_vars": self.worker_env()})
         report = ExecutionReport(executor=self.name)
         pending: dict[Any, int] = {}
@@ -132,7 +169,7 @@ class RayExecutor:
         while queue or pending:
             while queue and len(pending) < self.max_concurrency:
                 i, shard = queue.pop(0)
-                pending[task.remote(fn, shard, self.retries)] = i
+                pending[task.remote(cloudpickle.dumps((fn, shard, self.retries)))] = i
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 i = pending.pop(ref)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-
-import fsspec
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,12 @@ def resolve_root(root: str, project_dir: Path) -> str:
 
 @dataclass
 class Store:
-    """A storage root plus its filesystem; paths handed out are absolute within that filesystem."""
+    """A storage root plus its filesystem; paths handed out are absolute within that filesystem.
+
+    A local root does its reads, writes and existence checks with ``os`` and creates its fsspec
+    filesystem (``fs``) on first use only: a Ray worker running a shard on a local lake never imports
+    fsspec (part of the per-worker warm-up). A remote root creates its filesystem at once.
+    """
 
     root: str
     options: StorageOptions = field(default_factory=StorageOptions)
@@ -63,12 +67,20 @@ class Store:
     def __post_init__(self) -> None:
         self.root = self.root.rstrip("/") or "/"
         if is_remote(self.root):
-            protocol = self.root.split("://", 1)[0]
-            self.fs = fsspec.filesystem(protocol, **(self.options.for_s3() if protocol in ("s3", "s3a") else {}))
             self._base = self.root.split("://", 1)[1]
+            self.fs  # noqa: B018  (an unknown protocol or missing driver fails here, not on first use)
         else:
-            self.fs = fsspec.filesystem("file", auto_mkdir=True)
             self._base = self.root
+
+    @cached_property
+    def fs(self):
+        """The fsspec filesystem of the root (``s3fs`` for ``s3://``, the local one otherwise)."""
+        import fsspec
+
+        if self.remote:
+            protocol = self.root.split("://", 1)[0]
+            return fsspec.filesystem(protocol, **(self.options.for_s3() if protocol in ("s3", "s3a") else {}))
+        return fsspec.filesystem("file", auto_mkdir=True)
 
     @property
     def remote(self) -> bool:
@@ -103,9 +115,13 @@ class Store:
                 tmp.unlink()
 
     def exists(self, path: str) -> bool:
+        if not self.remote:
+            return os.path.exists(path)
         return self.fs.exists(path)
 
     def read_bytes(self, path: str) -> bytes:
+        if not self.remote:
+            return Path(path).read_bytes()
         return self.fs.cat_file(path)
 
     def ls(self, path: str) -> list[str]:
