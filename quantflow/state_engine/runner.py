@@ -231,7 +231,8 @@ def _shard_groups(days: list[dt.date], granularity: str) -> list[list[dt.date]]:
 
 def plan_shards(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end: dt.date, symbols: list[str],
                 write_mode: str, granularity: str = "daily") -> list[ShardTask]:
-    """One task per (symbol, time shard) with CDM trades; per symbol when state is carried across days."""
+    """One task per (symbol, time shard) with CDM trades (or, for a book from messages, order messages);
+    one per symbol when state is carried across days."""
     lake = project_lake(md)
     tasks = []
 

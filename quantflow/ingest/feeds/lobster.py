@@ -42,7 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -58,11 +58,6 @@ log = logging.getLogger(__name__)
 
 MESSAGE_COLUMNS = ("time", "type", "order_id", "size", "price", "direction")
 BOOK_COLUMNS = ("ask", "ask_size", "bid", "bid_size")
-
-
-def book_columns(level: int) -> tuple[str, ...]:
-    """Names of a level-N order-book file's columns: level 1 as ``BOOK_COLUMNS``, then ``ask_2`` ..."""
-    return BOOK_COLUMNS + tuple(f"{c}_{k}" for k in range(2, level + 1) for c in BOOK_COLUMNS)
 PRICE_SCALE = 10_000.0
 EMPTY_ASK = 9_999_999_999
 EMPTY_BID = -9_999_999_999
@@ -71,6 +66,11 @@ HALT_TYPE = 7
 _NAME = re.compile(
     r"^(?P<symbol>.+)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<start>\d+)_(?P<end>\d+)_message_(?P<level>\d+)\.csv$"
 )
+
+
+def book_columns(level: int) -> tuple[str, ...]:
+    """Names of a level-N order-book file's columns: level 1 as ``BOOK_COLUMNS``, then ``ask_2`` ..."""
+    return BOOK_COLUMNS + tuple(f"{c}_{k}" for k in range(2, level + 1) for c in BOOK_COLUMNS)
 
 
 class LobsterFeed(Feed):
@@ -208,7 +208,8 @@ class LobsterFeed(Feed):
         """Every message, then the level sets that make them rebuild the published book (module docstring)."""
         level = self.params.level
 
-        def published(name: str, empty: pl.Expr) -> np.ndarray:
+        def published(name: str, empty: Callable[[str], pl.Expr]) -> np.ndarray:
+            """Level 1..N of one book column, NaN where LOBSTER writes its empty-side dummy price."""
             cols = [name if k == 1 else f"{name}_{k}" for k in range(1, level + 1)]
             return np.stack([frame.select(pl.when(empty(c)).then(None).otherwise(pl.col(c)).cast(pl.Float64)
                                           .fill_null(np.nan)).to_series().to_numpy() for c in cols], axis=1)
