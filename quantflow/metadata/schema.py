@@ -28,11 +28,6 @@ class MetadataModel(BaseModel):
 class SyntheticFeedParams(MetadataModel):
     """Deterministic market simulator: ticks per (symbol, date, seed)."""
 
-    def raw_kinds(self) -> tuple[str, ...]:
-        """The raw tables (``raw_<feed>_<kind>``) a feed with these params produces: one declaration per
-        feed kind, read by ingest, dbt, Dagster and the consistency checks below."""
-        return ("trades", "quotes", "bars_daily") if self.daily_bars else ("trades", "quotes")
-
     seed: int = 42
     start_price: float = Field(100.0, gt=0)
     annual_volatility: float = Field(0.25, gt=0, le=5)
@@ -44,6 +39,11 @@ class SyntheticFeedParams(MetadataModel):
     session_open: dt.time = dt.time(9, 30)
     session_close: dt.time = dt.time(16, 0)
     daily_bars: bool = True
+
+    def raw_kinds(self) -> tuple[str, ...]:
+        """The raw tables (``raw_<feed>_<kind>``) a feed with these params produces: one declaration per
+        feed kind (every params model has one), read by ingest, dbt, Dagster and ``consistency_issues``."""
+        return ("trades", "quotes", "bars_daily") if self.daily_bars else ("trades", "quotes")
 
 
 class CsvColumnMap(MetadataModel):
@@ -278,7 +278,7 @@ class ProjectConfig(MetadataModel):
                 issues.append((lob + ("source",), "the book is rebuilt from order messages, but no enabled feed "
                                "produces them (a lobster feed with order_messages: true does); use source: quotes"))
             for feed in producers:
-                level = getattr(feed.params, "level", None)
+                level = feed.params.level if feed.kind == "lobster" else None
                 if level is not None and se.lob.depth > level:
                     issues.append((lob + ("depth",), f"depth {se.lob.depth} is deeper than the level-{level} files "
                                    f"of feed {feed.name!r}: the levels behind {level} are not in its messages; "

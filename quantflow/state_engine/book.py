@@ -222,10 +222,25 @@ def _outputs(n, depth):
     )
 
 
-def _capacity(off, init_px):
-    """Levels one side can hold: the initial levels plus one per message of the longest segment."""
-    longest = int(np.max(np.diff(off))) if off.shape[0] > 1 else 0
-    return max(1, longest + init_px.shape[1])
+def _distinct_prices(*prices) -> int:
+    """How many distinct finite prices the arrays hold: no side of a book can have more levels."""
+    flat = np.concatenate([np.ravel(p) for p in prices])
+    return max(1, int(np.unique(flat[np.isfinite(flat)]).shape[0]))
+
+
+def _level_bounds(mtype, price, off, reset, ibp, iap):
+    """Levels a side can reach by the end of each segment: the levels it started its chain of segments
+    (a reset, then continuations) with plus one per submission or level set since, and never more than
+    the distinct prices there are. Sizes the book and the saved end books."""
+    adds = np.concatenate([[0], np.cumsum((mtype == SUBMIT) | (mtype == LEVEL_SET))])
+    seeded = np.maximum(np.isfinite(ibp).sum(axis=1), np.isfinite(iap).sum(axis=1)).astype(np.int64)
+    bound = np.empty(off.shape[0] - 1, np.int64)
+    chain_seed, chain_start = 0, 0
+    for s in range(off.shape[0] - 1):
+        if reset[s]:
+            chain_seed, chain_start = int(seeded[s]), int(off[s])
+        bound[s] = chain_seed + int(adds[off[s + 1]] - adds[chain_start])
+    return np.minimum(bound, _distinct_prices(price, ibp, iap))
 
 
 @njit(cache=True)
@@ -266,9 +281,9 @@ def book_per_message(mtype, size, price, direction, off, depth, init=None):
     ibp, ibs, iap, ias = _check_init(off, depth, init)
     outs = _outputs(mtype.shape[0], depth)
     clamps = np.zeros(off.shape[0] - 1, np.int64)
-    _per_message_into(
-        mtype, size, price, direction, off, ibp, ibs, iap, ias, _new_book(_capacity(off, ibp)), outs, clamps
-    )
+    bound = _level_bounds(mtype, price, off, np.ones(off.shape[0] - 1, np.bool_), ibp, iap)
+    book = _new_book(int(bound.max()) if bound.size else 1)
+    _per_message_into(mtype, size, price, direction, off, ibp, ibs, iap, ias, book, outs, clamps)
     return (*outs, clamps)
 
 
@@ -360,26 +375,6 @@ def _grid_into(
     return r
 
 
-def _distinct_prices(*prices) -> int:
-    """How many distinct finite prices the arrays hold: no side of a book can have more levels."""
-    flat = np.concatenate([np.ravel(p) for p in prices])
-    return max(1, int(np.unique(flat[np.isfinite(flat)]).shape[0]))
-
-
-def _chain_bounds(mtype, off, reset, ibp, iap):
-    """Levels a side can reach by the end of each segment: the levels it started its chain of segments
-    (a reset, then continuations) with, plus one per submission or level set since."""
-    adds = np.concatenate([[0], np.cumsum((mtype == SUBMIT) | (mtype == LEVEL_SET))])
-    seeded = np.maximum(np.isfinite(ibp).sum(axis=1), np.isfinite(iap).sum(axis=1)).astype(np.int64)
-    bound = np.empty(off.shape[0] - 1, np.int64)
-    chain_seed, chain_start = 0, 0
-    for s in range(off.shape[0] - 1):
-        if reset[s]:
-            chain_seed, chain_start = int(seeded[s]), int(off[s])
-        bound[s] = chain_seed + int(adds[off[s + 1]] - adds[chain_start])
-    return bound
-
-
 def book_grid(ts, mtype, size, price, direction, off, depth, interval, offset=0, init=None, reset=None,
               save=None):
     """Snapshots of the book on the grid ``offset + k * interval`` (ns), segment by segment.
@@ -405,8 +400,7 @@ def book_grid(ts, mtype, size, price, direction, off, depth, interval, offset=0,
         raise ValueError("reset and save need one flag per segment")
     if n_seg and not reset[0]:
         raise ValueError("the first segment has no previous book to continue: reset[0] must be true")
-    bound = np.minimum(_chain_bounds(mtype, off, reset, ibp, iap), _distinct_prices(price, ibp, iap))
-    cap = max(1, int(bound.max()) if n_seg else 1)
+    bound = _level_bounds(mtype, price, off, reset, ibp, iap)
     e_off = np.zeros(n_seg + 1, np.int64)
     e_off[1:] = np.cumsum(np.where(save, bound, 0))
     ends = np.empty((4, int(e_off[-1])), np.float64)
@@ -432,7 +426,7 @@ def book_grid(ts, mtype, size, price, direction, off, depth, interval, offset=0,
         ibs,
         iap,
         ias,
-        _new_book(cap),
+        _new_book(int(bound.max()) if n_seg else 1),
         interval,
         offset,
         o_ts,

@@ -113,8 +113,8 @@ class ShardTask:
     quote_paths: tuple[str, ...]
     config: StateEngineConfig
     write_mode: str
-    message_paths: tuple[str, ...] = ()
-    trade_days: tuple[dt.date, ...] | None = None  # days with trades (None: every day of ``dates``)
+    message_paths: tuple[str, ...]
+    trade_days: tuple[dt.date, ...]  # the days of ``dates`` with trades (the others have messages only)
 
     def __str__(self) -> str:
         span = self.dates[0].isoformat() if len(self.dates) == 1 else f"{self.dates[0]}..{self.dates[-1]}"
@@ -137,10 +137,10 @@ def run_shard(task: ShardTask) -> ShardResult:
     lake = Lake(Store(task.lake_root, task.storage))
     spec = engine_spec(task.config)
     tables = tick_tables(task.config)
-    traded = set(task.dates if task.trade_days is None else task.trade_days)
     # a shard whose last-written table is stored for every day was finished by an earlier run
     if task.write_mode == "skip_if_exists" and all(
-        lake.store.exists(lake.partition_path(_done_marker(d in traded), task.symbol, d)) for d in task.dates
+        lake.store.exists(lake.partition_path(_done_marker(d in task.trade_days), task.symbol, d))
+        for d in task.dates
     ):
         return ShardResult({}, 0, True, time.perf_counter() - began)
     trades_by_day = _read_by_day(lake, task.trade_paths)

@@ -126,17 +126,11 @@ class Feed(abc.ABC):
                 raise FeedError(f"invalid params for a {self.kind} feed: {exc}", feed=name) from exc
         self.params = params
 
-    @classmethod
-    def kinds_for(cls, params: BaseModel) -> tuple[str, ...]:
-        """The raw table kinds ("trades", "quotes", "bars_daily", "messages") a feed with ``params`` produces,
-        as its params model declares (``raw_kinds`` in ``quantflow.metadata.schema``)."""
-        if not isinstance(params, cls.params_model):
-            params = cls.params_model.model_validate(params if isinstance(params, dict) else params.model_dump())
-        return params.raw_kinds()
-
     @property
     def kinds(self) -> tuple[str, ...]:
-        return self.kinds_for(self.params)
+        """The raw table kinds ("trades", "quotes", "bars_daily", "messages") this feed produces, as its
+        params model declares (``raw_kinds`` in ``quantflow.metadata.schema``)."""
+        return self.params.raw_kinds()
 
     @abc.abstractmethod
     def iter_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> Iterator[FeedBatch]:
