@@ -109,12 +109,12 @@ class ShardTask:
     storage: StorageOptions
     symbol: str
     dates: tuple[dt.date, ...]
-    trade_paths: tuple[str, ...]
-    quote_paths: tuple[str, ...]
+    # one entry per day of ``dates``, None where the table has no partition that day
+    trade_paths: tuple[str | None, ...]
+    quote_paths: tuple[str | None, ...]
+    message_paths: tuple[str | None, ...]
     config: StateEngineConfig
     write_mode: str
-    message_paths: tuple[str, ...]
-    trade_days: tuple[dt.date, ...]  # the days of ``dates`` with trades (the others have messages only)
 
     def __str__(self) -> str:
         span = self.dates[0].isoformat() if len(self.dates) == 1 else f"{self.dates[0]}..{self.dates[-1]}"
@@ -139,23 +139,21 @@ def run_shard(task: ShardTask) -> ShardResult:
     tables = tick_tables(task.config)
     # a shard whose last-written table is stored for every day was finished by an earlier run
     if task.write_mode == "skip_if_exists" and all(
-        lake.store.exists(lake.partition_path(_done_marker(d in task.trade_days), task.symbol, d))
-        for d in task.dates
+        lake.store.exists(lake.partition_path(_done_marker(t is not None), task.symbol, d))
+        for d, t in zip(task.dates, task.trade_paths)
     ):
         return ShardResult({}, 0, True, time.perf_counter() - began)
-    trades_by_day = _read_by_day(lake, task.trade_paths)
-    quotes_by_day = _read_by_day(lake, task.quote_paths)
-    messages_by_day = _read_by_day(lake, task.message_paths)
     written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
     n_trades, state, held = 0, None, None
-    for day in task.dates:  # one day at a time keeps memory flat; state carries across when configured
-        trades, messages = trades_by_day.get(day), messages_by_day.get(day)
+    # one day at a time keeps memory flat; state carries across when configured
+    for trade_path, quote_path, message_path in zip(task.trade_paths, task.quote_paths, task.message_paths):
+        trades, messages = _read(lake, trade_path), _read(lake, message_path)
         if trades is None and messages is None:
             continue
         n_trades += trades.height if trades is not None else 0
         if held is not None:
             _write_outputs(lake, held, task.write_mode, written)
-        held, state = process_shard(trades, quotes_by_day.get(day), spec, state, messages)
+        held, state = process_shard(trades, _read(lake, quote_path), spec, state, messages)
     if held is not None and spec.carry_state and state is not None:
         # the bars still open at the end of the chain close on its last day: written with that day
         for table, tail in flush_state(state, spec).items():
@@ -170,13 +168,12 @@ def _done_marker(has_trades: bool) -> str:
     return ENRICHED_TABLE if has_trades else LOB_TABLE
 
 
-def _read_by_day(lake: Lake, paths: tuple[str, ...]) -> dict[dt.date, pl.DataFrame]:
-    out = {}
-    for path in paths:
-        df = lake.read_partition(path)
-        if df.height:
-            out[df["date"][0]] = df
-    return out
+def _read(lake: Lake, path: str | None) -> pl.DataFrame | None:
+    """One partition, or None when there is none (or it is empty)."""
+    if path is None:
+        return None
+    df = lake.read_partition(path)
+    return df if df.height else None
 
 
 def _write_outputs(lake: Lake, out: dict[str, pl.DataFrame], mode: str, written: dict[str, WriteResult]) -> None:
@@ -249,12 +246,12 @@ def plan_shards(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end
         groups = [sorted(days)] if cfg.carry_state and days else _shard_groups(list(days), granularity)
         for group in groups:
 
-            def paths(found: dict, group=group, symbol=symbol) -> tuple[str, ...]:
-                return tuple(found[(symbol, d)] for d in group if (symbol, d) in found)
+            def paths(found: dict, group=group, symbol=symbol) -> tuple[str | None, ...]:
+                return tuple(found.get((symbol, d)) for d in group)
 
             tasks.append(ShardTask(
                 lake.store.root, lake.store.options, symbol, tuple(group), paths(trade_parts), paths(quote_parts),
-                cfg, write_mode, paths(message_parts), tuple(d for d in group if (symbol, d) in trade_parts),
+                paths(message_parts), cfg, write_mode,
             ))
     return tasks
 
@@ -323,7 +320,7 @@ def run_production(
         say(f"state engine: no tick data for {start_date}..{end_date}; skipped {', '.join(ticks)}")
     else:
         say(f"state engine: {len(tasks)} shards ({shard_granularity}) for {len(symbols)} symbols on {kind}")
-        if uses_messages(cfg) and not any(t.message_paths for t in tasks):
+        if uses_messages(cfg) and not any(p for t in tasks for p in t.message_paths):
             result.skipped_bars.append(f"{LOB_TABLE} (lob.source is messages: no {MESSAGES_TABLE} in the window)")
         env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
         runner = make_executor(kind, max_concurrency, cfg.retries, env)
