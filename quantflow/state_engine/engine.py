@@ -17,7 +17,8 @@ of each symbol (last quote, tick-rule history, open bars, imbalance-bar expectat
 date to the next, and the returned ``CarryState`` lets the next call continue exactly where this one
 stopped: running day by day with the carried state equals running on the concatenated days. A book
 rebuilt from messages carries over too: a day starts from the book the previous day ended with (a feed
-that publishes its book, like LOBSTER, corrects it with level sets at the first message).
+that publishes its book, like LOBSTER, corrects the levels it publishes with level sets after the day's
+first message; levels behind those stay as carried).
 
 Prevailing quote rule (no look-ahead): a quote prevails for a trade when ``quote.ts < trade.ts``, or when
 the timestamps are equal and either ``tie_break="quotes_first"`` (default: on equal timestamps the quote is
