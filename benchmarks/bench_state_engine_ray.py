@@ -5,7 +5,7 @@
 
 A throwaway project in a temp dir under /tmp gets a lake of simulated CDM trades and quotes (the
 ``SyntheticFeed``, ``--symbols`` x ``--shards / --symbols`` trading days: one shard per symbol and day),
-then ``run_production(..., write_mode="overwrite")`` is timed with:
+then ``runner.run(md, window, ...)`` (write mode overwrite) is timed with:
 
 - ``serial``: ``executor="local"``, every shard one after another in this process;
 - ``ray-1``: ``executor="ray", max_concurrency=1`` (one task in flight: one worker busy);
@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import polars as pl  # noqa: E402
 
+from quantflow.compute.stage import Progress, RunWindow  # noqa: E402
 from quantflow.ingest.feeds.base import weekdays  # noqa: E402
 from quantflow.ingest.feeds.synthetic import SyntheticFeed  # noqa: E402
 from quantflow.metadata import get_metadata_manager  # noqa: E402
@@ -245,20 +246,14 @@ def measure_warmup(task: runner.ShardTask, env: dict[str, str], samples: int) ->
 def timed_run(md, days: list[dt.date], executor: str, workers: int) -> dict:
     shards: list[float] = []
 
-    def on_progress(msg: str) -> None:  # "  shard 3/20 AAA 2024-03-06: 312345 trades in 0.31s"
-        if msg.lstrip().startswith("shard ") and msg.endswith("s") and " in " in msg:
-            shards.append(float(msg.rsplit(" in ", 1)[1][:-1]))
+    class ShardTimes(Progress):
+        def detail(self, message: str) -> None:  # "shard 3/20 AAA 2024-03-06: 312345 trades in 0.31s"
+            if message.startswith("shard ") and message.endswith("s") and " in " in message:
+                shards.append(float(message.rsplit(" in ", 1)[1][:-1]))
 
     began = time.perf_counter()
-    res = runner.run_production(
-        md,
-        days[0],
-        days[-1],
-        executor=executor,
-        max_concurrency=workers,
-        write_mode="overwrite",
-        progress=on_progress,
-    )
+    window = RunWindow.resolve(md.symbols, days[0], days[-1], write_mode="overwrite")
+    res = runner.run(md, window, executor=executor, max_concurrency=workers, progress=ShardTimes())
     wall = time.perf_counter() - began
     if res.shards_failed or res.shards != len(shards):
         raise RuntimeError(f"{executor}-{workers}: {res.shards_failed or 'progress lines not parsed'}")

@@ -38,21 +38,34 @@ def _cmd_dbt_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from quantflow.pipeline import create_runner
-    from quantflow.pipeline.dagster.auto import ensure_dagster_home
+    from rich.logging import RichHandler
+
+    from quantflow.metadata import get_metadata_manager
+    from quantflow.pipeline.console import ConsoleReporter, stdout_console
+    from quantflow.pipeline.instance import ensure_dagster_home
+    from quantflow.pipeline.runner import BatchPipelineRunner
 
     root = Path(args.project_dir).resolve()
     ensure_dagster_home(root)
-    runner = create_runner(root)
+    console = stdout_console()
+    # log records go through the console that draws the progress bars, so they print above them
+    handler = RichHandler(console=console, show_time=False, show_path=False,
+                          level=logging.DEBUG if args.verbose else logging.WARNING)
+    logging.getLogger().handlers[:] = [handler]
+    md = get_metadata_manager(root).load_all()
+    runner = BatchPipelineRunner(md, reporter=ConsoleReporter(console, verbose=args.verbose, quiet=args.quiet))
     symbols = args.symbols.split(",") if args.symbols else None
-    print(f"QuantFlow: running stage '{args.stage}' for {args.start or 'yesterday'} .. {args.end or 'today'}", flush=True)
+    console.print(f"QuantFlow {md.name}: stage {args.stage}, {args.start or 'yesterday'} .. {args.end or 'today'}, "
+                  f"{len(symbols) if symbols else len(md.symbols)} symbols, {args.write_mode}", markup=False,
+                  soft_wrap=True)
     result = runner.run(
         stage=args.stage, symbols=symbols, start_date=args.start, end_date=args.end, write_mode=args.write_mode,
         max_concurrency=args.max_concurrency, batch_days=args.batch_days, skip_test=not args.with_tests,
-        log_level="DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO",
+        log_level="DEBUG" if args.verbose else "CRITICAL",  # failures and warnings are in the summary
     )
-    print(result.summary())
-    print(f"Dagster instance: {runner.instance().root_directory} (open `make dev` to browse runs)")
+    console.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Dagster instance: {runner.instance().root_directory} (`make dev` to browse runs)", markup=False,
+                  soft_wrap=True)
     return 0 if result.success else 1
 
 
@@ -69,7 +82,8 @@ def _cmd_artifacts(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qf", description="QuantFlow command line")
     parser.add_argument("--project-dir", default=".", help="project directory (holds project_metadata/)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every stage")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="details: every shard and dbt line, Dagster's events (qf -v run ...)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check project_metadata/*.yaml; exit 1 on errors")
@@ -82,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="rewrite every generated file")
     g.set_defaults(func=_cmd_dbt_generate)
 
-    p = sub.add_parser("run", help="run a stage (or all): ingest and dbt as in-process Dagster jobs, the state engine on Ray")
-    p.add_argument("--stage", default="all", choices=["all", "ingest", "dbt", "state_engine"])
+    from quantflow.pipeline.stages import STAGE_NAMES
+
+    p = sub.add_parser("run", help="run a stage (or all) as in-process Dagster jobs on the project's instance")
+    p.add_argument("--stage", default="all", choices=["all", *STAGE_NAMES])
     p.add_argument("--start", help="first date, YYYY-MM-DD (default yesterday)")
     p.add_argument("--end", help="last date, YYYY-MM-DD (default today)")
     p.add_argument("--symbols", help="comma-separated subset of the project's symbols")
@@ -91,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=4)
     p.add_argument("--batch-days", type=int, default=None)
     p.add_argument("--with-tests", action="store_true", help="run dbt tests (shown as asset checks)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, only warnings and the final summary")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="details: every shard and dbt line, Dagster's events")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("artifacts", help="list artifacts in the blob store")
@@ -106,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # the CLI prints the message, not a traceback, for expected failures
+        from quantflow.compute.stage import StageError
         from quantflow.metadata import MetadataError
 
-        if isinstance(exc, (MetadataError, ValueError, FileNotFoundError)):
+        if isinstance(exc, (MetadataError, StageError, ValueError, FileNotFoundError)):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

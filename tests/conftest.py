@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from quantflow.compute.stage import RunWindow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -26,6 +28,11 @@ project:
   data_processing:
     historical_data_engine: duckdb
 """
+
+
+def window(md, start, end, symbols=None, write_mode: str = "skip_if_exists") -> RunWindow:
+    """The run window of a test: ``start`` .. ``end`` for ``symbols`` (default: the project's)."""
+    return RunWindow.resolve(md.symbols, start, end, symbols, write_mode)
 
 
 def write_project(root: Path, project_yaml: str = SMALL_PROJECT_YAML, local_yaml: str | None = None) -> Path:

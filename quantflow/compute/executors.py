@@ -141,6 +141,8 @@ class RayExecutor:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
+                # Ray's default token authentication stays on; only its notice about it on every start goes
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                 ray.init(num_cpus=self.max_concurrency, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
         cpus = ray.cluster_resources().get("CPU", 0)

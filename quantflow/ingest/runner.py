@@ -1,123 +1,95 @@
-"""Ingest stage entry point: one feed, a date range and symbols -> raw lake tables.
+"""Ingest stage entry point: one feed over a run window -> raw lake tables ``raw_<feed>_<kind>``.
 
 ``run`` pulls bounded batches from the feed (per symbol or per symbol-day), writes each table through
-the lake with the requested write mode, collects every bad row the feed reported, and stores a JSON run
+the lake with the window's write mode, collects every bad row the feed reported, and stores a JSON run
 summary (plus a CSV of bad rows when there are any) as ``data_extractor_*`` artifacts.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
-import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Any
 
 import polars as pl
 
+from quantflow.compute.stage import CheckOutcome, Progress, RunWindow, StageResult
 from quantflow.ingest.feeds.base import build_feed
-from quantflow.metadata.manager import ProjectMetadata, get_metadata_manager
-from quantflow.storage.lake import WRITE_MODES, WriteMode, WriteResult
+from quantflow.metadata.manager import ProjectMetadata
+from quantflow.storage.lake import WriteResult
 from quantflow.storage.project import project_artifacts, project_lake
 from quantflow.storage.tables import BAD_ROWS_SCHEMA, raw_table_name, spec_for_kind
 
-log = logging.getLogger(__name__)
+STAGE = "ingest"
+NO_BAD_ROWS = "no_bad_rows"
 
 
 @dataclass
-class IngestResult:
-    feed: str
-    kind: str
-    start_date: dt.date
-    end_date: dt.date
-    symbols: list[str]
-    write_mode: str
-    tables: dict[str, WriteResult] = field(default_factory=dict)
+class IngestResult(StageResult):
+    feed: str = ""
+    kind: str = ""
     bad_rows: int = 0
     bad_rows_by_symbol: dict[str, int] = field(default_factory=dict)
-    bad_rows_url: str | None = None
-    summary_url: str | None = None
-    table_urls: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    preview: dict[str, pl.DataFrame] = field(default_factory=dict)
 
-    @property
-    def rows_written(self) -> dict[str, int]:
-        return {t: r.rows_written for t, r in self.tables.items()}
+    def headline(self) -> str:
+        rows = sum(self.rows_written.values())
+        bad = f", {self.bad_rows} bad rows reported" if self.bad_rows else ""
+        return f"feed {self.feed} ({self.kind}): {rows:,} rows written{bad}"
+
+    def key_figures(self) -> dict[str, Any]:
+        return {"feed_kind": self.kind, "bad_rows": self.bad_rows}
 
     def summary(self) -> dict:
+        """The JSON run summary stored as the ``data_extractor_*.json`` artifact."""
         return {
             "feed": self.feed,
             "kind": self.kind,
-            "start_date": self.start_date.isoformat(),
-            "end_date": self.end_date.isoformat(),
-            "symbols": self.symbols,
-            "write_mode": self.write_mode,
+            "start_date": self.window.start_date.isoformat(),
+            "end_date": self.window.end_date.isoformat(),
+            "symbols": list(self.window.symbols),
+            "write_mode": self.window.write_mode,
             "tables": {t: {k: v for k, v in asdict(r).items() if k != "partitions"} | {"url": self.table_urls[t]}
                        for t, r in self.tables.items()},
             "bad_rows": self.bad_rows,
             "bad_rows_by_symbol": self.bad_rows_by_symbol,
-            "bad_rows_url": self.bad_rows_url,
+            "bad_rows_url": self.artifacts.get("bad_rows_url"),
             "seconds": round(self.seconds, 3),
         }
 
 
-def _load(project: str | Path | ProjectMetadata) -> ProjectMetadata:
-    return project if isinstance(project, ProjectMetadata) else get_metadata_manager(project).load_all()
-
-
-def run(
-    project: str | Path | ProjectMetadata,
-    feed: str,
-    mode: WriteMode = "skip_if_exists",
-    start_date: dt.date | None = None,
-    end_date: dt.date | None = None,
-    symbols: list[str] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> IngestResult:
-    """Ingest ``feed`` for [start_date, end_date] (inclusive) into ``raw_<feed>_<kind>`` lake tables."""
-    md = _load(project)
-    if mode not in WRITE_MODES:
-        raise ValueError(f"write mode must be one of {', '.join(WRITE_MODES)}; got {mode!r}")
+def run(md: ProjectMetadata, window: RunWindow, *, feed: str, progress: Progress | None = None) -> IngestResult:
+    """Ingest ``feed`` (a feed name of project.yaml) for the window."""
+    progress = progress or Progress()
     feeds = {f.name: f for f in md.project.ingest.feeds}
     if feed not in feeds:
         raise ValueError(f"feed {feed!r} is not in project_metadata/project.yaml; feeds: {', '.join(feeds) or 'none'}")
     cfg = feeds[feed]
-    today = dt.date.today()
-    start = start_date or today - dt.timedelta(days=1)
-    end = end_date or today
-    if start > end:
-        raise ValueError(f"start_date {start} is after end_date {end}")
-    symbols = list(symbols) if symbols else md.symbols
-    say = progress or log.info
-
+    symbols, start, end = list(window.symbols), window.start_date, window.end_date
+    began = time.perf_counter()
     source = build_feed(cfg, md.project_dir)
     lake = project_lake(md)
-    result = IngestResult(feed, cfg.kind, start, end, symbols, mode)
+    result = IngestResult(STAGE, window, feed=feed, kind=cfg.kind)
     specs = {kind: spec_for_kind(raw_table_name(feed, kind), kind) for kind in source.kinds}
     for spec in specs.values():
-        result.tables[spec.name] = WriteResult(spec.name)
-        result.table_urls[spec.name] = lake.url(spec.name)
+        result.record_write(spec.name, WriteResult(spec.name), lake.url(spec.name))
     bad_frames: list[pl.DataFrame] = []
-    began = time.perf_counter()
-    say(f"ingest {feed} ({cfg.kind}): {len(symbols)} symbols, {start} .. {end}, mode {mode}")
+    progress.begin(source.expected_batches(symbols, start, end), "batches", f"ingest {feed}")
+    progress.detail(f"ingest {feed} ({cfg.kind}): {window.describe()}")
     for batch in source.iter_batches(symbols, start, end):
+        rows = 0
         for kind, df in batch.tables.items():
             if df.height == 0:
                 continue
             spec = specs[kind]
-            written = lake.write(spec, df, mode)
-            result.tables[spec.name].merge(written)
+            result.record_write(spec.name, lake.write(spec, df, window.write_mode))
+            rows += df.height
             if spec.name not in result.preview:
                 result.preview[spec.name] = df.head(5)
         if batch.bad_rows.height:
             bad_frames.append(batch.bad_rows)
-        done = {t: r.rows_written for t, r in result.tables.items()}
-        say(f"  {feed}: batch {', '.join(sorted(batch.tables))} done; rows so far {done}")
-    result.seconds = time.perf_counter() - began
+        progress.advance(1, rows)
 
     artifacts = project_artifacts(md)
     if bad_frames:
@@ -126,8 +98,16 @@ def run(
         result.bad_rows_by_symbol = dict(bad.group_by("symbol").len().sort("symbol").iter_rows())
         buf = io.BytesIO()
         bad.write_csv(buf)
-        result.bad_rows_url = artifacts.put("data_extractor_", "csv", buf.getvalue())
-        say(f"  {feed}: {result.bad_rows} bad rows reported -> {result.bad_rows_url}")
-    result.summary_url = artifacts.put("data_extractor_", "json", json.dumps(result.summary(), indent=2).encode())
-    say(f"ingest {feed} done in {result.seconds:.1f}s: {result.rows_written}")
+        result.artifacts["bad_rows_url"] = artifacts.put("data_extractor_", "csv", buf.getvalue())
+        progress.detail(f"{feed}: {result.bad_rows} bad rows reported -> {result.artifacts['bad_rows_url']}")
+    result.checks[NO_BAD_ROWS] = CheckOutcome(
+        NO_BAD_ROWS, result.bad_rows == 0, "The feed reported no bad rows.",
+        metadata={"bad_rows": result.bad_rows, **{f"bad_rows/{s}": n for s, n in result.bad_rows_by_symbol.items()}},
+    )
+    empty = [t for t, w in result.tables.items() if w.rows_written == 0 and w.days_skipped == 0]
+    if empty:
+        result.warnings.append(f"feed {feed} gave no rows for {', '.join(empty)} in {window.describe()}")
+    result.seconds = time.perf_counter() - began
+    result.artifacts["summary_url"] = artifacts.put(
+        "data_extractor_", "json", json.dumps(result.summary(), indent=2).encode())
     return result

@@ -2,11 +2,17 @@
 
 YAML is parsed with ruamel's round-trip loader because it keeps the line of every key and list item, so a
 pydantic error location (``project.ingest.feeds.1.kind``) can be mapped back to a line in the file.
-All errors of a file are collected and reported together.
+All errors of a file are collected and reported together, one short line each.
+
+Values substituted from the environment (``${VAR}``) are secrets: an error never echoes them (it names the
+variable instead), and every substituted value is remembered (``ParsedYaml.env_values``) so the
+interfaces can scrub them from any message they print or store. Values of ``local.yaml`` (connections)
+are never echoed either.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,11 +22,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from quantflow.metadata.schema import FEED_KINDS
 
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+_MAX_ECHO = 60  # characters of a rejected value shown in an error
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,15 @@ class ParsedYaml:
     path: Path
     data: Any
     issues: list[MetadataIssue] = field(default_factory=list)
+    env_locs: set[tuple] = field(default_factory=set)  # where a value came (partly) from the environment
+    env_values: dict[str, str] = field(default_factory=dict)  # substituted value -> "${NAME}"
+    echo_values: bool = True  # False for files of connections and secrets (local.yaml)
+
+    def may_echo(self, loc: tuple) -> bool:
+        """Whether an error at ``loc`` may show the value it rejected."""
+        if not self.echo_values:
+            return False
+        return not any(loc[: len(env)] == env or env[: len(loc)] == loc for env in self.env_locs)
 
 
 def parse_yaml(path: Path, interpolate_env: bool = False) -> ParsedYaml:
@@ -60,13 +77,21 @@ def parse_yaml(path: Path, interpolate_env: bool = False) -> ParsedYaml:
         return ParsedYaml(path, None, [MetadataIssue(str(path), None, "", f"cannot read file: {exc.strerror or exc}")])
     try:
         data = yaml.load(text)
+    except DuplicateKeyError as exc:
+        mark = exc.problem_mark
+        key = re.match(r'found duplicate key "(?P<key>[^"]*)"', exc.problem or "")
+        first = exc.context_mark.line + 1 if exc.context_mark is not None else None
+        what = f"duplicate key {key['key']!r}" if key else "duplicate key"
+        where = f" (the mapping starting on line {first} already has it)" if first else ""
+        return ParsedYaml(path, None, [MetadataIssue(str(path), mark.line + 1 if mark else None, "",
+                                                     f"invalid YAML: {what}{where}")])
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        return ParsedYaml(path, None, [MetadataIssue(str(path), line, "", f"invalid YAML: {problem}")])
+        return ParsedYaml(path, None, [MetadataIssue(str(path), line, "", f"invalid YAML: {_short(problem)}")])
     except YAMLError as exc:
-        return ParsedYaml(path, None, [MetadataIssue(str(path), None, "", f"invalid YAML: {exc}")])
+        return ParsedYaml(path, None, [MetadataIssue(str(path), None, "", f"invalid YAML: {_short(str(exc))}")])
     parsed = ParsedYaml(path, data)
     if data is None:
         parsed.data = CommentedMap()
@@ -83,7 +108,9 @@ def _interpolate(node: Any, parsed: ParsedYaml, loc: tuple) -> None:
     for key, value in list(items):
         if isinstance(value, str) and "${" in value:
             missing: list[str] = []
-            node[key] = _ENV_RE.sub(lambda m, missing=missing: _env_value(m, missing), value)
+            node[key] = _ENV_RE.sub(lambda m, missing=missing: _env_value(m, missing, parsed), value)
+            if node[key] != value:
+                parsed.env_locs.add(loc + (key,))
             for name in missing:
                 parsed.issues.append(
                     MetadataIssue(str(parsed.path), line_of(parsed.data, loc + (key,)), _dotted(loc + (key,)),
@@ -93,9 +120,11 @@ def _interpolate(node: Any, parsed: ParsedYaml, loc: tuple) -> None:
             _interpolate(value, parsed, loc + (key,))
 
 
-def _env_value(m: re.Match, missing: list[str]) -> str:
+def _env_value(m: re.Match, missing: list[str], parsed: ParsedYaml) -> str:
     val = os.environ.get(m["name"])
     if val is not None:
+        if val:
+            parsed.env_values[val] = f"${{{m['name']}}}"
         return val
     if m["default"] is not None:
         return m["default"]
@@ -124,8 +153,19 @@ def _dotted(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _describe(err: dict) -> str:
-    msg = err["msg"]
+def _short(text: str, limit: int = 160) -> str:
+    """One line, at most ``limit`` characters: an error message stays readable whatever the YAML holds."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _echo(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_ECHO else text[: _MAX_ECHO - 4] + "...'"
+
+
+def _describe(err: dict, echo: bool) -> str:
+    msg = _short(err["msg"])
     if err["type"] == "missing":
         return "required field is missing"
     if err["type"] == "union_tag_invalid":
@@ -134,9 +174,9 @@ def _describe(err: dict) -> str:
     if err["type"] == "union_tag_not_found":
         return f"missing discriminator field; {msg}"
     given = err.get("input")
-    if err["type"] not in ("missing",) and not isinstance(given, (dict, list)) and given is not None:
-        return f"{msg} (got {given!r})"
-    return msg
+    if given is None or isinstance(given, (dict, list)):
+        return msg
+    return f"{msg} (got {_echo(given)})" if echo else f"{msg} (the value is not shown: it is a secret)"
 
 
 def validate(parsed: ParsedYaml, model: type[BaseModel], strict: bool) -> BaseModel | None:
@@ -152,18 +192,38 @@ def validate(parsed: ParsedYaml, model: type[BaseModel], strict: bool) -> BaseMo
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc += (str(err.get("ctx", {}).get("discriminator", "kind")).strip("'\""),)
             parsed.issues.append(
-                MetadataIssue(str(parsed.path), line_of(parsed.data, loc), _dotted(loc), _describe(err))
+                MetadataIssue(str(parsed.path), line_of(parsed.data, loc), _dotted(loc),
+                              _describe(err, parsed.may_echo(loc)))
             )
         return None
     if strict:
         for loc in unknown_keys(obj, ()):
             parsed.issues.append(
                 MetadataIssue(str(parsed.path), line_of(parsed.data, loc), _dotted(loc),
-                              "unknown key (strict mode rejects keys the schema does not define)")
+                              f"unknown key{did_you_mean(obj, loc)} (strict mode rejects keys the schema "
+                              "does not define)")
             )
         if parsed.issues:
             return None
     return obj
+
+
+def did_you_mean(root: BaseModel, loc: tuple) -> str:
+    """``"; did you mean 'password'?"`` for an unknown key close to a field of its model, else ``""``."""
+    node: Any = root
+    for part in loc[:-1]:
+        if isinstance(node, BaseModel):
+            fields = {info.alias or name: name for name, info in type(node).model_fields.items()}
+            node = getattr(node, fields.get(part, part), None) if part in fields else (node.model_extra or {}).get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return ""
+    if not isinstance(node, BaseModel):
+        return ""
+    names = [info.alias or name for name, info in type(node).model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def unknown_keys(obj: Any, loc: tuple) -> list[tuple]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from quantflow.metadata.loader import (
     MetadataError,
     MetadataIssue,
+    did_you_mean,
     line_of,
     parse_yaml,
     unknown_keys,
@@ -30,6 +34,8 @@ class ProjectMetadata:
     project_dir: Path
     project: ProjectConfig
     local: LocalConnections
+    # every value that came from the environment (or is a secret of local.yaml) -> what to show instead
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -42,6 +48,14 @@ class ProjectMetadata:
     @property
     def engine(self) -> str:
         return self.project.data_processing.historical_data_engine
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret replaced by its ``${VAR}`` reference (or ``***``): for anything that
+        is printed, logged or stored."""
+        for value in sorted(self.secrets, key=len, reverse=True):
+            if value in text:
+                text = text.replace(value, self.secrets[value])
+        return text
 
 
 class MetadataManager:
@@ -72,19 +86,30 @@ class MetadataManager:
                                             ".".join(map(str, loc)), message))
 
         local = LocalConnections()
+        secrets = dict(parsed_project.env_values)
         local_path = self.metadata_dir / LOCAL_FILE
         if local_path.exists():
             parsed_local = parse_yaml(local_path, interpolate_env=True)
-            local_file = validate(parsed_local, LocalFile, self.strict)
+            parsed_local.echo_values = False
+            # always strict: a mistyped connection key (``pasword:``) must not pass silently
+            local_file = validate(parsed_local, LocalFile, strict=True)
             issues.extend(parsed_local.issues)
+            secrets.update(parsed_local.env_values)
             if local_file is not None:
                 local = local_file.local
+                secrets.update({v: "***" for v in _secret_values(local) if v not in secrets})
         if issues:
             raise MetadataError(issues)
         if not self.strict:
             for loc in unknown_keys(project_file, ()):
-                log.warning("%s: unknown key %s ignored", project_path, ".".join(map(str, loc)))
-        return ProjectMetadata(self.project_dir, project_file.project, local)
+                log.warning("%s:%s: unknown key %s ignored%s", project_path, line_of(parsed_project.data, loc),
+                            ".".join(map(str, loc)), did_you_mean(project_file, loc))
+        return ProjectMetadata(self.project_dir, project_file.project, local, secrets)
+
+
+def _secret_values(local: LocalConnections) -> list[str]:
+    found = [local.postgres.password, local.s3.key, local.s3.secret]
+    return [s.get_secret_value() for s in found if isinstance(s, SecretStr) and s.get_secret_value()]
 
 
 def get_metadata_manager(project_root: str | Path = ".", strict: bool = False) -> MetadataManager:

@@ -1,5 +1,19 @@
-"""Orchestration: run configuration, Dagster definitions and the batch runner."""
+"""Orchestration: the stage registry, run configuration, Dagster definitions and the batch runner.
 
-from quantflow.pipeline.runner import BatchPipelineRunner, PipelineRunResult, create_runner
+Names are imported on first use (``from quantflow.pipeline import create_runner``), so importing the
+Dagster definitions does not also load the batch runner and its console.
+"""
 
-__all__ = ["BatchPipelineRunner", "PipelineRunResult", "create_runner"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"BatchPipelineRunner": "runner", "PipelineRunResult": "runner", "create_runner": "runner"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"quantflow.pipeline.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'quantflow.pipeline' has no attribute {name!r}")

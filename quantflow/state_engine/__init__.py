@@ -1,29 +1,31 @@
 """State engine: trades and quotes to enriched trades, order-book snapshots and bars (Numba kernels).
 
-``process_shard`` is the pure entry point (see ``engine``); ``kernels`` and ``bars`` hold the kernels.
+``runner.run`` is the stage's entry point; ``engine.process_shard`` the pure pass; ``kernels``, ``bars``
+and ``book`` hold the kernels, ``frames`` the polars <-> numpy boundary. Importing the package loads
+nothing heavy (the Dagster definitions import ``runner`` to name the tables): the names below come from
+``engine`` and ``bars``, and so load Numba, only when they are first used.
 """
 
-from quantflow.state_engine.bars import BarSpec, resample_daily_bars
-from quantflow.state_engine.engine import (
-    ENRICHED_TABLE,
-    LOB_TABLE,
-    CarryState,
-    StateEngineSpec,
-    SymbolState,
-    bars_from_trades,
-    flush_state,
-    process_shard,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ENRICHED_TABLE",
-    "LOB_TABLE",
-    "BarSpec",
-    "CarryState",
-    "StateEngineSpec",
-    "SymbolState",
-    "bars_from_trades",
-    "flush_state",
-    "process_shard",
-    "resample_daily_bars",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "BarSpec": "bars",
+    "resample_daily_bars": "bars",
+    "CarryState": "engine",
+    "StateEngineSpec": "engine",
+    "SymbolState": "engine",
+    "bars_from_trades": "engine",
+    "flush_state": "engine",
+    "process_shard": "engine",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"quantflow.state_engine.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'quantflow.state_engine' has no attribute {name!r}")

@@ -34,9 +34,8 @@ import numpy as np
 import polars as pl
 from numba import int64, njit, uint64
 
+from quantflow.metadata.schema.state_engine import BAR_TYPES, bar_table_name
 from quantflow.state_engine.kernels import NO_TS
-
-BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance")
 
 KIND_TICK = 0
 KIND_VOLUME = 1
@@ -88,10 +87,6 @@ def parse_duration(text: str) -> int:
     if not m:
         raise ValueError(f"duration {text!r} must look like 100ms, 1s, 5m (minutes), 1h, 1d or 1w")
     return int(m.group(1)) * _DURATION_NS[m.group(2)]
-
-
-def _compact(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}".replace(".", "p")
 
 
 @dataclass(frozen=True)
@@ -168,18 +163,8 @@ class BarSpec:
     @property
     def key(self) -> str:
         """Table name, e.g. ``cdm_time_1m_bars``, ``cdm_volume_50000_bars``, ``cdm_tick_imbalance_100_bars``."""
-        if self.name:
-            return f"cdm_{self.name}_bars"
-        if self.type == "time":
-            label = self.every if self.offset in ("0s", "0") else f"{self.every}_{self.offset}"
-        elif self.type in ("tick", "volume", "dollar"):
-            if self.threshold is not None:
-                label = _compact(self.threshold)
-            else:
-                label = f"{_compact(self.bars_per_day)}perday"
-        else:
-            label = _compact(self.expected_ticks)
-        return f"cdm_{self.type}_{label}_bars"
+        return bar_table_name(self.type, self.every, self.offset, self.threshold, self.bars_per_day,
+                              self.expected_ticks, self.name)
 
 
 def bar_fresh_state(spec: BarSpec) -> tuple[np.ndarray, np.ndarray]:

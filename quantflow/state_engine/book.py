@@ -1,36 +1,20 @@
-"""Limit-order-book reconstruction from order-level messages (LOBSTER's message format), depth N.
+"""Order-book snapshots rebuilt from order-level messages (LOBSTER's message format), depth N.
 
-The kernels follow the conventions of ``kernels.py``: typed read-only arrays, int64 UTC-nanosecond
-timestamps, work cut into (symbol, date) segments given as offsets ``off[s]:off[s+1]``, ``cache=True``.
+The book itself (levels, how each message type changes it, level sets) is core's
+``quantflow.compute.order_book``, shared with the LOBSTER feed; this module turns it into ``cdm_lob_l2``
+snapshots. The kernels follow the conventions of ``kernels.py``: typed read-only arrays, int64
+UTC-nanosecond timestamps, work cut into (symbol, date) segments given as offsets ``off[s]:off[s+1]``,
+``cache=True``.
 
-Messages (one row each, in the order the exchange applied them): ``type``, ``size``, ``price``,
-``direction`` (+1 buy: the bid side, -1 sell: the ask side; for executions and cancels it is the side of
-the *resting* order, as in LOBSTER). Types:
-
-- 1 submission: adds ``size`` at ``price``;
-- 2 partial cancellation: removes ``size`` (the cancelled quantity);
-- 3 deletion: removes ``size`` (the remaining quantity of the order);
-- 4 visible execution: removes ``size`` (the executed quantity);
-- 5 hidden execution, 6 cross trade, 7 halt and anything else: the visible book is unchanged;
-- 9 level set (QuantFlow's, not LOBSTER's): the level at ``price`` on the ``direction`` side now holds
-  ``size`` (0: the level is gone). A feed that also publishes the book (LOBSTER's orderbook file) writes
-  them where its messages cannot explain the published book, see ``level_sets``.
-
-Every LOBSTER message carries price, size and direction, so the book is kept as aggregate visible size per
-price level and no order table is needed. What this cannot know:
-
-- Orders resting before the segment starts are unknown unless an initial book is given (``init_*``: the
-  first N levels per side, e.g. the first row of LOBSTER's orderbook file), and even then only N levels of
-  it are. A cancel or execution against a level the book does not know, or for more than the size it
-  knows, is *clamped*: the level's size goes to zero (the level is removed) and the segment's clamp count
-  is incremented. The clamp counts are returned per segment as a measure of how incomplete the starting
-  book was.
-- A level whose remaining size is at most ``SIZE_EPS`` is removed (float sizes; integer sizes are exact).
-- LOBSTER writes only the messages inside the requested price range: a level-N message file lacks the
-  submissions behind level N, so a level-1 file cannot tell which level a message emptying the top
-  reveals. On the AMZN level-1 sample day, a book seeded from every previous orderbook row and stepped
-  one message matches the next row on every message that does not empty a top level (43,561 of 57,514);
-  seeded only from row 0, the day's book is right on 52 rows (the top empties on message 2).
+What the messages cannot know: orders resting before the segment starts are unknown unless an initial
+book is given (``init_*``: the first N levels per side, e.g. the first row of LOBSTER's orderbook file),
+and even then only N levels of it are. Cancels and executions against unknown levels are clamped (see
+``order_book``); the clamp counts are returned per segment as a measure of how incomplete the starting
+book was. A level-N message file lacks the submissions behind level N, so a level-1 file cannot tell
+which level a message emptying the top reveals: on the AMZN level-1 sample day, a book seeded from every
+previous orderbook row and stepped one message matches the next row on every message that does not empty
+a top level (43,561 of 57,514); seeded only from row 0, the day's book is right on 52 rows. The LOBSTER
+feed's level sets close that gap.
 
 Snapshots carry the top ``depth`` levels per side (NaN where a side has fewer levels) and the metrics of
 ``cdm_lob_l2`` (see ``kernels.lob_snapshots``): mid, microprice, spread, spread in bps, and per level the
@@ -41,14 +25,6 @@ row by row) and ``book_grid`` (the book after the last message with ``ts <= g`` 
 ``g = offset + k * interval`` from the segment's first to its last message, as ``lob_snapshots`` does).
 ``book_grid`` can also continue a segment from the previous one's book (``reset``) and return the whole
 book at the end of chosen segments (``save``): that is how the state engine carries a book across days.
-
-Published books. LOBSTER writes only the messages inside the requested price range: a level-N message file
-lacks the submissions behind level N, so when a level inside the top N empties, the level that slides into
-view is unknown to the messages (on the AMZN level-1 day the top empties on message 2). ``level_sets``
-replays the messages against the book the feed publishes after each message (the top N levels) and
-returns the level sets that make the replay equal to it: a level missing from the replay, a size that
-differs, a level the feed no longer shows inside its window. Messages plus these sets rebuild the
-published book exactly; deeper levels are what the messages imply and may be stale.
 """
 
 from __future__ import annotations
@@ -57,138 +33,19 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from quantflow.compute.order_book import (
+    ASK_KEY,
+    BID_KEY,
+    LEVEL_SET,
+    SUBMIT,
+    apply_message,
+    distinct_prices,
+    new_book,
+    seed_side,
+)
 from quantflow.state_engine.bars import parse_duration
+from quantflow.state_engine.frames import UTC_NS, as_i64, lob_frame, read_only, segment_runs
 from quantflow.state_engine.kernels import _grid_bounds, fill_book_metrics
-
-SUBMIT = 1
-CANCEL = 2
-DELETE = 3
-EXECUTE = 4
-HIDDEN_EXECUTE = 5
-HALT = 7
-LEVEL_SET = 9
-
-SIZE_EPS = 1e-9
-
-# LOBSTER's sentinel prices for an empty level in its orderbook file
-LOBSTER_EMPTY_BID = -9999999999
-LOBSTER_EMPTY_ASK = 9999999999
-
-
-# ----------------------------------------------------------------------------------------- book state
-#
-# The book is one (4, capacity) array: rows BID_KEY, BID_SIZE hold the bid levels, ASK_KEY, ASK_SIZE the
-# ask levels, each side sorted ascending by key with its best level last (activity is near the top, so
-# inserts and removals there shift few elements); bids use key = price, asks key = -price. One array
-# rather than four: Numba passes every array argument as a struct of seven fields, and with four arrays
-# the calls per message cost three times the work they do.
-
-BID_KEY = 0
-ASK_KEY = 2
-
-
-@njit(cache=True)
-def _find(book, r, n, key):
-    """Position of ``key`` in row ``r``'s first ``n`` keys (sorted ascending), or where it would go."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if book[r, mid] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@njit(cache=True)
-def _add(book, r, n, key, size):
-    """Add ``size`` at ``key`` on the side whose keys are row ``r`` (sizes: row ``r + 1``); returns the new
-    number of levels."""
-    i = _find(book, r, n, key)
-    if i < n and book[r, i] == key:
-        book[r + 1, i] += size
-        return n
-    for j in range(n, i, -1):
-        book[r, j] = book[r, j - 1]
-        book[r + 1, j] = book[r + 1, j - 1]
-    book[r, i] = key
-    book[r + 1, i] = size
-    return n + 1
-
-
-@njit(cache=True)
-def _drop(book, r, n, i):
-    """Remove level ``i``; returns the new number of levels."""
-    for j in range(i, n - 1):
-        book[r, j] = book[r, j + 1]
-        book[r + 1, j] = book[r + 1, j + 1]
-    return n - 1
-
-
-@njit(cache=True)
-def _remove(book, r, n, key, size):
-    """Remove ``size`` at ``key``; returns (new number of levels, 1 if clamped else 0)."""
-    i = _find(book, r, n, key)
-    if i >= n or book[r, i] != key:
-        return n, 1  # level unknown: nothing to remove from
-    rem = book[r + 1, i] - size
-    clamped = 1 if rem < -SIZE_EPS else 0
-    if rem > SIZE_EPS:
-        book[r + 1, i] = rem
-        return n, clamped
-    return _drop(book, r, n, i), clamped
-
-
-@njit(cache=True)
-def _set(book, r, n, key, size):
-    """The level at ``key`` now holds ``size`` (at most ``SIZE_EPS``: no level); returns the new count."""
-    i = _find(book, r, n, key)
-    if i < n and book[r, i] == key:
-        if size > SIZE_EPS:
-            book[r + 1, i] = size
-            return n
-        return _drop(book, r, n, i)
-    if size > SIZE_EPS:
-        return _add(book, r, n, key, size)
-    return n
-
-
-@njit(cache=True)
-def _seed(book, r, s, init_px, init_sz, sign):
-    """Levels of segment ``s``'s initial book (NaN price or non-positive size: no level)."""
-    n = 0
-    for lv in range(init_px.shape[1]):
-        p = init_px[s, lv]
-        z = init_sz[s, lv]
-        if p == p and z == z and z > SIZE_EPS:
-            n = _add(book, r, n, sign * p, z)
-    return n
-
-
-@njit(cache=True)
-def _apply(mtype, size, price, direction, book, nb, na):
-    """Apply one message; returns (nb, na, clamped)."""
-    c = 0
-    if size == size and price == price:
-        if mtype == SUBMIT:
-            if size > 0.0:
-                if direction > 0:
-                    nb = _add(book, BID_KEY, nb, price, size)
-                elif direction < 0:
-                    na = _add(book, ASK_KEY, na, -price, size)
-        elif mtype == CANCEL or mtype == DELETE or mtype == EXECUTE:
-            if direction > 0:
-                nb, c = _remove(book, BID_KEY, nb, price, size)
-            elif direction < 0:
-                na, c = _remove(book, ASK_KEY, na, -price, size)
-        elif mtype == LEVEL_SET:
-            if direction > 0:
-                nb = _set(book, BID_KEY, nb, price, size)
-            elif direction < 0:
-                na = _set(book, ASK_KEY, na, -price, size)
-        # hidden execution, cross trade, halt: the visible book is unchanged
-    return nb, na, c
 
 
 @njit(cache=True)
@@ -211,21 +68,11 @@ def _emit(r, book, nb, na, outs):
     fill_book_metrics(r, outs)
 
 
-def _new_book(cap):
-    return np.empty((4, max(1, cap)), np.float64)
-
-
 def _outputs(n, depth):
     return (
         *(np.empty((n, depth), np.float64) for _ in range(7)),
         *(np.empty(n, np.float64) for _ in range(4)),
     )
-
-
-def _distinct_prices(*prices) -> int:
-    """How many distinct finite prices the arrays hold: no side of a book can have more levels."""
-    flat = np.concatenate([np.ravel(p) for p in prices])
-    return max(1, int(np.unique(flat[np.isfinite(flat)]).shape[0]))
 
 
 def _level_bounds(mtype, price, off, reset, ibp, iap):
@@ -240,17 +87,17 @@ def _level_bounds(mtype, price, off, reset, ibp, iap):
         if reset[s]:
             chain_seed, chain_start = int(seeded[s]), int(off[s])
         bound[s] = chain_seed + int(adds[off[s + 1]] - adds[chain_start])
-    return np.minimum(bound, _distinct_prices(price, ibp, iap))
+    return np.minimum(bound, distinct_prices(price, ibp, iap))
 
 
 @njit(cache=True)
 def _per_message_into(mtype, size, price, direction, off, ibp, ibs, iap, ias, book, outs, clamps):
     for s in range(off.shape[0] - 1):
-        nb = _seed(book, BID_KEY, s, ibp, ibs, 1.0)
-        na = _seed(book, ASK_KEY, s, iap, ias, -1.0)
+        nb = seed_side(book, BID_KEY, s, ibp, ibs, 1.0)
+        na = seed_side(book, ASK_KEY, s, iap, ias, -1.0)
         c = 0
         for i in range(off[s], off[s + 1]):
-            nb, na, cl = _apply(mtype[i], size[i], price[i], direction[i], book, nb, na)
+            nb, na, cl = apply_message(mtype[i], size[i], price[i], direction[i], book, nb, na)
             c += cl
             _emit(i, book, nb, na, outs)
         clamps[s] = c
@@ -282,7 +129,7 @@ def book_per_message(mtype, size, price, direction, off, depth, init=None):
     outs = _outputs(mtype.shape[0], depth)
     clamps = np.zeros(off.shape[0] - 1, np.int64)
     bound = _level_bounds(mtype, price, off, np.ones(off.shape[0] - 1, np.bool_), ibp, iap)
-    book = _new_book(int(bound.max()) if bound.size else 1)
+    book = new_book(int(bound.max()) if bound.size else 1)
     _per_message_into(mtype, size, price, direction, off, ibp, ibs, iap, ias, book, outs, clamps)
     return (*outs, clamps)
 
@@ -347,8 +194,8 @@ def _grid_into(
     r = 0
     for s in range(off.shape[0] - 1):
         if reset[s]:
-            nb = _seed(book, BID_KEY, s, ibp, ibs, 1.0)
-            na = _seed(book, ASK_KEY, s, iap, ias, -1.0)
+            nb = seed_side(book, BID_KEY, s, ibp, ibs, 1.0)
+            na = seed_side(book, ASK_KEY, s, iap, ias, -1.0)
         c = 0
         i0 = off[s]
         i1 = off[s + 1]
@@ -356,7 +203,7 @@ def _grid_into(
             g, hi = _grid_bounds(ts[i0], ts[i1 - 1], interval, offset)
             last = i0  # first message not yet counted in n_updates
             for i in range(i0, i1):
-                nb, na, cl = _apply(mtype[i], size[i], price[i], direction[i], book, nb, na)
+                nb, na, cl = apply_message(mtype[i], size[i], price[i], direction[i], book, nb, na)
                 c += cl
                 # grid times g with ts[i] <= g < ts[i + 1] see the book after message i
                 while g <= hi and (i == i1 - 1 or g < ts[i + 1]):
@@ -426,7 +273,7 @@ def book_grid(ts, mtype, size, price, direction, off, depth, interval, offset=0,
         ibs,
         iap,
         ias,
-        _new_book(int(bound.max()) if n_seg else 1),
+        new_book(int(bound.max()) if n_seg else 1),
         interval,
         offset,
         o_ts,
@@ -453,95 +300,6 @@ def book_grid(ts, mtype, size, price, direction, off, depth, interval, offset=0,
     return (o_ts, o_qts, o_seg, o_nupd, *outs, clamps, end_books)
 
 
-# ------------------------------------------------------------------------------------- published books
-
-
-@njit(cache=True)
-def _sync_side(book, r, n, pub_px, pub_sz, i, sign, out, m):
-    """Level sets that make one side's known levels (keys: row ``r``) equal the published top levels of
-    message ``i``.
-
-    ``sign`` +1 bids (key = price), -1 asks (key = -price). The published window is the published levels
-    plus, when fewer than the published depth are shown, everything behind them (the side has no more).
-    Returns the new level count and the new number of sets in ``out`` (rows: message, side, price, size).
-    """
-    depth = pub_px.shape[1]
-    shown = 0
-    while shown < depth and pub_px[i, shown] == pub_px[i, shown]:
-        shown += 1
-    # keys strictly better than the deepest shown level, or every key when the side shows fewer than depth
-    floor = sign * pub_px[i, shown - 1] if shown == depth else -np.inf
-    j = n - 1
-    while j >= 0:  # best level first; removing level j shifts only levels above j
-        k = book[r, j]
-        if k < floor:
-            break
-        found = False
-        for lv in range(shown):
-            if sign * pub_px[i, lv] == k:
-                found = True
-                break
-        if not found:
-            m = _record(out, m, i, sign, sign * k, 0.0)
-            n = _drop(book, r, n, j)
-        j -= 1
-    for lv in range(shown):
-        k = sign * pub_px[i, lv]
-        want = pub_sz[i, lv]
-        p = _find(book, r, n, k)
-        have = book[r + 1, p] if p < n and book[r, p] == k else 0.0
-        if abs(have - want) > SIZE_EPS:
-            m = _record(out, m, i, sign, pub_px[i, lv], want)
-            n = _set(book, r, n, k, want)
-    return n, m
-
-
-@njit(cache=True)
-def _record(out, m, i, side, px, sz):
-    """Append one set; past the end of ``out`` only count, so the caller learns the size it needs."""
-    if m < out.shape[0]:
-        out[m, 0] = i
-        out[m, 1] = side
-        out[m, 2] = px
-        out[m, 3] = sz
-    return m + 1
-
-
-@njit(cache=True)
-def _level_sets_into(mtype, size, price, direction, off, pub_bpx, pub_bsz, pub_apx, pub_asz, book, out):
-    m = 0
-    for s in range(off.shape[0] - 1):
-        nb = 0
-        na = 0
-        for i in range(off[s], off[s + 1]):
-            nb, na, _ = _apply(mtype[i], size[i], price[i], direction[i], book, nb, na)
-            nb, m = _sync_side(book, BID_KEY, nb, pub_bpx, pub_bsz, i, 1.0, out, m)
-            na, m = _sync_side(book, ASK_KEY, na, pub_apx, pub_asz, i, -1.0, out, m)
-    return m
-
-
-def level_sets(mtype, size, price, direction, off, pub_bid_px, pub_bid_sz, pub_ask_px, pub_ask_sz):
-    """The level sets that make the messages rebuild a published book exactly (see the module docstring).
-
-    ``pub_*``: (n_messages, N) arrays, the published top N levels after each message (level 1 first, NaN
-    for no level; N is the feed's depth). Each segment starts from an empty book. Returns ``(message,
-    direction, price, size)`` arrays: after message ``message`` (a row index), the level at ``price`` on
-    side ``direction`` holds ``size`` (0: no level), in the order they must be applied.
-    """
-    pub = tuple(np.ascontiguousarray(a, np.float64) for a in (pub_bid_px, pub_bid_sz, pub_ask_px, pub_ask_sz))
-    n = mtype.shape[0]
-    if any(a.ndim != 2 or a.shape[0] != n or a.shape[1] != pub[0].shape[1] or a.shape[1] < 1 for a in pub):
-        raise ValueError("published books must be (n_messages, depth) arrays with depth >= 1")
-    book = _new_book(_distinct_prices(price, pub[0], pub[2]))  # a level is a price: never more levels
-    out = np.empty((max(1024, n // 4), 4), np.float64)
-    m = _level_sets_into(mtype, size, price, direction, off, *pub, book, out)
-    if m > out.shape[0]:  # counted, not all written: once more with room for every set
-        out = np.empty((m, 4), np.float64)
-        m = _level_sets_into(mtype, size, price, direction, off, *pub, book, out)
-    out = out[:m]
-    return out[:, 0].astype(np.int64), out[:, 1].astype(np.int8), out[:, 2].copy(), out[:, 3].copy()
-
-
 # ---------------------------------------------------------------------------------------------- polars
 
 MESSAGE_COLUMNS = ("symbol", "date", "ts", "type", "size", "price", "direction")
@@ -565,8 +323,6 @@ def book_snapshots(
     Returns symbol, date, ts, quote_ts, n_updates, mid, microprice, spread, spread_bps and per level
     bid_price_k, bid_size_k, ask_price_k, ask_size_k, imbalance_k, bid_depth_k, ask_depth_k.
     """
-    from quantflow.state_engine.engine import UTC_NS, _i64, _ro, _runs, lob_frame
-
     if depth < 1:
         raise ValueError("depth must be >= 1")
     missing = [c for c in MESSAGE_COLUMNS if c not in messages.columns]
@@ -584,7 +340,7 @@ def book_snapshots(
     )
     if msgs["ts"].null_count():
         raise ValueError("messages have null timestamps")
-    msgs, off, keys = _runs(msgs, "ts", "_row")
+    msgs, off, keys = segment_runs(msgs, "ts", "_row")
     n_seg = len(keys)
     init = None
     if initial_book is not None:
@@ -608,12 +364,12 @@ def book_snapshots(
             )
             for name in ("bid_price", "bid_size", "ask_price", "ask_size")
         )
-    ts = _i64(msgs["ts"])
+    ts = as_i64(msgs["ts"])
     args = (
-        _ro(msgs["type"].to_numpy(), np.int8),
-        _ro(msgs["size"].to_numpy(), np.float64),
-        _ro(msgs["price"].to_numpy(), np.float64),
-        _ro(msgs["direction"].to_numpy(), np.int8),
+        read_only(msgs["type"].to_numpy(), np.int8),
+        read_only(msgs["size"].to_numpy(), np.float64),
+        read_only(msgs["price"].to_numpy(), np.float64),
+        read_only(msgs["direction"].to_numpy(), np.int8),
         off,
     )
     if interval is None:

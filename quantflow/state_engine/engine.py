@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -44,12 +43,19 @@ from quantflow.state_engine import bars as _bars
 from quantflow.state_engine import book as _book
 from quantflow.state_engine import kernels as _k
 from quantflow.state_engine.bars import BarSpec, parse_duration
-from quantflow.storage.tables import MESSAGES_SCHEMA, TRADES_SCHEMA
+from quantflow.state_engine.frames import (
+    UTC_NS,
+    as_f64,
+    as_i64,
+    date_series,
+    lob_frame,
+    read_only,
+    segment_runs,
+    ts_series,
+)
+from quantflow.storage.tables import ENRICHED_TABLE, LOB_TABLE, MESSAGES_SCHEMA, TRADES_SCHEMA
 
-UTC_NS = pl.Datetime("ns", "UTC")
 TIE_BREAKS = {"quotes_first": _k.TIE_QUOTES_FIRST, "sequence": _k.TIE_SEQUENCE}
-ENRICHED_TABLE = "cdm_trade_enriched"
-LOB_TABLE = "cdm_lob_l2"
 
 TRADE_COLUMNS = ("symbol", "date", "ts", "trade_id", "price", "size")
 QUOTE_COLUMNS = ("symbol", "date", "ts", "quote_id", "bid", "ask", "bid_size", "ask_size")
@@ -146,41 +152,6 @@ class _Segments:
     dates: np.ndarray  # int64 days per segment
 
 
-def _symbol_starts(df: pl.DataFrame) -> np.ndarray:
-    """Rows where the symbol changes. One symbol (the usual shard) is recognised with one comparison per
-    row, several need a shifted comparison (about twice as long)."""
-    if df["symbol"].null_count():
-        raise ValueError("symbol has nulls")
-    if df.select((pl.col("symbol") == pl.col("symbol").first()).all()).item():
-        return np.zeros(1, np.int64)
-    sym = df["symbol"]
-    return _ro((sym != sym.shift(1)).fill_null(True).arg_true().to_numpy(), np.int64)
-
-
-def _runs(
-    df: pl.DataFrame, ts_col: str, id_col: str
-) -> tuple[pl.DataFrame, np.ndarray, list[tuple[str, int]]]:
-    """(symbol, date) runs of ``df``; sorts it when the runs are not in order or ``ts`` goes backwards."""
-    for attempt in range(2):
-        if df.height == 0:
-            return df, np.zeros(1, np.int64), []
-        day = _ro(df["date"].cast(pl.Int32).to_numpy(), np.int32)
-        sym_starts = _symbol_starts(df)
-        if sym_starts.shape[0] == 1 and day.min() == day.max():  # the usual shard: one symbol, one day
-            off, ok = np.array([0, df.height], np.int64), True
-        else:
-            off, ok = _k.segment_offsets(sym_starts, day)
-        starts = off[:-1]
-        keys = list(zip(df["symbol"].gather(starts).to_list(), day[starts].astype(np.int64).tolist()))
-        ok = ok and all(a < b for a, b in itertools.pairwise(keys))
-        ok = ok and _k.sorted_within(_i64(df[ts_col]), off)
-        if ok:
-            return df, off, keys
-        if attempt == 0:
-            df = df.sort("symbol", "date", ts_col, id_col)
-    raise AssertionError("sorting did not order the frame")  # pragma: no cover
-
-
 def _align(keys: list[tuple[str, int]], run_keys: list[tuple[str, int]], run_off: np.ndarray) -> np.ndarray:
     """Offsets over the union ``keys``: segments a frame has no rows for get an empty range."""
     out = np.empty(len(keys) + 1, np.int64)
@@ -259,36 +230,6 @@ def _prepare_messages(messages: pl.DataFrame | None) -> pl.DataFrame:
     return out
 
 
-def _ro(a: np.ndarray, dtype) -> np.ndarray:
-    """A C-contiguous, read-only array of ``dtype``, copying only when needed.
-
-    Zero-copy views of polars columns are read-only and Numba compiles read-only and writable arrays
-    as different types; handing the kernels read-only arrays always keeps one compiled signature.
-    """
-    a = np.ascontiguousarray(a, dtype=dtype).view()
-    a.flags.writeable = False
-    return a
-
-
-def _f64(s: pl.Series) -> np.ndarray:
-    return _ro(s.to_numpy(), np.float64)
-
-
-def _i64(s: pl.Series) -> np.ndarray:
-    return _ro(s.cast(pl.Int64).to_numpy(), np.int64)
-
-
-def _ts_series(name: str, values: np.ndarray, has_missing: bool = True) -> pl.Series:
-    s = pl.Series(name, values, dtype=pl.Int64)
-    if has_missing and values.size and (values == _k.NO_TS).any():
-        s = pl.select(pl.when(s != _k.NO_TS).then(s)).to_series().alias(name)
-    return s.cast(UTC_NS)
-
-
-def _dates(days: np.ndarray) -> pl.Series:
-    return pl.Series("date", days.astype(np.int32)).cast(pl.Date)
-
-
 # ---------------------------------------------------------------------------------------------- tables
 
 
@@ -305,7 +246,7 @@ def _enriched_table(trades: pl.DataFrame, cols_out: tuple, n_no_mid: int, n_no_q
         "spread": spr,
         "spread_bps": spr_bps,
     }
-    cols = [_ts_series("quote_ts", qts, n_no_quote > 0)]
+    cols = [ts_series("quote_ts", qts, n_no_quote > 0)]
     cols += [pl.Series(k, v, nan_to_null=any_nan) for k, v in floats.items()]
     cols += [
         pl.Series("direction", direction),
@@ -321,7 +262,7 @@ def _enriched_table(trades: pl.DataFrame, cols_out: tuple, n_no_mid: int, n_no_q
 def _bars_table(spec: BarSpec, out_i: np.ndarray, out_f: np.ndarray, seg_symbols: pl.Series) -> pl.DataFrame:
     cols: dict[str, pl.Series] = {
         "symbol": seg_symbols.gather(out_i[:, 4]).alias("symbol"),
-        "date": _dates(out_i[:, 5]),
+        "date": date_series(out_i[:, 5]),
     }
     if spec.type == "time":
         every = parse_duration(spec.every)
@@ -418,10 +359,10 @@ def _lob_table(quotes: pl.DataFrame, seg: _Segments, spec: StateEngineSpec) -> p
         arr = np.empty((quotes.height, avail), np.float64)
         for lv in range(avail):
             arr[:, lv] = quotes[names[lv][j]].to_numpy()
-        return _ro(arr, np.float64)
+        return read_only(arr, np.float64)
 
     res = _k.lob_snapshots(
-        _i64(quotes["ts"]),
+        as_i64(quotes["ts"]),
         levels(0),
         levels(1),
         levels(2),
@@ -461,11 +402,11 @@ def _message_lob_table(
             for arr, levels in zip(init, book):
                 arr[s, : levels.shape[0]] = levels
     res = _book.book_grid(
-        _i64(msgs["ts"]),
-        _ro(msgs["type"].to_numpy(), np.int8),
-        _f64(msgs["size"]),
-        _f64(msgs["price"]),
-        _ro(msgs["direction"].to_numpy(), np.int8),
+        as_i64(msgs["ts"]),
+        read_only(msgs["type"].to_numpy(), np.int8),
+        as_f64(msgs["size"]),
+        as_f64(msgs["price"]),
+        read_only(msgs["direction"].to_numpy(), np.int8),
         seg.m_off,
         spec.lob_depth,
         parse_duration(spec.lob_interval),
@@ -475,45 +416,6 @@ def _message_lob_table(
         save,
     )
     return lob_frame(seg.symbols, seg.dates, res[:4], res[4:15], spec.lob_depth), res[16]
-
-
-def lob_frame(seg_symbols: pl.Series, seg_days: np.ndarray, grid: tuple, levels: tuple, depth: int) -> pl.DataFrame:
-    """The ``cdm_lob_l2`` table from snapshot kernel outputs, for every book source (quotes or messages).
-
-    ``grid``: (ts, quote_ts, segment, n_updates) per snapshot; ``levels``: the 7 per-level (rows, available
-    depth) arrays then mid, microprice, spread, spread_bps (``kernels.fill_book_metrics`` order). Levels
-    beyond the available depth are null columns.
-    """
-    g_ts, g_qts, g_seg, g_nupd = grid
-    bpx, bsz, apx, asz, imb, bdep, adep, mid, micro, spr, spr_bps = levels
-    avail = bpx.shape[1]
-    cols = [
-        seg_symbols.gather(g_seg).alias("symbol"),
-        _dates(seg_days[g_seg]),
-        pl.Series("ts", g_ts).cast(UTC_NS),
-        pl.Series("quote_ts", g_qts).cast(UTC_NS),
-        pl.Series("n_updates", g_nupd),
-        pl.Series("mid", mid, nan_to_null=True),
-        pl.Series("microprice", micro, nan_to_null=True),
-        pl.Series("spread", spr, nan_to_null=True),
-        pl.Series("spread_bps", spr_bps, nan_to_null=True),
-    ]
-    for lv in range(depth):
-        k = lv + 1
-        for name, arr in (
-            (f"bid_price_{k}", bpx),
-            (f"bid_size_{k}", bsz),
-            (f"ask_price_{k}", apx),
-            (f"ask_size_{k}", asz),
-            (f"imbalance_{k}", imb),
-            (f"bid_depth_{k}", bdep),
-            (f"ask_depth_{k}", adep),
-        ):
-            if lv < avail:
-                cols.append(pl.Series(name, np.ascontiguousarray(arr[:, lv]), nan_to_null=True))
-            else:
-                cols.append(pl.Series(name, [None] * len(g_ts), dtype=pl.Float64))
-    return pl.DataFrame(cols)
 
 
 # ---------------------------------------------------------------------------------------------- API
@@ -540,9 +442,9 @@ def process_shard(
     msgs = _prepare_messages(messages if from_messages else None)
     if spec.carry_state and state is not None and state.spec_fingerprint != spec.fingerprint:
         raise ValueError("carried state was produced by a different state-engine spec")
-    trades, t_runs, t_keys = _runs(trades, "ts", "trade_id")
-    quotes, q_runs, q_keys = _runs(quotes, "ts", "quote_id")
-    msgs, m_runs, m_keys = _runs(msgs, "ts", "seq")
+    trades, t_runs, t_keys = segment_runs(trades, "ts", "trade_id")
+    quotes, q_runs, q_keys = segment_runs(quotes, "ts", "quote_id")
+    msgs, m_runs, m_keys = segment_runs(msgs, "ts", "seq")
     keys = sorted(set(t_keys) | set(q_keys) | set(m_keys))
     n_seg = len(keys)
     seg = _Segments(
@@ -582,29 +484,29 @@ def process_shard(
                     si[s], sf[s] = pick(st)
         return si, sf
 
-    t_ts = _i64(trades["ts"])
-    t_price = _f64(trades["price"])
-    t_size = _f64(trades["size"])
+    t_ts = as_i64(trades["ts"])
+    t_price = as_f64(trades["price"])
+    t_size = as_f64(trades["size"])
     esi, esf = state_rows(_k.enrich_fresh_state(), lambda st: st.enrich)
     cols_out, enrich_si, enrich_sf, n_no_mid, n_no_quote = _k.enrich_trades(
         t_ts,
-        _i64(trades["trade_id"]),
+        as_i64(trades["trade_id"]),
         t_price,
         t_size,
         seg.t_off,
-        _i64(quotes["ts"]),
-        _i64(quotes["quote_id"]),
-        _f64(quotes["bid"]),
-        _f64(quotes["ask"]),
-        _f64(quotes["bid_size"]),
-        _f64(quotes["ask_size"]),
+        as_i64(quotes["ts"]),
+        as_i64(quotes["quote_id"]),
+        as_f64(quotes["bid"]),
+        as_f64(quotes["ask"]),
+        as_f64(quotes["bid_size"]),
+        as_f64(quotes["ask_size"]),
         seg.q_off,
         TIE_BREAKS[spec.tie_break],
         load,
         esi,
         esf,
     )
-    direction = _ro(cols_out[8], np.int8)
+    direction = read_only(cols_out[8], np.int8)
     tables: dict[str, pl.DataFrame] = {
         ENRICHED_TABLE: _enriched_table(trades, cols_out, n_no_mid, n_no_quote)
     }
@@ -672,9 +574,9 @@ def bars_from_trades(trades: pl.DataFrame, bar: BarSpec) -> pl.DataFrame:
     and benchmarks that do not need the whole pass.
     """
     trades = _prepare_trades(trades)
-    trades, off, keys = _runs(trades, "ts", "trade_id")
+    trades, off, keys = segment_runs(trades, "ts", "trade_id")
     n_seg = len(keys)
-    direction = _ro(
+    direction = read_only(
         trades["direction"].fill_null(0).to_numpy()
         if "direction" in trades.columns
         else np.zeros(trades.height),
@@ -683,9 +585,9 @@ def bars_from_trades(trades: pl.DataFrame, bar: BarSpec) -> pl.DataFrame:
     si, sf = _bars.bar_fresh_state(bar)
     out_i, out_f, _, _ = _run_bar_kernel(
         bar,
-        _i64(trades["ts"]),
-        _f64(trades["price"]),
-        _f64(trades["size"]),
+        as_i64(trades["ts"]),
+        as_f64(trades["price"]),
+        as_f64(trades["size"]),
         direction,
         off,
         np.array([k[1] for k in keys], np.int64),

@@ -18,29 +18,31 @@ so a shard interrupted between two writes is run again rather than skipped half 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from quantflow.compute.executors import ExecutionReport, ShardOutcome, make_executor
-from quantflow.metadata.manager import ProjectMetadata, get_metadata_manager
+from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
+from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema import StateEngineConfig
 from quantflow.storage.filesystem import StorageOptions, Store
-from quantflow.storage.lake import WRITE_MODES, Lake, WriteResult
+from quantflow.storage.lake import Lake, WriteResult
 from quantflow.storage.project import project_lake
-from quantflow.storage.tables import TableSpec
+from quantflow.storage.tables import (
+    BARS_DAILY_TABLE,
+    ENRICHED_TABLE,
+    LOB_TABLE,
+    MESSAGES_TABLE,
+    QUOTES_TABLE,
+    TRADES_TABLE,
+    TableSpec,
+)
 
-log = logging.getLogger(__name__)
-
-CALENDAR_EVERY = ("1w", "1mo", "1q", "1y")
-ENRICHED_TABLE = "cdm_trade_enriched"
-LOB_TABLE = "cdm_lob_l2"
-MESSAGES_TABLE = "cdm_order_messages"
+STAGE = "state_engine"
 SORT_KEYS = {ENRICHED_TABLE: ("symbol", "date", "ts", "trade_id"), LOB_TABLE: ("symbol", "date", "ts")}
 
 
@@ -53,16 +55,12 @@ def _bar_dict(bar) -> dict:
     return {k: v for k, v in bar.model_dump().items() if v is not None and k in _BAR_FIELDS}
 
 
-def calendar_table(bar) -> str:
-    return f"cdm_{bar.name}_bars" if bar.name else f"cdm_time_{bar.every}_bars"
-
-
 def engine_spec(cfg: StateEngineConfig):
     """The pure engine's spec for the tick-based outputs of ``cfg`` (calendar bars left out)."""
     from quantflow.state_engine.engine import StateEngineSpec
 
     return StateEngineSpec.from_dict({
-        "bars": [_bar_dict(b) for b in cfg.bars if not _is_calendar(b)],
+        "bars": [_bar_dict(b) for b in cfg.bars if not b.is_calendar],
         "lob_interval": cfg.lob.interval,
         "lob_offset": cfg.lob.offset,
         "lob_depth": cfg.lob.depth,
@@ -73,27 +71,23 @@ def engine_spec(cfg: StateEngineConfig):
     })
 
 
-def _is_calendar(bar) -> bool:
-    return bar.type == "time" and bar.every in CALENDAR_EVERY
-
-
 def tick_tables(cfg: StateEngineConfig) -> list[str]:
-    spec = engine_spec(cfg)
+    """The tables computed from ticks (named from the metadata alone: no Numba import)."""
     tables = [ENRICHED_TABLE] + ([LOB_TABLE] if cfg.lob.interval else [])
-    return tables + [b.key for b in spec.bars]
+    return tables + [b.table for b in cfg.bars if not b.is_calendar]
 
 
 def calendar_tables(cfg: StateEngineConfig) -> list[str]:
-    return [calendar_table(b) for b in cfg.bars if _is_calendar(b)]
+    return [b.table for b in cfg.bars if b.is_calendar]
 
 
 def input_tables(cfg: StateEngineConfig, table: str) -> list[str]:
     """The CDM tables an output table is computed from (its lineage)."""
     if table in calendar_tables(cfg):
-        return ["cdm_bars_daily"]
+        return [BARS_DAILY_TABLE]
     if table == LOB_TABLE:
-        return [MESSAGES_TABLE] if uses_messages(cfg) else ["cdm_quotes"]
-    return ["cdm_trades", "cdm_quotes"]
+        return [MESSAGES_TABLE] if uses_messages(cfg) else [QUOTES_TABLE]
+    return [TRADES_TABLE, QUOTES_TABLE]
 
 
 def output_tables(cfg: StateEngineConfig) -> list[str]:
@@ -190,24 +184,30 @@ def _write_outputs(lake: Lake, out: dict[str, pl.DataFrame], mode: str, written:
 
 
 @dataclass
-class StateEngineResult:
-    start_date: dt.date
-    end_date: dt.date
-    symbols: list[str]
-    executor: str
+class StateEngineResult(StageResult):
+    executor: str = ""
     shards: int = 0
     shards_skipped: int = 0
     shards_failed: list[str] = field(default_factory=list)
     trades: int = 0
-    seconds: float = 0.0
-    tables: dict[str, WriteResult] = field(default_factory=dict)
-    table_urls: dict[str, str] = field(default_factory=dict)
-    skipped_bars: list[str] = field(default_factory=list)
-    preview: dict[str, pl.DataFrame] = field(default_factory=dict)
+    skipped_tables: dict[str, str] = field(default_factory=dict)  # table -> why it was not built
+
+    def skip(self, tables: list[str], reason: str) -> None:
+        self.skipped_tables.update(dict.fromkeys(tables, reason))
+        self.warnings.append(f"skipped {', '.join(tables)}: {reason}")
 
     @property
     def trades_per_second(self) -> float:
         return self.trades / self.seconds if self.seconds > 0 else 0.0
+
+    def headline(self) -> str:
+        kept = f" ({self.shards_skipped} already stored)" if self.shards_skipped else ""
+        return (f"{self.shards} shards{kept} on {self.executor}, {self.trades:,} trades in {self.seconds:.1f}s "
+                f"({self.trades_per_second:,.0f} trades/s)")
+
+    def key_figures(self) -> dict[str, Any]:
+        return {"executor": self.executor, "shards": self.shards, "shards_skipped": self.shards_skipped,
+                "trades": self.trades, "trades_per_second": round(self.trades_per_second, 1)}
 
 
 def _shard_groups(days: list[dt.date], granularity: str) -> list[list[dt.date]]:
@@ -236,7 +236,7 @@ def plan_shards(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end
     def parts(table: str) -> dict[tuple[str, dt.date], str]:
         return {(p.symbol, p.period_start): p.path for p in lake.partitions(table, symbols, start, end)}
 
-    trade_parts, quote_parts = parts("cdm_trades"), parts("cdm_quotes")
+    trade_parts, quote_parts = parts(TRADES_TABLE), parts(QUOTES_TABLE)
     message_parts = parts(MESSAGES_TABLE) if uses_messages(cfg) else {}
     by_symbol: dict[str, set[dt.date]] = {}
     for symbol, day in (*trade_parts, *message_parts):  # a day of messages alone still has a book
@@ -261,76 +261,69 @@ def uses_messages(cfg: StateEngineConfig) -> bool:
     return cfg.lob.interval is not None and cfg.lob.source == "messages"
 
 
-def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end: dt.date, symbols: list[str],
-                   mode: str, result: StateEngineResult, say: Callable[[str], None]) -> None:
+def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, window: RunWindow, result: StateEngineResult,
+                   progress: Progress) -> None:
     from quantflow.state_engine.bars import resample_daily_bars
 
-    bars = [b for b in cfg.bars if _is_calendar(b)]
+    bars = [b for b in cfg.bars if b.is_calendar]
     if not bars:
         return
     lake = project_lake(md)
+    start, end = window.start_date, window.end_date
     # whole periods: widen the window to the start of the year so the first bar is complete
-    daily = lake.read("cdm_bars_daily", symbols, dt.date(start.year, 1, 1), end)
+    daily = lake.read(BARS_DAILY_TABLE, window.symbols, dt.date(start.year, 1, 1), end)
     if daily.height == 0:
-        for b in bars:
-            result.skipped_bars.append(f"{calendar_table(b)} (no cdm_bars_daily rows in the window)")
+        result.skip([b.table for b in bars], f"no {BARS_DAILY_TABLE} rows in the window")
         return
     for b in bars:
-        table = calendar_table(b)
         df = resample_daily_bars(daily, b.every).filter(pl.col("date").is_between(start, end))
-        spec = TableSpec(table, dict(df.schema), "year", ("symbol", "date"))
-        result.tables[table] = lake.write(spec, df, mode)
-        result.table_urls[table] = lake.url(table)
-        result.preview[table] = df.head(5)
-        say(f"state engine: {table}: {result.tables[table].rows_written} rows from daily bars")
+        spec = TableSpec(b.table, dict(df.schema), "year", ("symbol", "date"))
+        result.record_write(b.table, lake.write(spec, df, window.write_mode), lake.url(b.table))
+        result.preview[b.table] = df.head(5)
+        progress.detail(f"state engine: {b.table}: {result.tables[b.table].rows_written} rows from daily bars")
 
 
-def run_production(
-    project: str | Path | ProjectMetadata,
-    start_date: dt.date,
-    end_date: dt.date,
-    symbols: list[str] | None = None,
-    write_mode: str = "skip_if_exists",
+def run(
+    md: ProjectMetadata,
+    window: RunWindow,
+    *,
     max_concurrency: int = 4,
     shard_granularity: str = "daily",
     executor: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> StateEngineResult:
-    """Run the state engine for [start_date, end_date] over the CDM tables in the lake."""
-    md = project if isinstance(project, ProjectMetadata) else get_metadata_manager(project).load_all()
+    """Run the state engine for the window over the CDM tables in the lake."""
+    progress = progress or Progress()
     cfg = md.project.state_engine
     if cfg is None:
         raise ValueError("project_metadata/project.yaml has no project.state_engine section")
-    if write_mode not in WRITE_MODES:
-        raise ValueError(f"write mode must be one of {', '.join(WRITE_MODES)}; got {write_mode!r}")
-    if start_date > end_date:
-        raise ValueError(f"start_date {start_date} is after end_date {end_date}")
-    symbols = list(symbols) if symbols else md.symbols
-    say = progress or log.info
     kind = executor or cfg.executor
-    result = StateEngineResult(start_date, end_date, symbols, kind)
+    result = StateEngineResult(STAGE, window, executor=kind)
     lake = project_lake(md)
     began = time.perf_counter()
+    symbols = list(window.symbols)
 
-    tasks = plan_shards(md, cfg, start_date, end_date, symbols, write_mode, shard_granularity)
+    tasks = plan_shards(md, cfg, window.start_date, window.end_date, symbols, window.write_mode, shard_granularity)
     result.shards = len(tasks)
     if not tasks:
-        ticks = tick_tables(cfg)
-        result.skipped_bars.extend(f"{t} (no cdm_trades in the window: the feeds give no ticks)" for t in ticks)
-        say(f"state engine: no tick data for {start_date}..{end_date}; skipped {', '.join(ticks)}")
+        result.skip(tick_tables(cfg), f"no {TRADES_TABLE} in the window (the feeds give no ticks)")
     else:
-        say(f"state engine: {len(tasks)} shards ({shard_granularity}) for {len(symbols)} symbols on {kind}")
+        progress.begin(len(tasks), "shards", "state engine")
+        progress.detail(f"state engine: {len(tasks)} shards ({shard_granularity}) for {len(symbols)} symbols on {kind}")
         if uses_messages(cfg) and not any(p for t in tasks for p in t.message_paths):
-            result.skipped_bars.append(f"{LOB_TABLE} (lob.source is messages: no {MESSAGES_TABLE} in the window)")
+            result.skip([LOB_TABLE], f"lob.source is messages and there are no {MESSAGES_TABLE} in the window")
         env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
         runner = make_executor(kind, max_concurrency, cfg.retries, env)
 
         def on_done(done: int, total: int, outcome: ShardOutcome) -> None:
             if outcome.ok:
                 what = "skipped (stored)" if outcome.result.skipped else f"{outcome.result.trades} trades"
-                say(f"  shard {done}/{total} {outcome.shard}: {what} in {outcome.seconds:.2f}s")
+                progress.detail(f"shard {done}/{total} {outcome.shard}: {what} in {outcome.seconds:.2f}s")
+                progress.advance(1, outcome.result.trades)
             else:
-                say(f"  shard {done}/{total} {outcome.shard} FAILED after {outcome.attempts} attempts: {outcome.error}")
+                progress.detail(f"shard {done}/{total} {outcome.shard} FAILED after {outcome.attempts} attempts: "
+                                f"{outcome.error}")
+                progress.advance(1)
 
         report: ExecutionReport = runner.map(run_shard, tasks, on_done)
         for outcome in report.outcomes:
@@ -341,29 +334,27 @@ def run_production(
             result.shards_skipped += shard.skipped
             result.trades += shard.trades
             for table, written in shard.written.items():
-                result.tables.setdefault(table, WriteResult(table)).merge(written)
+                result.record_write(table, written)
         for table in tick_tables(cfg):
-            result.tables.setdefault(table, WriteResult(table))
-            result.table_urls[table] = lake.url(table)
-            parts = lake.partitions(table, symbols, start_date, end_date)
+            result.record_write(table, WriteResult(table), lake.url(table))
+            parts = lake.partitions(table, symbols, window.start_date, window.end_date)
             if parts:
                 result.preview[table] = lake.read_partition(parts[0].path).head(5)
 
-    _calendar_bars(md, cfg, start_date, end_date, symbols, write_mode, result, say)
+    _calendar_bars(md, cfg, window, result, progress)
     result.seconds = time.perf_counter() - began
-    for skipped in result.skipped_bars:
-        log.warning("state engine skipped %s", skipped)
     if result.shards_failed:
         raise StateEngineError(result)
-    say(f"state engine done: {result.trades} trades in {result.seconds:.1f}s "
-        f"({result.trades_per_second:,.0f} trades/s), {result.shards_skipped} shards already stored")
     return result
 
 
-class StateEngineError(RuntimeError):
-    """Some shards failed (after their retries); the others were written. ``result`` has the details."""
+class StateEngineError(StageError):
+    """Some shards failed (after their retries); the others were written. ``result`` has the details.
+
+    The message is one line: how many failed, then the first failure's shard (symbol, dates) and cause."""
 
     def __init__(self, result: StateEngineResult):
-        self.result = result
-        lines = "\n".join(f"  {f}" for f in result.shards_failed[:10])
-        super().__init__(f"{len(result.shards_failed)} of {result.shards} state-engine shards failed:\n{lines}")
+        failed = result.shards_failed
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        super().__init__(f"{len(failed)} of {result.shards} state-engine shards failed, the others were written; "
+                         f"shard {failed[0]}{more}", result=result)

@@ -16,8 +16,8 @@ from pathlib import Path
 @dataclass(frozen=True)
 class StorageOptions:
     endpoint_url: str | None = None
-    key: str | None = None
-    secret: str | None = None
+    key: str | None = field(default=None, repr=False)  # credentials never show in a repr or a log
+    secret: str | None = field(default=None, repr=False)
     region: str | None = None
 
     def for_s3(self) -> dict:

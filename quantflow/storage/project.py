@@ -12,7 +12,11 @@ from quantflow.storage.lake import Lake
 
 def storage_options(md: ProjectMetadata) -> StorageOptions:
     s3 = md.local.s3
-    return StorageOptions(endpoint_url=s3.endpoint_url or None, key=s3.key or None, secret=s3.secret or None,
+
+    def secret(value) -> str | None:
+        return value.get_secret_value() or None if value is not None else None
+
+    return StorageOptions(endpoint_url=s3.endpoint_url or None, key=secret(s3.key), secret=secret(s3.secret),
                           region=s3.region or None)
 
 

@@ -82,6 +82,15 @@ CDM_TABLES: dict[str, str] = {
     "cdm_bars_daily": "bars_daily",
     "cdm_order_messages": "messages",
 }
+TRADES_TABLE, QUOTES_TABLE, BARS_DAILY_TABLE, MESSAGES_TABLE = CDM_TABLES
+# the state engine's fixed tables (its bar tables are named by ``metadata.schema.bar_table_name``)
+ENRICHED_TABLE = "cdm_trade_enriched"
+LOB_TABLE = "cdm_lob_l2"
+
+# Above these a price or a size (shares, contracts, volume) is not a market value but a corrupt one
+# (1e308 is finite and positive): ingest reports such rows as bad and the CDM drops them.
+MAX_PLAUSIBLE_PRICE = 1e9
+MAX_PLAUSIBLE_SIZE = 1e15
 SEQUENCE_COLUMN = {"trades": "trade_id", "quotes": "quote_id", "messages": "seq"}
 # columns a feed may leave out: they are filled with their default (see ``conform``)
 OPTIONAL_COLUMNS = ("side", "adj_factor", "order_id")

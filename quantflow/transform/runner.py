@@ -1,25 +1,26 @@
-"""dbt stage entry point: raw lake tables of a date window -> CDM tables (warehouse, then lake).
+"""dbt stage entry point: raw lake tables of a run window -> CDM tables (warehouse, then lake).
 
 ``run`` (re)generates the dbt project when the metadata calls for it, then per date batch: exposes the raw
-tables to the warehouse, runs dbt (``run``, or ``build`` to run the dbt tests too) through dbt's Python API
-with the window as ``--vars``, and exports the batch's CDM rows to the lake with the write mode. A failing
-model or test stops the run before its batch reaches the lake.
+tables to the warehouse, runs one dbt command (``run``, or ``build`` to run the dbt tests too) with the
+batch as ``--vars``, and exports the batch's CDM rows to the lake with the write mode. A failing model or
+test stops the run before its batch reaches the lake.
+
+How dbt is invoked is passed in (``invoke``): by default dbt's Python API in this process; the Dagster
+asset passes dagster-dbt's ``DbtCliResource.cli``, so each model still streams its own materialization
+and each dbt test its asset check, while the batch loop, the export and the counts stay here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import polars as pl
+from typing import Any
 
 from quantflow.compute.dates import date_batches
-from quantflow.metadata.manager import ProjectMetadata, get_metadata_manager
-from quantflow.storage.lake import WRITE_MODES, WriteMode, WriteResult
+from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
+from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.project import project_lake
 from quantflow.transform.generator import DBTProjectGenerator, dbt_project_dir
 from quantflow.transform.sources import cdm_tables
@@ -33,58 +34,65 @@ from quantflow.transform.warehouse import (
     warehouse_location,
 )
 
-log = logging.getLogger(__name__)
-
-
-class DbtRunError(RuntimeError):
-    """dbt failed: a model errored or a test failed (``failures`` names them)."""
-
-    def __init__(self, message: str, failures: list[str]):
-        super().__init__(message)
-        self.failures = failures
+STAGE = "transform"
 
 
 @dataclass
-class TransformResult:
-    engine: str
-    start_date: dt.date
-    end_date: dt.date
-    symbols: list[str]
-    write_mode: str
-    batches: list[tuple[dt.date, dt.date]] = field(default_factory=list)
+class DbtOutcome:
+    """What one dbt invocation did: ``models`` built, ``tests`` (name -> status), ``failures`` (one line each)."""
+
+    success: bool
+    models: set[str] = field(default_factory=set)
+    tests: dict[str, str] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+# invoke(args, node_done) runs ``dbt <args>`` (a command and its --vars) on the project and calls
+# ``node_done(name)`` as each model or test finishes.
+DbtInvoke = Callable[[list[str], Callable[[str], None]], DbtOutcome]
+
+
+@dataclass
+class TransformResult(StageResult):
+    engine: str = ""
+    command: str = "run"
+    batches: list[tuple[Any, Any]] = field(default_factory=list)  # (start, end) of each dbt invocation done
     rows: dict[str, int] = field(default_factory=dict)  # CDM rows in the warehouse for the window
-    tables: dict[str, WriteResult] = field(default_factory=dict)  # lake export per CDM table
-    table_urls: dict[str, str] = field(default_factory=dict)
     tests: dict[str, str] = field(default_factory=dict)  # dbt test -> status (when tests ran)
     generated: list[Path] = field(default_factory=list)
     warehouse: str = ""
-    preview: dict[str, pl.DataFrame] = field(default_factory=dict)
-    seconds: float = 0.0
+    failed_batch: tuple[Any, Any] | None = None
 
-    @property
-    def rows_written(self) -> dict[str, int]:
-        return {t: r.rows_written for t, r in self.tables.items()}
+    def headline(self) -> str:
+        tests = f", {sum(s == 'pass' for s in self.tests.values())}/{len(self.tests)} dbt tests passed" \
+            if self.tests else ""
+        return f"dbt {self.command} on {self.engine}, {len(self.batches)} batch{'es' if len(self.batches) != 1 else ''}{tests}"
+
+    def key_figures(self) -> dict[str, Any]:
+        figures: dict[str, Any] = {"engine": self.engine, "dbt_command": self.command,
+                                   "batches": len(self.batches), "warehouse": self.warehouse}
+        if self.failed_batch is not None:
+            figures["lake_export"] = (f"stopped: dbt failed for {self.failed_batch[0]} .. {self.failed_batch[1]}, "
+                                      "which was not exported to the lake (earlier batches were)")
+        return figures
 
 
-def dbt_command_args(md: ProjectMetadata, command: str, start: dt.date, end: dt.date,
-                     symbols: Sequence[str] | None = None) -> list[str]:
-    """Arguments of one dbt invocation for a batch (project, profiles and target from the metadata)."""
+    def table_figures(self, table: str) -> dict[str, Any]:
+        return {f"rows/{table}": self.rows[table]} if table in self.rows else {}
+
+
+class DbtRunError(StageError):
+    """dbt failed: a model errored or a test failed (``failures`` names them; ``result``: what was done)."""
+
+    def __init__(self, message: str, failures: list[str], result: TransformResult):
+        super().__init__(message, result=result)
+        self.failures = failures
+
+
+def dbt_command_args(md: ProjectMetadata, args: list[str]) -> list[str]:
+    """``args`` pointed at the project's dbt project, profiles and engine target."""
     project = str(dbt_project_dir(md))
-    return [command, *dbt_vars_args(start, end, symbols), "--project-dir", project, "--profiles-dir", project,
-            "--target", md.engine]
-
-
-def _failures(result) -> list[str]:
-    out = []
-    for node_result in getattr(result.result, "results", None) or []:
-        status = str(getattr(node_result.status, "value", node_result.status))
-        if status in ("error", "fail", "runtime error"):
-            node = node_result.node
-            out.append(f"{node.resource_type} {node.name}: {status}" +
-                       (f" ({node_result.message})" if node_result.message else ""))
-    if not out and result.exception is not None:
-        out.append(str(result.exception))
-    return out
+    return [*args, "--project-dir", project, "--profiles-dir", project, "--target", md.engine]
 
 
 def _release_duckdb() -> None:
@@ -101,76 +109,109 @@ def _release_duckdb() -> None:
         env.close()
 
 
-def invoke_dbt(md: ProjectMetadata, args: list[str]):
+def invoke_dbt(md: ProjectMetadata, args: list[str], callbacks: list | None = None):
     """Run dbt in process (``dbtRunner``) with the metadata's connection settings in the environment."""
     from dbt.cli.main import dbtRunner
 
     with dbt_environment(md):
         try:
-            return dbtRunner().invoke(args)
+            return dbtRunner(callbacks=callbacks or []).invoke(args)
         finally:
             _release_duckdb()
 
 
-def _as_date(value: str | dt.date, name: str) -> dt.date:
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{name}: expected a date as YYYY-MM-DD, got {value!r}") from None
+def _status(node_result) -> str:
+    return str(getattr(node_result.status, "value", node_result.status))
 
 
-def _load(project: str | Path | ProjectMetadata) -> ProjectMetadata:
-    return project if isinstance(project, ProjectMetadata) else get_metadata_manager(project).load_all()
+def in_process_invoke(md: ProjectMetadata) -> DbtInvoke:
+    """The default ``invoke``: dbt's Python API in this process."""
+
+    def invoke(args: list[str], node_done: Callable[[str], None]) -> DbtOutcome:
+        def on_event(event) -> None:
+            if event.info.name in ("LogModelResult", "LogTestResult"):
+                node_done(getattr(event.data, "name", "") or getattr(event.data.node_info, "node_name", ""))
+
+        res = invoke_dbt(md, dbt_command_args(md, args), callbacks=[on_event])
+        outcome = DbtOutcome(bool(res.success))
+        for node_result in getattr(res.result, "results", None) or []:
+            node, status = node_result.node, _status(node_result)
+            if node.resource_type == "test":
+                outcome.tests[node.name] = status
+            elif node.resource_type == "model" and status == "success":
+                outcome.models.add(node.name)
+            if status in ("error", "fail", "runtime error"):
+                outcome.failures.append(f"{node.resource_type} {node.name}: {status}"
+                                        + (f" ({node_result.message})" if node_result.message else ""))
+        if not outcome.failures and res.exception is not None:
+            outcome.failures.append(f"{type(res.exception).__name__}: {res.exception}")
+        return outcome
+
+    return invoke
 
 
 def run(
-    project: str | Path | ProjectMetadata,
-    start_date: str | dt.date,
-    end_date: str | dt.date,
-    symbols: list[str] | None = None,
-    write_mode: WriteMode = "skip_if_exists",
+    md: ProjectMetadata,
+    window: RunWindow,
+    *,
     batch_days: int | None = None,
     skip_test: bool = True,
-    progress: Callable[[str], None] | None = None,
+    tables: list[str] | None = None,
+    invoke: DbtInvoke | None = None,
+    progress: Progress | None = None,
 ) -> TransformResult:
-    """Build the CDM tables for [start_date, end_date] and ``symbols`` (default: the project's symbols)."""
+    """Build the CDM tables (all of the project's, or ``tables``) for the window."""
     began = time.perf_counter()
-    md = _load(project)
-    start, end = _as_date(start_date, "start_date"), _as_date(end_date, "end_date")
-    if start > end:
-        raise ValueError(f"start_date {start} is after end_date {end}")
-    if write_mode not in WRITE_MODES:
-        raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}; got {write_mode!r}")
-    tables = cdm_tables(md)
-    if not tables:
+    progress = progress or Progress()
+    available = cdm_tables(md)
+    if not available:
         raise ValueError("no enabled ingest feed produces trades, quotes or daily bars: nothing for dbt to build")
-    symbols = list(symbols) if symbols else md.symbols
-    say = progress or log.info
-    result = TransformResult(md.engine, start, end, symbols, write_mode, warehouse=warehouse_location(md))
+    selected = [t for t in available if tables is None or t in tables]
+    invoke = invoke or in_process_invoke(md)
+    command = "run" if skip_test else "build"
+    result = TransformResult(STAGE, window, engine=md.engine, command=command, warehouse=warehouse_location(md))
     result.generated = DBTProjectGenerator(md).generate()
     for path in result.generated:
-        say(f"dbt project: wrote {path}")
-    command = "run" if skip_test else "build"
+        progress.detail(f"dbt project: wrote {path}")
     lake = project_lake(md)
-    for batch_start, batch_end in date_batches(start, end, batch_days):
-        prepare_raw_sources(md, batch_start, batch_end, symbols)
-        say(f"dbt {command} {batch_start} .. {batch_end} on {md.engine}")
-        outcome = invoke_dbt(md, dbt_command_args(md, command, batch_start, batch_end, symbols))
-        for node_result in getattr(outcome.result, "results", None) or []:
-            if node_result.node.resource_type == "test":
-                result.tests[node_result.node.name] = str(getattr(node_result.status, "value", node_result.status))
+    result.table_urls = {t: lake.url(t) for t in selected}
+    batches = date_batches(window.start_date, window.end_date, batch_days)
+    symbols = list(window.symbols)
+    progress.begin(len(batches) * len(selected), "models", "transform (dbt)")
+    built: set[str] = set()
+    for batch_start, batch_end in batches:
+        prepared = prepare_raw_sources(md, batch_start, batch_end, symbols)
+        progress.detail(f"raw tables for {batch_start} .. {batch_end}: " + ", ".join(
+            f"{t} ({p.how}{'' if p.rows is None else f', {p.rows} rows'})" for t, p in prepared.items()))
+        progress.detail(f"dbt {command} {batch_start} .. {batch_end} on {md.engine}")
+
+        def node_done(name: str) -> None:
+            if name in selected:
+                progress.advance(1)
+
+        outcome = invoke([command, *dbt_vars_args(batch_start, batch_end, symbols)], node_done)
+        result.tests.update(outcome.tests)
+        built |= outcome.models & set(selected)
         if not outcome.success:
-            failures = _failures(outcome)
+            result.failed_batch = (batch_start, batch_end)
+            _finish(md, window, result, sorted(built), began)
+            failures = outcome.failures or ["see the dbt log"]
             raise DbtRunError(f"dbt {command} failed for {batch_start} .. {batch_end}: " + "; ".join(failures),
-                              failures)
-        exported = export_cdm_to_lake(md, batch_start, batch_end, symbols, write_mode)
-        for table, written in exported.items():
-            result.tables.setdefault(table, WriteResult(table)).merge(written)
+                              failures, result)
+        for table, written in export_cdm_to_lake(md, batch_start, batch_end, symbols, window.write_mode,
+                                                  tables=selected).items():
+            result.record_write(table, written, lake.url(table))
+            progress.advance(0, written.rows_written)
         result.batches.append((batch_start, batch_end))
-    result.rows = cdm_row_counts(md, start, end, symbols)
-    result.preview = cdm_preview(md, start, end, symbols)
-    result.table_urls = {t: lake.url(t) for t in tables}
-    result.seconds = time.perf_counter() - began
+    _finish(md, window, result, [t for t in selected if t in built or not built], began)
     return result
+
+
+def _finish(md: ProjectMetadata, window: RunWindow, result: TransformResult, tables: list[str],
+            began: float) -> None:
+    """Warehouse row counts and previews of the tables dbt built (they exist in the warehouse)."""
+    if tables:
+        symbols = list(window.symbols)
+        result.rows = cdm_row_counts(md, window.start_date, window.end_date, symbols, tables=tables)
+        result.preview = cdm_preview(md, window.start_date, window.end_date, symbols, tables=tables)
+    result.seconds = time.perf_counter() - began

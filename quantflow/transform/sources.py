@@ -1,11 +1,10 @@
-"""Which raw tables the enabled feeds produce (as each feed declares, ``feed_kinds``), and so which dbt
+"""Which raw tables the enabled feeds produce (as each feed declares, ``FeedConfig.raw_kinds``), and so which dbt
 sources and CDM models the project has."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quantflow.ingest.feeds.base import feed_kinds
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.tables import CDM_TABLES, raw_table_name
 
@@ -28,7 +27,7 @@ def raw_sources(md: ProjectMetadata) -> list[RawSource]:
     """Every raw table of the enabled feeds, in feed order (the first listed feed wins a (symbol, day))."""
     out = []
     for priority, feed in enumerate(md.project.ingest.enabled_feeds, start=1):
-        for kind in feed_kinds(feed):
+        for kind in feed.raw_kinds():
             out.append(RawSource(feed.name, kind, raw_table_name(feed.name, kind), priority))
     return out
 

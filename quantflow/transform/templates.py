@@ -66,7 +66,7 @@ quantflow:
       host: "{{{{ env_var('QF_PG_HOST', 'localhost') }}}}"
       port: "{{{{ env_var('QF_PG_PORT', '5432') | as_number }}}}"
       user: "{{{{ env_var('QF_PG_USER', 'postgres') }}}}"
-      password: "{{{{ env_var('QF_PG_PASSWORD', '') }}}}"
+      password: "{{{{ env_var('DBT_ENV_SECRET_QF_PG_PASSWORD', '') }}}}"
       dbname: "{{{{ env_var('QF_PG_DBNAME', 'quantflow') }}}}"
       schema: "{{{{ env_var('QF_PG_SCHEMA', 'cdm') }}}}"
       threads: "{{{{ env_var('QF_DBT_THREADS', '2') | as_number }}}}"

@@ -60,7 +60,8 @@ def dbt_env(md: ProjectMetadata) -> dict[str, str]:
             "QF_PG_HOST": pg.host,
             "QF_PG_PORT": str(pg.port),
             "QF_PG_USER": pg.user,
-            "QF_PG_PASSWORD": pg.password,
+            # dbt scrubs variables named DBT_ENV_SECRET_* from its logs and artifacts
+            "DBT_ENV_SECRET_QF_PG_PASSWORD": pg.password.get_secret_value(),
             "QF_PG_DBNAME": pg.dbname,
             "QF_PG_SCHEMA": pg.schema_,
         })
@@ -228,8 +229,8 @@ def connect_postgres(md: ProjectMetadata):
     import psycopg2
 
     pg = md.local.postgres
-    con = psycopg2.connect(host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname=pg.dbname,
-                           connect_timeout=10)
+    con = psycopg2.connect(host=pg.host, port=pg.port, user=pg.user, password=pg.password.get_secret_value(),
+                           dbname=pg.dbname, connect_timeout=10)
     with con.cursor() as cur:
         cur.execute("SET TIME ZONE 'UTC'")
     con.commit()

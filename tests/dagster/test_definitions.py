@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from quantflow.metadata import get_metadata_manager
-from quantflow.pipeline.config import PipelineConfig, resolve
+from quantflow.pipeline.config import StateEngineRunConfig, TransformRunConfig, WindowConfig
 from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
 from tests.conftest import REPO_ROOT, write_project
 
@@ -15,14 +15,14 @@ def _graph(defs: dg.Definitions):
     return defs.resolve_asset_graph()
 
 
-def test_sample_project_asset_graph_has_ingest_and_dbt_with_lineage():
+def test_sample_project_asset_graph_has_ingest_and_transform_with_lineage():
     md = get_metadata_manager(REPO_ROOT).load_all()
     defs = build_defs_from_metadata(md)
     graph = _graph(defs)
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["raw_sample"] == "ingest"
     for table in ("cdm_trades", "cdm_quotes", "cdm_bars_daily"):
-        assert groups[table] == "dbt"
+        assert groups[table] == "transform"
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(table)).parent_keys}
         assert parents == {"raw_sample"}, (table, parents)
     assert {"raw_sample", "cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= set(groups)
@@ -33,7 +33,7 @@ def test_sample_project_asset_graph_has_ingest_and_dbt_with_lineage():
         expected = {"cdm_time_1w_bars": {"cdm_bars_daily"}, "cdm_lob_l2": {"cdm_quotes"}}
         assert parents == expected.get(table, {"cdm_trades", "cdm_quotes"}), table
     jobs = {job.name for job in defs.jobs}
-    assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_dbt", "quantflow_state_engine"}
+    assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_transform", "quantflow_state_engine"}
     assert defs.resolve_job_def("quantflow_ingest")  # resolvable, with the dbt resource bound
     assert defs.resolve_job_def("quantflow_pipeline")
 
@@ -60,16 +60,17 @@ def test_pipeline_config_defaults_and_validation():
     import datetime as dt
 
     today = dt.date(2024, 3, 5)
-    window = resolve(PipelineConfig(), ["AAA", "BBB"], today=today)
+    window = WindowConfig().window(["AAA", "BBB"], today=today)
     assert (window.start_date, window.end_date) == (dt.date(2024, 3, 4), today)
-    assert window.symbols == ["AAA", "BBB"] and window.write_mode == "skip_if_exists"
-    assert (window.max_concurrency, window.shard_granularity, window.batch_days, window.skip_test) == (4, "daily", None, True)
+    assert window.symbols == ("AAA", "BBB") and window.write_mode == "skip_if_exists"
+    state, dbt = StateEngineRunConfig(), TransformRunConfig()
+    assert (state.max_concurrency, state.shard_granularity, dbt.batch_days, dbt.skip_test) == (4, "daily", None, True)
     with pytest.raises(ValueError, match="start_date 2024-03-05 is after end_date 2024-03-01"):
-        resolve(PipelineConfig(start_date="2024-03-05", end_date="2024-03-01"), ["AAA"])
+        WindowConfig(start_date="2024-03-05", end_date="2024-03-01").window(["AAA"])
     with pytest.raises(ValueError, match="expected a date as YYYY-MM-DD"):
-        resolve(PipelineConfig(start_date="03/05/2024"), ["AAA"])
+        WindowConfig(start_date="03/05/2024").window(["AAA"])
     with pytest.raises(ValueError, match=r"\['ZZZ'\] are not in the project's symbols"):
-        resolve(PipelineConfig(symbols=["ZZZ"]), ["AAA"])
+        WindowConfig(symbols=["ZZZ"]).window(["AAA"])
 
 
 def test_ingest_asset_materializes_with_metadata(small_project):

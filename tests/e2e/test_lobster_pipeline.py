@@ -14,7 +14,7 @@ from quantflow.metadata import get_metadata_manager
 from quantflow.state_engine import runner as state_runner
 from quantflow.storage.project import project_lake
 from quantflow.transform import runner as transform_runner
-from tests.conftest import write_project
+from tests.conftest import window, write_project
 
 pytestmark = pytest.mark.slow
 DAY = dt.date(2012, 6, 21)
@@ -39,10 +39,10 @@ def test_lobster_day_end_to_end(tmp_path, shared_data):
               - {{type: volume, threshold: 5000}}
         """)
     md = get_metadata_manager(root).load_all()
-    ingest = ingest_runner.run(md, "lobster", start_date=DAY, end_date=DAY)
+    ingest = ingest_runner.run(md, window(md, DAY, DAY), feed="lobster")
     assert ingest.rows_written["raw_lobster_trades"] == 11_419
-    transform_runner.run(md, DAY, DAY)
-    result = state_runner.run_production(md, DAY, DAY)
+    transform_runner.run(md, window(md, DAY, DAY))
+    result = state_runner.run(md, window(md, DAY, DAY))
     assert result.trades == 11_419 and result.shards == 1
 
     lake = project_lake(md)
@@ -64,7 +64,7 @@ def test_lobster_day_end_to_end(tmp_path, shared_data):
     yaml_path = root / "project_metadata" / "project.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("depth: 1}", "depth: 1, source: messages}"))
     md = get_metadata_manager(root).load_all()
-    rebuilt = state_runner.run_production(md, DAY, DAY, write_mode="overwrite")
+    rebuilt = state_runner.run(md, window(md, DAY, DAY, write_mode="overwrite"))
     assert rebuilt.tables["cdm_lob_l2"].rows_written == book.height
     from_messages = lake.read("cdm_lob_l2")
     same = ["ts", "bid_price_1", "bid_size_1", "ask_price_1", "ask_size_1", "mid", "microprice", "spread"]

@@ -89,19 +89,20 @@ def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
     assert set(ingest.materializations) == {"raw_sample"}
     trades_written = ingest.materializations["raw_sample"].metadata["rows_written/raw_sample_trades"]
     assert 2 * 3000 < trades_written < 2 * 8000  # ~5000 simulated trades a day
-    dbt = runner.run(stage="dbt", **window)
+    dbt = runner.run(stage="transform", **window)
     assert dbt.success, dbt.error
     assert {"cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= set(dbt.materializations)
     everything = runner.run(stage="all", write_mode="overwrite", **window)
     assert everything.success, everything.error
-    assert [job for job, _ in everything.runs] == ["quantflow_ingest", "quantflow_dbt", "state_engine"]
+    assert [job for job, _ in everything.runs] == ["quantflow_ingest", "quantflow_transform", "quantflow_state_engine"]
     assert {"raw_sample", "cdm_trades", "cdm_trade_enriched", "cdm_time_1m_bars"} <= set(everything.materializations)
-    assert "OK: stage all" in everything.summary() and "state engine: 2 shards" in everything.summary()
-    # the state engine ran outside Dagster, yet its materializations are on the instance (UI lineage, staleness)
+    assert "OK: stage all" in everything.summary() and "state_engine_full: 2 shards" in everything.summary()
+    # the state engine ran as its Dagster job: its materializations are on the instance (UI lineage, staleness)
     event = runner.instance().get_latest_materialization_event(dg.AssetKey("cdm_time_1m_bars"))
-    assert event is not None and event.asset_materialization.metadata["recorded_by"].value == "BatchPipelineRunner"
+    assert event is not None and event.run_id == everything.runs[-1][1]
     se = runner.run(stage="state_engine", **window)
     assert se.success and se.materializations["cdm_trade_enriched"].metadata["shards_skipped"] == 2
+    assert se.results["state_engine_full"].shards_skipped == 2  # the result object the summary reads
     lake = project_lake(get_metadata_manager(project).load_all())
     cdm = lake.read("cdm_trades", ["CCC"])
     assert cdm.height > 0 and cdm["ts"].dtype == pl.Datetime("ns", "UTC")

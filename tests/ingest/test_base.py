@@ -10,7 +10,7 @@ import pytest
 
 from quantflow.ingest.feeds import FEED_CLASSES, FeedBatch, FeedError, build_feed, feed_class
 from quantflow.ingest.feeds.base import Feed, bad_rows_frame, weekdays
-from quantflow.metadata.schema import FEED_KINDS, CsvFeed
+from quantflow.metadata.schema import FEED_KINDS, CsvFeedConfig
 from quantflow.storage.tables import BAD_ROWS_SCHEMA, BARS_DAILY_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
 
 
@@ -24,7 +24,7 @@ def test_every_metadata_feed_kind_has_a_feed_class():
 
 
 def test_build_feed_from_metadata_config(tmp_path):
-    cfg = CsvFeed(name="daily", kind="csv", params={"path": "data"})
+    cfg = CsvFeedConfig(name="daily", kind="csv", params={"path": "data"})
     feed = build_feed(cfg, tmp_path)
     assert feed.name == "daily" and feed.kinds == ("bars_daily",)
     assert feed.resolve_path("data") == tmp_path / "data"

@@ -10,10 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from quantflow.compute.order_book import LEVEL_SET
 from quantflow.ingest.feeds.base import FeedError, build_feed
 from quantflow.ingest.feeds.lobster import LobsterFeed
-from quantflow.metadata.schema import LobsterFeed as LobsterFeedConfig
-from quantflow.state_engine.book import LEVEL_SET, book_per_message
+from quantflow.metadata.schema import LobsterFeedConfig
+from quantflow.state_engine.book import book_per_message
 from quantflow.storage.tables import MESSAGES_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
 
 DAY = dt.date(2012, 6, 21)

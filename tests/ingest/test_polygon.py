@@ -11,7 +11,7 @@ import pytest
 
 from quantflow.ingest.feeds.base import FeedError, build_feed
 from quantflow.ingest.feeds.polygon import PolygonFeed
-from quantflow.metadata.schema import PolygonFeed as PolygonFeedConfig
+from quantflow.metadata.schema import PolygonFeedConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KEY_ENV = "QF_TEST_POLYGON_KEY"

@@ -6,7 +6,8 @@ import datetime as dt
 import textwrap
 
 from quantflow.ingest import runner as ingest_runner
-from tests.conftest import write_project
+from quantflow.metadata import get_metadata_manager
+from tests.conftest import window, write_project
 
 
 def test_runner_writes_what_the_feeds_yield(tmp_path):
@@ -29,9 +30,11 @@ def test_runner_writes_what_the_feeds_yield(tmp_path):
               - {name: daily, kind: csv, params: {path: csv}}
         """),
     )
-    sim = ingest_runner.run(root, "sim", "skip_if_exists", dt.date(2024, 1, 2), dt.date(2024, 1, 4))
+    md = get_metadata_manager(root).load_all()
+    days = window(md, dt.date(2024, 1, 2), dt.date(2024, 1, 4))
+    sim = ingest_runner.run(md, days, feed="sim")
     assert set(sim.rows_written) == {"raw_sim_trades", "raw_sim_quotes", "raw_sim_bars_daily"}
     assert sim.rows_written["raw_sim_bars_daily"] == 3 and sim.bad_rows == 0
-    daily = ingest_runner.run(root, "daily", "skip_if_exists", dt.date(2024, 1, 2), dt.date(2024, 1, 4))
+    daily = ingest_runner.run(md, days, feed="daily")
     assert daily.rows_written == {"raw_daily_bars_daily": 2}
     assert daily.bad_rows == 1 and daily.bad_rows_by_symbol == {"AAA": 1}

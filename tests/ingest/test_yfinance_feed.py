@@ -21,7 +21,7 @@ import yfinance as yf
 
 from quantflow.ingest.feeds.base import FeedError, build_feed
 from quantflow.ingest.feeds.yfinance_feed import YFinanceFeed
-from quantflow.metadata.schema import YFinanceFeed as YFinanceFeedConfig
+from quantflow.metadata.schema import YFinanceFeedConfig
 
 CHART = json.loads((Path(__file__).parent / "fixtures" / "yahoo_chart_AAPL.json").read_text())
 DOWN_PAGE = "<html><body>Will be right back...</body></html>"

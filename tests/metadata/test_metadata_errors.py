@@ -130,7 +130,7 @@ def test_local_yaml_reads_secrets_from_environment(tmp_path, monkeypatch):
         """, project_yaml="project:\n  name: p\n  symbols: [AAA]\n")
     monkeypatch.setenv("QF_TEST_PG_PASSWORD", "s3cret")
     md = get_metadata_manager(root).load_all()
-    assert md.local.postgres.password == "s3cret"
+    assert md.local.postgres.password.get_secret_value() == "s3cret"
     assert md.local.postgres.user == "analyst"
     monkeypatch.delenv("QF_TEST_PG_PASSWORD")
     [issue] = _issues(root)

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from quantflow.compute import order_book as OB
 from quantflow.state_engine import book as B
 from tests.state_engine.helpers import random_stream
 from tests.state_engine.reference import reference_book
@@ -285,7 +286,7 @@ def merge_level_sets(mtype, size, price, direction, sets):
     for i in range(len(mtype)):
         rows.append((mtype[i], size[i], price[i], direction[i]))
         while k < len(idx) and idx[k] == i:
-            rows.append((B.LEVEL_SET, sz[k], px[k], side[k]))
+            rows.append((OB.LEVEL_SET, sz[k], px[k], side[k]))
             k += 1
         last[i] = len(rows) - 1
     assert k == len(idx)
@@ -306,7 +307,7 @@ def test_level_sets_rebuild_a_published_book(depth, keep):
     kept = kept[kept > 50]  # the file starts after the book has filled up
     m = tuple(np.ascontiguousarray(a[kept]) for a in truth)
     published = tuple(np.ascontiguousarray(a[kept]) for a in pub[:4])
-    sets = B.level_sets(*m, np.array([0, len(kept)], np.int64), *published)
+    sets = OB.level_sets(*m, np.array([0, len(kept)], np.int64), *published)
     assert len(sets[0]) > 0 and (np.diff(sets[0]) >= 0).all()
     *stream, last = merge_level_sets(*m, sets)
     res = B.book_per_message(*_ro(*stream), np.array([0, len(stream[0])], np.int64), depth)
@@ -320,7 +321,7 @@ def test_no_level_sets_when_the_messages_explain_the_book():
     truth = random_stream(rng, 3000)
     n = len(truth[0])
     pub = reference_book(*truth, np.array([0, n]), 2)
-    sets = B.level_sets(*truth, np.array([0, n], np.int64), *pub[:4])
+    sets = OB.level_sets(*truth, np.array([0, n], np.int64), *pub[:4])
     assert len(sets[0]) == 0
 
 
@@ -338,7 +339,7 @@ def test_level_set_window_semantics():
     msgs = [np.array([r[0][j] for r in rows], d) for j, d in enumerate((np.int8, float, float, np.int8))]
     bid = np.array([r[1] for r in rows], float)
     ask = np.array([r[2] for r in rows], float)
-    sets = B.level_sets(*msgs, np.array([0, len(rows)], np.int64), bid[:, ::2], bid[:, 1::2], ask[:, ::2],
+    sets = OB.level_sets(*msgs, np.array([0, len(rows)], np.int64), bid[:, ::2], bid[:, 1::2], ask[:, ::2],
                         ask[:, 1::2])
     got = list(zip(sets[0].tolist(), sets[1].tolist(), sets[2].tolist(), sets[3].tolist()))
     assert got == [
@@ -352,8 +353,8 @@ def test_level_set_window_semantics():
 
 
 def test_level_set_message_applies_an_absolute_size():
-    res = _run([(1, 10, 100, 1), (B.LEVEL_SET, 4, 100, 1), (B.LEVEL_SET, 7, 99, 1), (B.LEVEL_SET, 0, 100, 1),
-                (B.LEVEL_SET, 0, 98, 1)])
+    res = _run([(1, 10, 100, 1), (OB.LEVEL_SET, 4, 100, 1), (OB.LEVEL_SET, 7, 99, 1), (OB.LEVEL_SET, 0, 100, 1),
+                (OB.LEVEL_SET, 0, 98, 1)])
     np.testing.assert_array_equal(res[1][1], [4, np.nan, np.nan])
     np.testing.assert_array_equal(res[0][2], [100, 99, np.nan])
     np.testing.assert_array_equal(res[0][3], [99, np.nan, np.nan])

@@ -16,7 +16,7 @@ from quantflow.state_engine import CarryState, StateEngineSpec, process_shard, r
 from quantflow.state_engine.book import book_snapshots
 from quantflow.storage.project import project_lake
 from quantflow.storage.tables import spec_for_kind
-from tests.conftest import write_project
+from tests.conftest import window, write_project
 from tests.state_engine import reference as ref
 from tests.state_engine.helpers import assert_close, make_messages
 
@@ -120,7 +120,7 @@ def test_runner_builds_the_book_from_the_lake_messages(tmp_path, carry):
     md, lake, messages = make_lake(tmp_path / "p", carry)
     cfg = md.project.state_engine
     assert runner.input_tables(cfg, "cdm_lob_l2") == ["cdm_order_messages"]
-    result = runner.run_production(md, DAYS[0], DAYS[-1])
+    result = runner.run(md, window(md, DAYS[0], DAYS[-1]))
     assert result.shards == (2 if carry else 2 * 4) and not result.shards_failed
     got = lake.read("cdm_lob_l2").sort("symbol", "ts")
     want = ref.message_book_snapshots(messages, 1_000_000_000, DEPTH, ["symbol"] if carry else ["symbol", "date"])
@@ -128,7 +128,7 @@ def test_runner_builds_the_book_from_the_lake_messages(tmp_path, carry):
     assert got.filter(pl.col("date") == DAYS[-1]).height > 0  # a day of messages alone has its book
     enriched = lake.read("cdm_trade_enriched")
     assert enriched.height == lake.read("cdm_trades").height
-    again = runner.run_production(md, DAYS[0], DAYS[-1])
+    again = runner.run(md, window(md, DAYS[0], DAYS[-1]))
     assert again.shards_skipped == again.shards  # the message-only day is recognised as done too
 
 
@@ -136,6 +136,6 @@ def test_runner_reports_a_missing_message_table(tmp_path):
     md, lake, _ = make_lake(tmp_path / "p", False)
     lake.delete_days(spec_for_kind("cdm_order_messages", "messages"), "AAA", list(DAYS))
     lake.delete_days(spec_for_kind("cdm_order_messages", "messages"), "BBB", list(DAYS))
-    result = runner.run_production(md, DAYS[0], DAYS[2])
-    assert any(s.startswith("cdm_lob_l2 (lob.source is messages") for s in result.skipped_bars)
+    result = runner.run(md, window(md, DAYS[0], DAYS[2]))
+    assert result.skipped_tables["cdm_lob_l2"].startswith("lob.source is messages")
     assert result.tables["cdm_lob_l2"].rows_written == 0

@@ -17,7 +17,7 @@ from quantflow.state_engine import runner
 from quantflow.state_engine.engine import flush_state, process_shard
 from quantflow.storage.project import project_lake
 from quantflow.storage.tables import spec_for_kind
-from tests.conftest import write_project
+from tests.conftest import window, write_project
 
 START, END = dt.date(2024, 3, 4), dt.date(2024, 3, 15)  # two trading weeks
 
@@ -62,7 +62,7 @@ def project(tmp_path) -> Path:
 
 def test_outputs_match_the_pure_engine_on_the_whole_window(project):
     md = get_metadata_manager(project).load_all()
-    result = runner.run_production(md, START, END)
+    result = runner.run(md, window(md, START, END))
     tables = runner.output_tables(md.project.state_engine)
     assert tables == ["cdm_trade_enriched", "cdm_lob_l2", "cdm_time_5m_bars", "cdm_volume_20000_bars",
                       "cdm_dollar_20perday_bars", "cdm_tick_imbalance_30_bars", "cdm_time_1w_bars"]
@@ -86,10 +86,11 @@ def test_outputs_match_the_pure_engine_on_the_whole_window(project):
 def test_shard_granularity_does_not_change_results(project, tmp_path):
     md = get_metadata_manager(project).load_all()
     tables = runner.tick_tables(md.project.state_engine)
-    runner.run_production(md, START, END, shard_granularity="daily")
+    runner.run(md, window(md, START, END), shard_granularity="daily")
     daily = read_all(project, tables)
     other = make_project(tmp_path / "weekly")
-    res = runner.run_production(other, START, END, shard_granularity="weekly")
+    other_md = get_metadata_manager(other).load_all()
+    res = runner.run(other_md, window(other_md, START, END), shard_granularity="weekly")
     assert res.shards == 2 * 2
     weekly = read_all(other, tables)
     for table in tables:
@@ -99,7 +100,7 @@ def test_shard_granularity_does_not_change_results(project, tmp_path):
 def test_carry_state_run_equals_one_pass_over_the_concatenation(tmp_path):
     root = make_project(tmp_path / "carry", carry=True)
     md = get_metadata_manager(root).load_all()
-    res = runner.run_production(md, START, END)
+    res = runner.run(md, window(md, START, END))
     assert res.shards == 2  # one chain per symbol
     lake = project_lake(md)
     spec = runner.engine_spec(md.project.state_engine)
@@ -113,12 +114,12 @@ def test_carry_state_run_equals_one_pass_over_the_concatenation(tmp_path):
 
 def test_write_modes_are_honoured_per_shard(project):
     md = get_metadata_manager(project).load_all()
-    first = runner.run_production(md, START, END, symbols=["AAA"])
+    first = runner.run(md, window(md, START, END, ["AAA"]))
     assert first.shards == 10 and first.tables["cdm_trade_enriched"].rows_written == first.trades
-    again = runner.run_production(md, START, END, symbols=["AAA"])
+    again = runner.run(md, window(md, START, END, ["AAA"]))
     assert again.shards_skipped == 10 and again.trades == 0
     assert again.tables["cdm_trade_enriched"].rows_written == 0
-    redo = runner.run_production(md, START, START, symbols=["AAA"], write_mode="overwrite")
+    redo = runner.run(md, window(md, START, START, ["AAA"], "overwrite"))
     assert redo.shards == 1 and redo.shards_skipped == 0 and redo.tables["cdm_time_5m_bars"].days_written == 1
     lake = project_lake(md)
     assert lake.read("cdm_trade_enriched", ["AAA"]).height == first.trades  # replaced, not duplicated
@@ -130,7 +131,7 @@ def test_a_failed_shard_fails_alone_with_a_clear_error(project, caplog):
     bad = lake.partition_path("cdm_trades", "BBB", dt.date(2024, 3, 6))
     Path(bad).write_bytes(b"not parquet")
     with caplog.at_level(logging.WARNING), pytest.raises(runner.StateEngineError) as excinfo:
-        runner.run_production(md, START, END)
+        runner.run(md, window(md, START, END))
     assert "1 of 20 state-engine shards failed" in str(excinfo.value)
     assert "BBB 2024-03-06" in str(excinfo.value)
     result = excinfo.value.result
@@ -147,20 +148,20 @@ def test_daily_only_projects_skip_tick_bars_and_build_calendar_bars(tmp_path):
     bars = pl.DataFrame({"symbol": "AAA", "date": days, "open": 10.0, "high": 11.0, "low": 9.0,
                          "close": [10.0 + i for i in range(len(days))], "volume": 100.0})
     lake.write(spec_for_kind("cdm_bars_daily", "bars_daily"), bars)
-    messages = []
-    result = runner.run_production(md, START, END, progress=messages.append)
+    result = runner.run(md, window(md, START, END))
     assert result.shards == 0
-    assert any("no tick data" in m for m in messages)
-    assert {s.split(" ")[0] for s in result.skipped_bars} == set(runner.tick_tables(md.project.state_engine))
+    assert any("no cdm_trades in the window" in w for w in result.warnings)
+    assert set(result.skipped_tables) == set(runner.tick_tables(md.project.state_engine))
     weekly = lake.read("cdm_time_1w_bars").sort("date")
     assert weekly["close"].to_list() == [14.0, 19.0] and weekly["volume"].to_list() == [500.0, 500.0]
 
 
 def test_bad_arguments(project):
+    md = get_metadata_manager(project).load_all()
     with pytest.raises(ValueError, match="after end_date"):
-        runner.run_production(project, END, START)
+        runner.run(md, window(md, END, START))
     with pytest.raises(ValueError, match="write mode must be one of"):
-        runner.run_production(project, START, END, write_mode="merge")
+        runner.run(md, window(md, START, END, write_mode="merge"))
 
 
 @pytest.mark.slow
@@ -169,11 +170,12 @@ def test_ray_executor_gives_the_same_tables(project, tmp_path):
 
     md = get_metadata_manager(project).load_all()
     tables = runner.tick_tables(md.project.state_engine)
-    runner.run_production(md, START, END, executor="local")
+    runner.run(md, window(md, START, END), executor="local")
     local = read_all(project, tables)
     other = make_project(tmp_path / "ray")
     try:
-        res = runner.run_production(other, START, END, executor="ray", max_concurrency=2)
+        other_md = get_metadata_manager(other).load_all()
+        res = runner.run(other_md, window(other_md, START, END), executor="ray", max_concurrency=2)
     finally:
         ray.shutdown()
     assert res.executor == "ray" and res.shards == 20

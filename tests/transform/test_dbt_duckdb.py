@@ -14,7 +14,7 @@ from quantflow.storage.project import project_lake, warehouse_path
 from quantflow.storage.tables import spec_for_kind
 from quantflow.transform import runner
 from quantflow.transform.warehouse import prepare_raw_sources
-from tests.conftest import write_project
+from tests.conftest import window, write_project
 from tests.transform.raw_data import D1, D2, D3, at, make_project, raw_trades
 
 UTC_NS = pl.Datetime("ns", "UTC")
@@ -54,7 +54,7 @@ def check_cdm(lake, symbols=("AAA", "BBB")) -> None:
 
 def test_dbt_run_builds_clean_cdm_in_warehouse_and_lake(raw_project):
     md = raw_project
-    result = runner.run(md, D1, D3, batch_days=2)
+    result = runner.run(md, window(md, D1, D3), batch_days=2)
     assert result.batches == [(D1, D2), (D3, D3)]
     assert result.rows == {"cdm_bars_daily": 3, "cdm_trades": 9, "cdm_quotes": 3}
     assert result.rows_written == result.rows
@@ -76,7 +76,7 @@ def test_dbt_run_builds_clean_cdm_in_warehouse_and_lake(raw_project):
 
 def test_window_rerun_replaces_exactly_its_days_and_lake_obeys_write_mode(raw_project):
     md = raw_project
-    runner.run(md, D1, D3)
+    runner.run(md, window(md, D1, D3))
     lake = project_lake(md)
     # the feed corrects AAA's trades of D1 (now two trades) and BBB's of D1
     fixed = pl.DataFrame({"symbol": ["AAA", "AAA", "BBB"], "date": [D1] * 3,
@@ -85,7 +85,7 @@ def test_window_rerun_replaces_exactly_its_days_and_lake_obeys_write_mode(raw_pr
     lake.write(spec_for_kind("raw_sample_trades", "trades"), fixed, "overwrite")
 
     # only AAA, only D1, default write mode: the warehouse changes for (AAA, D1) only, the lake keeps its day
-    again = runner.run(md, D1, D1, symbols=["AAA"])
+    again = runner.run(md, window(md, D1, D1, ["AAA"]))
     assert again.rows["cdm_trades"] == 2
     assert again.tables["cdm_trades"].days_skipped == 1 and again.tables["cdm_trades"].rows_written == 0
     got = _warehouse(md, "SELECT symbol, date, count(*), sum(price) FROM cdm.cdm_trades GROUP BY 1, 2 ORDER BY 1, 2")
@@ -94,24 +94,24 @@ def test_window_rerun_replaces_exactly_its_days_and_lake_obeys_write_mode(raw_pr
     assert lake.read("cdm_trades", ["AAA"], D1, D1)["price"].to_list() == [10.0, 10.1, 10.2]
 
     # overwrite replaces the stored day in the lake
-    over = runner.run(md, D1, D1, symbols=["AAA"], write_mode="overwrite")
+    over = runner.run(md, window(md, D1, D1, ["AAA"], "overwrite"))
     assert over.tables["cdm_trades"].rows_written == 2 and over.tables["cdm_trades"].days_written == 1
     assert lake.read("cdm_trades", ["AAA"], D1, D1)["price"].to_list() == [9.5, 9.6]
     assert lake.read("cdm_trades", ["AAA"], D2, D2).height == 2  # other days untouched
     # append adds the rows again
-    appended = runner.run(md, D1, D1, symbols=["AAA"], write_mode="append")
+    appended = runner.run(md, window(md, D1, D1, ["AAA"], "append"))
     assert appended.tables["cdm_trades"].rows_written == 2
     assert lake.read("cdm_trades", ["AAA"], D1, D1).height == 4
 
     # a day whose raw rows are gone disappears from the warehouse when its window is rebuilt
     Path(lake.partition_path("raw_sample_trades", "BBB", D3)).unlink()
-    runner.run(md, D2, D3)
+    runner.run(md, window(md, D2, D3))
     assert _warehouse(md, "SELECT count(*) FROM cdm.cdm_trades WHERE symbol = 'BBB' AND date = DATE '2024-01-04'") \
         == [(0,)]
     assert _warehouse(md, "SELECT count(*) FROM cdm.cdm_trades") == [(2 + 2 + 3,)]
     # ... and from the lake when the window is rebuilt in overwrite mode (the default mode keeps it)
     assert lake.read("cdm_trades", ["BBB"], D3, D3).height == 1
-    rebuilt = runner.run(md, D2, D3, write_mode="overwrite")
+    rebuilt = runner.run(md, window(md, D2, D3, None, "overwrite"))
     assert rebuilt.tables["cdm_trades"].days_deleted == 1
     assert lake.read("cdm_trades", ["BBB"], D3, D3).height == 0
     assert lake.read("cdm_trades", ["AAA"], D2, D2).height == 2
@@ -138,7 +138,7 @@ def test_missing_raw_tables_become_empty_sources(tmp_path):
     md = make_project(tmp_path / "empty")
     lake = project_lake(md)
     lake.write(spec_for_kind("raw_sample_trades", "trades"), raw_trades(), "overwrite")
-    result = runner.run(md, D1, D3)
+    result = runner.run(md, window(md, D1, D3))
     assert result.rows == {"cdm_bars_daily": 0, "cdm_trades": 9, "cdm_quotes": 0}
 
 
@@ -149,14 +149,14 @@ def test_dbt_tests_fail_on_bad_data_only_when_tests_run(raw_project):
     shifted = pl.DataFrame({"symbol": ["BBB"], "date": [D2], "ts": [at(D2, 0) + dt.timedelta(days=3)],
                             "trade_id": [0], "price": [20.0], "size": [1.0]})
     lake.write(spec_for_kind("raw_sample_trades", "trades"), shifted, "overwrite")
-    ok = runner.run(md, D1, D3, skip_test=True)
+    ok = runner.run(md, window(md, D1, D3), skip_test=True)
     assert ok.rows["cdm_trades"] == 10 and ok.tests == {}
     with pytest.raises(runner.DbtRunError, match="cdm_trades_ts_near_date") as failed:
-        runner.run(md, D1, D3, skip_test=False, write_mode="overwrite")
+        runner.run(md, window(md, D1, D3, None, "overwrite"), skip_test=False)
     assert any("cdm_trades_ts_near_date" in f and "fail" in f for f in failed.value.failures)
     assert not any("cdm_quotes" in f for f in failed.value.failures)  # only the broken test fails
     with pytest.raises(ValueError, match="after end_date"):
-        runner.run(md, D3, D1)
+        runner.run(md, window(md, D3, D1))
 
 
 def test_two_feeds_one_feed_per_symbol_day_in_metadata_order(tmp_path):
@@ -177,7 +177,7 @@ def test_two_feeds_one_feed_per_symbol_day_in_metadata_order(tmp_path):
                pl.DataFrame({**bars, "date": [D1, D2], "close": [10.5, 10.6]}))
     lake.write(spec_for_kind("raw_eod_bars_daily", "bars_daily"),
                pl.DataFrame({**bars, "date": [D2, D3], "close": [10.7, 10.8]}))
-    result = runner.run(md, D1, D3)
+    result = runner.run(md, window(md, D1, D3))
     assert result.rows == {"cdm_bars_daily": 3, "cdm_trades": 0, "cdm_quotes": 0}
     got = _warehouse(md, "SELECT date, close, feed FROM cdm.cdm_bars_daily ORDER BY date")
     assert got == [(D1, 10.5, "ticks"), (D2, 10.6, "ticks"), (D3, 10.8, "eod")]

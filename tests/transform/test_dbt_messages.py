@@ -12,7 +12,7 @@ from quantflow.metadata import get_metadata_manager
 from quantflow.storage.project import project_lake
 from quantflow.storage.tables import spec_for_kind
 from quantflow.transform import runner
-from tests.conftest import write_project
+from tests.conftest import window, write_project
 from tests.transform.raw_data import D1, D2, at
 
 PROJECT = """\
@@ -50,7 +50,7 @@ def run_model(root, engine: str, local_yaml: str | None = None) -> pl.DataFrame:
     md = get_metadata_manager(root).load_all()
     lake = project_lake(md)
     lake.write(spec_for_kind("raw_book_messages", "messages"), raw_messages())
-    result = runner.run(md, D1, D2, skip_test=False)
+    result = runner.run(md, window(md, D1, D2), skip_test=False)
     assert result.tests and set(result.tests.values()) == {"pass"}, result.tests
     assert any("cdm_order_messages" in t for t in result.tests)
     assert result.rows["cdm_order_messages"] == 5

@@ -8,6 +8,7 @@ import pytest
 from quantflow.storage.project import project_lake
 from quantflow.storage.tables import spec_for_kind
 from quantflow.transform import runner
+from tests.conftest import window
 from tests.transform.raw_data import D1, D2, D3, at, fill_lake, make_project
 from tests.transform.test_dbt_duckdb import check_cdm
 
@@ -20,7 +21,7 @@ def test_dbt_on_postgres_builds_the_cdm_and_replaces_windows(tmp_path, postgres_
     md = make_project(tmp_path / "pg", engine="postgres",
                       local_yaml=server.local_yaml(schema="cdm_test", raw_schema="raw_test", dbname="qf_cdm"))
     fill_lake(md)
-    result = runner.run(md, D1, D3, batch_days=2, skip_test=False)
+    result = runner.run(md, window(md, D1, D3), batch_days=2, skip_test=False)
     assert result.rows == {"cdm_bars_daily": 3, "cdm_trades": 9, "cdm_quotes": 3}
     assert result.warehouse == f"postgresql://127.0.0.1:{server.port}/qf_cdm/cdm_test"
     assert result.tests and set(result.tests.values()) == {"pass"}
@@ -40,7 +41,7 @@ def test_dbt_on_postgres_builds_the_cdm_and_replaces_windows(tmp_path, postgres_
         fixed = pl.DataFrame({"symbol": ["AAA"], "date": [D1], "ts": [at(D1, 0)], "trade_id": [0],
                               "price": [9.5], "size": [1.0]})
         project_lake(md).write(spec_for_kind("raw_sample_trades", "trades"), fixed, "overwrite")
-        again = runner.run(md, D1, D1, symbols=["AAA"], write_mode="overwrite")
+        again = runner.run(md, window(md, D1, D1, ["AAA"], "overwrite"))
         assert again.rows["cdm_trades"] == 1
         with con.cursor() as cur:
             cur.execute("SELECT symbol, date, count(*) FROM cdm_test.cdm_trades GROUP BY 1, 2 ORDER BY 1, 2")

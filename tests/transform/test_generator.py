@@ -9,7 +9,7 @@ import yaml
 
 from quantflow.metadata import get_metadata_manager
 from quantflow.transform.generator import DBTProjectGenerator, is_generated
-from quantflow.transform.sources import cdm_tables, feed_kinds
+from quantflow.transform.sources import cdm_tables
 from tests.conftest import REPO_ROOT, write_project
 
 TWO_FEEDS = """\
@@ -44,7 +44,7 @@ def test_feed_kinds_per_feed_type(tmp_path):
               - {name: yahoo, kind: yfinance}
               - {name: poly, kind: polygon, params: {data: quotes}}
         """)
-    kinds = {f.name: feed_kinds(f) for f in md.project.ingest.feeds}
+    kinds = {f.name: f.raw_kinds() for f in md.project.ingest.feeds}
     assert kinds == {"syn": ("trades", "quotes", "bars_daily"), "syn_ticks": ("trades", "quotes"),
                      "files": ("bars_daily",), "book": ("trades", "quotes", "messages"),
                      "top": ("trades", "quotes"), "yahoo": ("bars_daily",),
@@ -81,7 +81,9 @@ def test_fresh_project_has_sources_and_models_for_enabled_feeds(tmp_path):
     profiles = yaml.safe_load((dbt_dir / "profiles.yml").read_text())["quantflow"]["outputs"]
     assert set(profiles) == {"duckdb", "postgres"}
     for setting in ("host", "port", "user", "password", "dbname", "schema"):
-        assert "env_var('QF_PG_" in profiles["postgres"][setting], setting  # no secret in a committed file
+        assert "env_var('" in profiles["postgres"][setting] and "QF_PG_" in profiles["postgres"][setting], setting
+    # no secret in a committed file; dbt scrubs the password variable (DBT_ENV_SECRET_*) from its logs
+    assert "env_var('DBT_ENV_SECRET_QF_PG_PASSWORD'" in profiles["postgres"]["password"]
     assert "env_var('QF_WAREHOUSE_PATH'" in profiles["duckdb"]["path"]
     # a second run finds nothing to do
     gen = DBTProjectGenerator(md)

@@ -30,10 +30,11 @@ from typing import Any, ClassVar
 import polars as pl
 from pydantic import BaseModel, ValidationError
 
+from quantflow.compute.stage import StageError
 from quantflow.storage.tables import BAD_ROWS_SCHEMA, RAW_KINDS, conform
 
 
-class FeedError(Exception):
+class FeedError(StageError):
     """A feed cannot produce correct data; the message names feed, symbol, file and line where known."""
 
     def __init__(
@@ -136,6 +137,11 @@ class Feed(abc.ABC):
     def iter_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> Iterator[FeedBatch]:
         """Batches covering ``symbols`` over ``[start, end]`` (inclusive), bounded in size."""
 
+    def expected_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> int | None:
+        """How many batches ``iter_batches`` will yield, for progress bars: one per symbol by default (the
+        daily feeds); per symbol-day feeds override it; None when it cannot be known up front."""
+        return len(symbols)
+
     # ------------------------------------------------------------------ helpers for subclasses
     def resolve_path(self, path: str | Path) -> Path:
         p = Path(path).expanduser()
@@ -191,11 +197,6 @@ def feed_class(kind: str) -> type[Feed]:
         raise FeedError(f"unknown feed kind {kind!r}; known kinds: {', '.join(FEED_CLASSES)}")
     module, _, cls = FEED_CLASSES[kind].partition(":")
     return getattr(importlib.import_module(module), cls)
-
-
-def feed_kinds(feed_config: Any) -> tuple[str, ...]:
-    """The raw tables (``raw_<feed>_<kind>``) a metadata ``FeedConfig`` produces, without building the feed."""
-    return feed_config.params.raw_kinds()
 
 
 def build_feed(feed_config: Any, project_dir: str | Path, **options: Any) -> Feed:

@@ -33,7 +33,7 @@ Mapping (see ``LOBSTER_SampleFiles_ReadMe.txt``):
   the first message. After each message the feed therefore compares the book the messages rebuild with
   the published one (all N levels of the order-book file) and writes the differences as level-set
   messages (type 9, after the message whose book they restore, no ``order_id``; see
-  ``quantflow.state_engine.book.level_sets``): messages plus level sets rebuild the order-book file's
+  ``quantflow.compute.order_book.level_sets``): messages plus level sets rebuild the order-book file's
   levels exactly, at every message.
 """
 
@@ -49,9 +49,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import polars as pl
 
+from quantflow.compute.order_book import LEVEL_SET, level_sets
 from quantflow.ingest.feeds.base import Feed, FeedBatch
 from quantflow.metadata.schema import LobsterFeedParams
-from quantflow.state_engine.book import LEVEL_SET, level_sets
 from quantflow.storage.tables import UTC_NS
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,11 @@ class LobsterFeed(Feed):
                 names = ", ".join(sorted(p.name for p in paths))
                 raise self.error(f"several message files for {day}: {names}; keep one per day", symbol=symbol)
         return sorted((day, paths[0]) for day, paths in found.items())
+
+    def expected_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> int | None:
+        if not self.folder.is_dir():
+            return None
+        return sum(len(self.message_files(s, start, end)) for s in symbols)
 
     def iter_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> Iterator[FeedBatch]:
         symbols = self.check_range(symbols, start, end)

@@ -88,6 +88,10 @@ class PolygonFeed(Feed):
             )
         return key
 
+    def expected_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> int:
+        per_symbol = 1 if self.params.data == "bars_daily" else len(weekdays(start, end))
+        return len(symbols) * per_symbol
+
     def iter_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> Iterator[FeedBatch]:
         symbols = self.check_range(symbols, start, end)
         key = self.api_key()

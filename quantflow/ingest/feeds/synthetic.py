@@ -316,6 +316,9 @@ class SyntheticFeed(Feed):
         except ValueError as exc:
             raise self.error(f"{day}: {exc}", symbol=symbol) from exc
 
+    def expected_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> int:
+        return len(symbols) * len(weekdays(start, end))
+
     def iter_batches(self, symbols: list[str], start: dt.date, end: dt.date) -> Iterator[FeedBatch]:
         symbols = self.check_range(symbols, start, end)
         days = weekdays(start, end)

@@ -4,6 +4,7 @@
 reaches instances created after this module loads (the batch runner, ``qf run``). ``dagster dev`` and
 ``dagster job execute`` create their instance before loading code, so they need ``DAGSTER_HOME`` in the
 environment (the Makefile sets it) to keep runs with the project instead of in a throwaway temp dir.
+Loading the project also marks failed the runs whose process was killed (``instance.fail_abandoned_runs``).
 """
 
 from __future__ import annotations
@@ -13,21 +14,13 @@ from pathlib import Path
 
 from quantflow.metadata import get_metadata_manager
 from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
+from quantflow.pipeline.instance import ensure_dagster_home, fail_abandoned_runs, project_instance
 
 
 def project_dir() -> Path:
     return Path(os.environ.get("QF_PROJECT_DIR") or os.getcwd()).resolve()
 
 
-def ensure_dagster_home(root: Path) -> Path:
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(root / ".temp")))
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():  # an explicit (default: SQLite under DAGSTER_HOME) instance, and no warning
-        config.write_text("# Dagster instance of this project: defaults (SQLite storage under this folder).\n"
-                          "# For production settings see docker/dagster.yaml.\n")
-    return home
-
-
 ensure_dagster_home(project_dir())
 defs = build_defs_from_metadata(get_metadata_manager(project_dir()).load_all())
+fail_abandoned_runs(project_instance(project_dir()))

@@ -1,48 +1,28 @@
 """Group ``state_engine``: the multi-asset ``state_engine_full``, one output per state-engine table.
 
-The asset is a thin adapter over ``quantflow.state_engine.runner.run_production``: shards go to Ray (or
-the local executor) and Dagster's process only coordinates. ``BatchPipelineRunner`` calls the runner
-directly and records the same materializations with ``record_state_engine_materializations``.
+A thin adapter over ``quantflow.state_engine.runner.run``: shards go to Ray (or the local executor) and
+Dagster's process only coordinates. ``BatchPipelineRunner`` runs this same asset (job
+``quantflow_state_engine``).
 """
+
 
 import dagster as dg
 
 from quantflow.metadata.manager import ProjectMetadata
-from quantflow.pipeline.config import PipelineConfig, resolve
-from quantflow.pipeline.dagster.metadata import frame_preview
+from quantflow.pipeline.config import StateEngineRunConfig
+from quantflow.pipeline.dagster.metadata import stage_metadata
+from quantflow.pipeline.dagster.reporting import REPORTER_KEY, call_stage
 from quantflow.state_engine import runner as state_runner
 
 GROUP = "state_engine"
+ASSET = "state_engine_full"
 
 
-def materialization_metadata(result: state_runner.StateEngineResult, table: str) -> dict:
-    written = result.tables.get(table)
-    meta: dict = {
-        "start_date": result.start_date.isoformat(),
-        "end_date": result.end_date.isoformat(),
-        "symbols": ", ".join(result.symbols),
-        "executor": result.executor,
-        "shards": dg.MetadataValue.int(result.shards),
-        "shards_skipped": dg.MetadataValue.int(result.shards_skipped),
-        "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
-        "trades": dg.MetadataValue.int(result.trades),
-        "trades_per_second": dg.MetadataValue.float(round(result.trades_per_second, 1)),
-    }
-    if written is not None:
-        meta[f"rows_written/{table}"] = dg.MetadataValue.int(written.rows_written)
-        meta[f"days_written/{table}"] = dg.MetadataValue.int(written.days_written)
-        meta[f"days_skipped/{table}"] = dg.MetadataValue.int(written.days_skipped)
-    if table in result.table_urls:
-        meta[f"location/{table}"] = dg.MetadataValue.path(result.table_urls[table])
-    if table in result.preview:
-        meta[f"preview/{table}"] = frame_preview(result.preview[table])
-    return meta
-
-
-def build_state_engine_assets(md: ProjectMetadata) -> list:
+def build_state_engine_assets(md: ProjectMetadata) -> list[dg.AssetsDefinition]:
     cfg = md.project.state_engine
     if cfg is None:
         return []
+    tables = state_runner.output_tables(cfg)
     specs = [
         dg.AssetSpec(
             table,
@@ -52,22 +32,19 @@ def build_state_engine_assets(md: ProjectMetadata) -> list:
             skippable=True,
             description=f"State engine output `{table}` (lake table, partitioned by symbol and date).",
         )
-        for table in state_runner.output_tables(cfg)
+        for table in tables
     ]
 
-    @dg.multi_asset(name="state_engine_full", specs=specs, can_subset=False,
+    @dg.multi_asset(name=ASSET, specs=specs, can_subset=False, required_resource_keys={REPORTER_KEY},
                     description="One Numba pass per (symbol, time shard) over CDM trades, quotes and order "
                                 "messages, on Ray.")
-    def state_engine_full(context: dg.AssetExecutionContext, config: PipelineConfig):
-        window = resolve(config, md.symbols)
-        result = state_runner.run_production(
-            md, window.start_date, window.end_date, window.symbols, window.write_mode, window.max_concurrency,
-            window.shard_granularity, progress=context.log.info,
-        )
-        for table in state_runner.output_tables(cfg):
+    def state_engine_full(context: dg.AssetExecutionContext, config: StateEngineRunConfig):
+        window = config.window(md.symbols)
+        result = call_stage(context, md, ASSET, lambda progress: state_runner.run(
+            md, window, max_concurrency=config.max_concurrency, shard_granularity=config.shard_granularity,
+            progress=progress))
+        for table in tables:
             if table in result.tables:
-                yield dg.MaterializeResult(asset_key=table, metadata=materialization_metadata(result, table))
-        for skipped in result.skipped_bars:
-            context.log.warning(f"skipped {skipped}")
+                yield dg.MaterializeResult(asset_key=table, metadata=stage_metadata(result, [table]))
 
     return [state_engine_full]

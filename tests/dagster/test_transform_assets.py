@@ -1,4 +1,4 @@
-"""dagster-dbt assets of the dbt stage: one asset per model, lineage from the ingest assets, materialization."""
+"""dagster-dbt assets of the transform (dbt) stage: one asset per model, lineage from the ingest assets, materialization."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import polars as pl
 import pytest
 
 from quantflow.metadata import get_metadata_manager
-from quantflow.pipeline.dagster.assets.dbt import (
+from quantflow.pipeline.dagster.assets.transform import (
     QuantflowDbtTranslator,
-    build_dbt_assets,
     build_dbt_resource,
+    build_transform_assets,
 )
+from quantflow.pipeline.dagster.reporting import REPORTER_KEY, reporter_resource
 from quantflow.storage.project import project_lake
 from quantflow.storage.tables import spec_for_kind
 from tests.conftest import write_project
@@ -35,12 +36,12 @@ def test_sample_metadata_from_a_fresh_copy_gives_one_asset_per_model(sample_proj
     md = get_metadata_manager(sample_project_copy).load_all()
     manifest = sample_project_copy / "dbt_project" / "target" / "manifest.json"
     assert not manifest.exists()  # a fresh copy: no dbt artifacts
-    [assets] = build_dbt_assets(md)
+    [assets] = build_transform_assets(md)
     assert manifest.exists()  # parsed once at load, outside `dagster dev`
     keys = {k.to_user_string() for k in assets.keys}
     assert keys == CDM
     for key in assets.keys:
-        assert assets.group_names_by_key[key] == "dbt"
+        assert assets.group_names_by_key[key] == "transform"
         assert {d.to_user_string() for d in assets.asset_deps[key]} == {"raw_sample"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in assets.check_keys}
     assert ("cdm_trades", "cdm_trades_unique_symbol_date_trade_id") in checks
@@ -49,7 +50,7 @@ def test_sample_metadata_from_a_fresh_copy_gives_one_asset_per_model(sample_proj
     assert isinstance(build_dbt_resource(md), dg.ConfigurableResource)
     # a second build reuses the cached DbtProject and the manifest
     stamp = manifest.stat().st_mtime_ns
-    build_dbt_assets(md)
+    build_transform_assets(md)
     assert manifest.stat().st_mtime_ns == stamp
 
 
@@ -62,7 +63,7 @@ def test_translator_maps_raw_tables_to_their_feed_asset():
     assert translator.get_asset_key(tagged) == dg.AssetKey("raw_ticks")
     model = {"resource_type": "model", "name": "cdm_trades"}
     assert translator.get_asset_key(model) == dg.AssetKey("cdm_trades")
-    assert translator.get_group_name(model) == "dbt"
+    assert translator.get_group_name(model) == "transform"
 
 
 def test_no_enabled_feed_gives_external_cdm_specs(tmp_path):
@@ -75,10 +76,10 @@ def test_no_enabled_feed_gives_external_cdm_specs(tmp_path):
               - {name: sample, kind: synthetic, enabled: false}
         """)
     md = get_metadata_manager(tmp_path).load_all()
-    specs = build_dbt_assets(md)
+    specs = build_transform_assets(md)
     assert all(isinstance(s, dg.AssetSpec) for s in specs)
     assert {s.key.to_user_string() for s in specs} == CDM | {"cdm_order_messages"}
-    assert {s.group_name for s in specs} == {"dbt"}
+    assert {s.group_name for s in specs} == {"transform"}
     assert not (tmp_path / "dbt_project").exists()
     assert isinstance(build_dbt_resource(md), dg.ResourceDefinition)
 
@@ -86,8 +87,8 @@ def test_no_enabled_feed_gives_external_cdm_specs(tmp_path):
 def test_materialize_dbt_assets_over_a_filled_lake(tmp_path):
     md = make_project(tmp_path / "proj")
     fill_lake(md)
-    [assets] = build_dbt_assets(md)
-    resources = {"dbt": build_dbt_resource(md)}
+    [assets] = build_transform_assets(md)
+    resources = {"dbt": build_dbt_resource(md), REPORTER_KEY: reporter_resource()}
     cfg = {"start_date": D1.isoformat(), "end_date": D3.isoformat(), "skip_test": False}
     result = dg.materialize([assets], resources=resources, run_config={"ops": {"dbt_cdm": {"config": cfg}}})
     assert result.success

@@ -1,0 +1,69 @@
+"""``project.yaml``: the project (name, symbols), where its data lives, and one section per stage."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from quantflow.metadata.schema.base import NAME_RE, SYMBOL_RE, MetadataModel
+from quantflow.metadata.schema.ingest import IngestConfig
+from quantflow.metadata.schema.state_engine import StateEngineConfig
+
+
+class DataProcessingConfig(MetadataModel):
+    historical_data_engine: Literal["duckdb", "postgres"] = "duckdb"
+
+
+class StorageConfig(MetadataModel):
+    """Roots of the lake (Parquet tables) and the blob store (artifacts); local folders or ``s3://``."""
+
+    lake_root: str = ".quantflow/lake"
+    blob_root: str = ".quantflow/artifacts"
+    warehouse_path: str = ".quantflow/warehouse.duckdb"
+
+
+class ProjectConfig(MetadataModel):
+    name: str = Field(pattern=NAME_RE)
+    description: str = ""
+    symbols: list[str] = Field(min_length=1)
+    ingest: IngestConfig = IngestConfig()
+    data_processing: DataProcessingConfig = DataProcessingConfig()
+    storage: StorageConfig = StorageConfig()
+    state_engine: StateEngineConfig | None = None
+
+    def consistency_issues(self) -> list[tuple[tuple, str]]:
+        """Problems that span sections (field path, message); each section is valid on its own."""
+        issues: list[tuple[tuple, str]] = []
+        se = self.state_engine
+        if se is not None and se.lob.interval is not None and se.lob.source == "messages":
+            lob = ("project", "state_engine", "lob")
+            producers = [f for f in self.ingest.enabled_feeds if "messages" in f.raw_kinds()]
+            if not producers:
+                issues.append((lob + ("source",), "the book is rebuilt from order messages, but no enabled feed "
+                               "produces them (a lobster feed with order_messages: true does); use source: quotes"))
+            for feed in producers:
+                level = feed.params.level if feed.kind == "lobster" else None
+                if level is not None and se.lob.depth > level:
+                    issues.append((lob + ("depth",), f"depth {se.lob.depth} is deeper than the level-{level} files "
+                                   f"of feed {feed.name!r}: the levels behind {level} are not in its messages; "
+                                   f"use depth <= {level}"))
+        return issues
+
+    @field_validator("symbols")
+    @classmethod
+    def _valid_symbols(cls, symbols: list[str]) -> list[str]:
+        bad = [s for s in symbols if not SYMBOL_RE.match(s)]
+        if bad:
+            raise ValueError(
+                f"symbols must be upper-case tickers (A-Z, 0-9, '.', '-', '_'); invalid: {', '.join(map(repr, bad))}"
+            )
+        if len(set(symbols)) != len(symbols):
+            raise ValueError("symbols must be unique")
+        return symbols
+
+
+class ProjectFile(MetadataModel):
+    """``project.yaml``: the committed description of the research project."""
+
+    project: ProjectConfig

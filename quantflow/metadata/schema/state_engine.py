@@ -1,0 +1,104 @@
+"""The ``project.state_engine`` section: bar types, order-book snapshots, execution."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel
+
+BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance")
+CALENDAR_EVERY = ("1w", "1mo", "1q", "1y")  # time bars built from daily bars, not from ticks
+
+
+def _compact(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}".replace(".", "p")
+
+
+def bar_table_name(type: str, every: str | None = None, offset: str = "0s", threshold: float | None = None,
+                   bars_per_day: float | None = None, expected_ticks: float | None = None,
+                   name: str | None = None) -> str:
+    """The lake table of a bar type, e.g. ``cdm_time_1m_bars``, ``cdm_volume_50perday_bars``,
+    ``cdm_tick_imbalance_100_bars`` (``cdm_<name>_bars`` when named). One rule for the metadata, the
+    Dagster asset keys and the engine (``BarSpec.key``)."""
+    if name:
+        return f"cdm_{name}_bars"
+    if type == "time":
+        label = every if offset in ("0s", "0") or every in CALENDAR_EVERY else f"{every}_{offset}"
+    elif type in ("tick", "volume", "dollar"):
+        label = _compact(threshold) if threshold is not None else f"{_compact(bars_per_day)}perday"
+    else:
+        label = _compact(expected_ticks)
+    return f"cdm_{type}_{label}_bars"
+
+
+class BarTypeConfig(MetadataModel):
+    """One bar type built by the state engine (table ``cdm_<type>_<label>_bars``, or ``cdm_<name>_bars``)."""
+
+    type: Literal[BAR_TYPES]
+    every: str | None = Field(None, pattern=DURATION_RE, description="time bars: 100ms, 1s, 1m, 1h, 1d, 1w")
+    offset: str = Field("0s", pattern=DURATION_RE)
+    threshold: float | None = Field(None, gt=0, description="tick/volume/dollar bars: fixed threshold")
+    expected_daily: float | None = Field(None, gt=0, description="tick/volume/dollar bars: expected per day")
+    bars_per_day: float | None = Field(None, gt=0, description="with expected_daily: threshold = expected/bars")
+    expected_ticks: float | None = Field(None, ge=1, description="imbalance bars: initial E[T]")
+    span: float = Field(20.0, ge=1, description="imbalance bars: EWMA span in bars")
+    min_expected_ticks: float | None = Field(None, ge=1)
+    max_expected_ticks: float | None = Field(None, ge=1)
+    name: str | None = Field(None, pattern=NAME_RE)
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> BarTypeConfig:
+        if self.type == "time" and not self.every:
+            raise ValueError("time bars need 'every' (e.g. 1m, 100ms)")
+        if self.type in ("tick", "volume", "dollar"):
+            if (self.threshold is None) == (self.expected_daily is None):
+                raise ValueError(f"{self.type} bars need exactly one of 'threshold' or 'expected_daily'")
+            if self.expected_daily is not None and self.bars_per_day is None:
+                raise ValueError(f"{self.type} bars with 'expected_daily' also need 'bars_per_day'")
+        if self.type.endswith("_imbalance") and self.expected_ticks is None:
+            raise ValueError(f"{self.type} bars need 'expected_ticks'")
+        return self
+
+    @property
+    def is_calendar(self) -> bool:
+        """Weekly and longer time bars come from ``cdm_bars_daily``; every other bar needs ticks."""
+        return self.type == "time" and self.every in CALENDAR_EVERY
+
+    @property
+    def table(self) -> str:
+        return bar_table_name(self.type, self.every, self.offset, self.threshold, self.bars_per_day,
+                              self.expected_ticks, self.name)
+
+
+class LobConfig(MetadataModel):
+    interval: str | None = Field("1s", pattern=DURATION_RE, description="snapshot grid step; null: no table")
+    offset: str = Field("0s", pattern=DURATION_RE)
+    depth: int = Field(1, ge=1, le=50)
+    source: Literal["quotes", "messages"] = Field(
+        "quotes", description="quotes: cdm_quotes (top of book); messages: the book rebuilt from cdm_order_messages"
+    )
+
+
+class StateEngineConfig(MetadataModel):
+    """The state engine: one Numba pass per (symbol, time shard) from CDM trades and quotes."""
+
+    executor: Literal["ray", "local"] = "ray"
+    carry_state: bool = False
+    tie_break: Literal["quotes_first", "sequence"] = "quotes_first"
+    timezone: str = "America/New_York"
+    retries: int = Field(1, ge=0, le=10)
+    lob: LobConfig = LobConfig()
+    bars: list[BarTypeConfig] = [BarTypeConfig(type="time", every="1m")]
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, tz: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {tz!r} (expected an IANA name like America/New_York)") from None
+        return tz

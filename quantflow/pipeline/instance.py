@@ -1,0 +1,101 @@
+"""The project's Dagster instance: where it lives, and runs whose process was killed.
+
+``project_instance`` is what every interface of a project uses (the batch runner, ``qf run``, notebooks):
+``DAGSTER_HOME``, by default ``<project>/.temp``, so their runs show in the UI (``make dev``).
+
+A run killed with its process (``kill -9``, a closed notebook) stays ``STARTED`` in the instance forever.
+So a run records the process executing it (tag ``quantflow/process``: host, pid and the process's start
+time, which tells a reused pid apart), and ``fail_abandoned_runs`` marks failed every started run of this
+host whose process is gone. It runs when the project is loaded again (``BatchPipelineRunner``, and the code
+location that ``dagster dev`` and ``dagster job execute`` load). Runs that the UI launches execute their
+steps in child processes of a run worker QuantFlow does not see; they are left to Dagster.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROCESS_TAG = "quantflow/process"
+INSTANCE_YAML = """\
+# Dagster instance of this project: SQLite storage under this folder (production: docker/dagster.yaml).
+telemetry:
+  enabled: false
+"""
+
+
+def ensure_dagster_home(root: Path) -> Path:
+    """``DAGSTER_HOME`` (set to ``<root>/.temp`` when unset), with an explicit instance config in it."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(root).resolve() / ".temp")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    return home
+
+
+def project_instance(root: Path):
+    import dagster as dg
+
+    ensure_dagster_home(root)
+    return dg.DagsterInstance.get()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_tag(pid: int | None = None) -> str:
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or ''}"
+
+
+def _alive(tag: str) -> bool | None:
+    """Whether the process a tag names still runs; None when it ran on another host."""
+    host, _, rest = tag.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not started or _start_time(pid) == started
+
+
+def tag_run_process(instance, run) -> None:
+    """Record on ``run`` the process executing it, when that is this process (an in-process run)."""
+    if PROCESS_TAG in run.tags or multiprocessing.parent_process() is not None:
+        return
+    instance.add_run_tags(run.run_id, {PROCESS_TAG: process_tag()})
+
+
+def fail_abandoned_runs(instance) -> list[str]:
+    """Mark failed the started runs of this host whose process is gone; returns their run ids."""
+    import dagster as dg
+
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    failed = []
+    for run in runs:
+        tag = run.tags.get(PROCESS_TAG)
+        if not tag or _alive(tag) is not False:
+            continue
+        pid = tag.split(":")[1]
+        instance.report_run_failed(run, f"The process that ran this run (pid {pid}) ended without finishing it "
+                                        "(killed?); QuantFlow marked the run failed.")
+        log.warning("marked run %s (%s) failed: its process %s is gone", run.run_id, run.job_name, pid)
+        failed.append(run.run_id)
+    return failed

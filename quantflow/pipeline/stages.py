@@ -1,0 +1,65 @@
+"""The one registry of stage groups, read by the Dagster definitions, ``BatchPipelineRunner`` and the CLI.
+
+A stage group is a stage package (``quantflow/<name>/``, whose ``runner.run`` does the work), the Dagster
+asset group of the same name, its run-configuration class and its job ``quantflow_<name>``. Adding a
+stage is one package plus one entry here. Like the feed kinds, entries name their Dagster pieces as
+``"module:attribute"`` and are imported on first use, so ``qf validate`` or ``qf --help`` do not pay for
+importing Dagster and dagster-dbt.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class StageGroup:
+    name: str  # stage package = Dagster group name = job suffix
+    description: str
+    assets: str  # "module:function": metadata -> list of AssetsDefinition / AssetSpec
+    config: str  # "module:Class": the assets' Dagster run configuration
+    resources: str | None = None  # "module:function": metadata -> {resource key: resource}
+
+    @property
+    def job_name(self) -> str:
+        return f"quantflow_{self.name}"
+
+    def build_assets(self, md) -> list:
+        return _load(self.assets)(md)
+
+    def build_resources(self, md) -> dict[str, Any]:
+        return _load(self.resources)(md) if self.resources else {}
+
+    @property
+    def config_class(self) -> type:
+        return _load(self.config)
+
+
+_ASSETS = "quantflow.pipeline.dagster.assets"
+_CONFIG = "quantflow.pipeline.config"
+
+STAGE_GROUPS: tuple[StageGroup, ...] = (
+    StageGroup("ingest", "Feeds -> raw lake tables.",
+               f"{_ASSETS}.ingest:build_ingest_assets", f"{_CONFIG}:IngestRunConfig"),
+    StageGroup("transform", "Raw tables -> the common data model, with dbt.",
+               f"{_ASSETS}.transform:build_transform_assets", f"{_CONFIG}:TransformRunConfig",
+               f"{_ASSETS}.transform:build_transform_resources"),
+    StageGroup("state_engine", "CDM trades and quotes -> enriched trades, order-book snapshots, bars.",
+               f"{_ASSETS}.state_engine:build_state_engine_assets", f"{_CONFIG}:StateEngineRunConfig"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(g.name for g in STAGE_GROUPS)
+PIPELINE_JOB = "quantflow_pipeline"
+
+
+def stage_group(name: str) -> StageGroup:
+    for group in STAGE_GROUPS:
+        if group.name == name:
+            return group
+    raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
