@@ -61,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = runner.run(
         stage=args.stage, symbols=symbols, start_date=args.start, end_date=args.end, write_mode=args.write_mode,
         max_concurrency=args.max_concurrency, batch_days=args.batch_days, skip_test=not args.with_tests,
-        log_level="DEBUG" if args.verbose else "CRITICAL",  # failures and warnings are in the summary
+        log_level="DEBUG" if args.verbose else "CRITICAL",  # progress, warnings and failures: summary
     )
     console.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"Dagster instance: {runner.instance().root_directory} (`make dev` to browse runs)", markup=False,

@@ -173,9 +173,8 @@ def failure_line(exc: BaseException) -> str:
         if isinstance(err, StageError):
             return one_line(str(err))
     root = chain[-1]
-    text = one_line(str(root))
-    name = type(root).__name__
-    return f"{name}: {text}" if text else name
+    name, text = type(root).__name__, str(root)
+    return one_line(f"{name}: {text}" if text.strip() else name)
 
 
 def one_line(text: str, limit: int = 400) -> str:

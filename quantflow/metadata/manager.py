@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 METADATA_DIR = "project_metadata"
 PROJECT_FILE = "project.yaml"
 LOCAL_FILE = "local.yaml"
+MIN_REDACTED = 6
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class MetadataManager:
                                             ".".join(map(str, loc)), message))
 
         local = LocalConnections()
-        secrets = dict(parsed_project.env_values)
+        secrets = _redactable(parsed_project.env_values)
         local_path = self.metadata_dir / LOCAL_FILE
         if local_path.exists():
             parsed_local = parse_yaml(local_path, interpolate_env=True)
@@ -94,7 +95,7 @@ class MetadataManager:
             # always strict: a mistyped connection key (``pasword:``) must not pass silently
             local_file = validate(parsed_local, LocalFile, strict=True)
             issues.extend(parsed_local.issues)
-            secrets.update(parsed_local.env_values)
+            secrets.update(_redactable(parsed_local.env_values))
             if local_file is not None:
                 local = local_file.local
                 secrets.update({v: "***" for v in _secret_values(local) if v not in secrets})
@@ -105,6 +106,12 @@ class MetadataManager:
                 log.warning("%s:%s: unknown key %s ignored%s", project_path, line_of(parsed_project.data, loc),
                             ".".join(map(str, loc)), did_you_mean(project_file, loc))
         return ProjectMetadata(self.project_dir, project_file.project, local, secrets)
+
+
+def _redactable(env_values: dict[str, str]) -> dict[str, str]:
+    """Environment values worth replacing in text: not the short ones (a port, a flag), which would
+    garble messages without hiding anything."""
+    return {value: ref for value, ref in env_values.items() if len(value) >= MIN_REDACTED}
 
 
 def _secret_values(local: LocalConnections) -> list[str]:

@@ -120,11 +120,13 @@ class BatchPipelineRunner:
         shard_granularity: str = "daily",
         batch_days: int | None = None,
         skip_test: bool = True,
-        log_level: str = "WARNING",
+        log_level: str = "CRITICAL",
     ) -> PipelineRunResult:
         """Run ``stage`` (or every stage, in order) for the window; stops at the first failing stage.
 
-        ``log_level`` sets Dagster's console logger (INFO shows progress lines, DEBUG every event).
+        ``log_level`` sets Dagster's console logger: by default it is silent, because the progress bars
+        and ``summary()`` already show progress, warnings and failures (each once); INFO or DEBUG bring
+        Dagster's own lines back.
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")

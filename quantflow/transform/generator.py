@@ -16,6 +16,7 @@ from pathlib import Path
 
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.filesystem import is_remote
+from quantflow.storage.tables import MAX_PLAUSIBLE_PRICE, MAX_PLAUSIBLE_SIZE
 from quantflow.transform import templates as t
 from quantflow.transform.sources import CDM_BY_KIND, RawSource, cdm_kinds, raw_sources
 
@@ -116,19 +117,28 @@ def _columns(kind: str) -> list[_Column]:
     raise ValueError(f"unknown kind {kind!r}")
 
 
+def _below(column: str, bound: float) -> str:
+    return f"{column} < {bound:g}  -- larger is corrupt, not a market value"
+
+
+_PRICE, _SIZE = MAX_PLAUSIBLE_PRICE, MAX_PLAUSIBLE_SIZE
+
 # Quality filters: rows failing them never reach the CDM (tests then guard what the filters cannot see).
 _FILTERS: dict[str, list[str]] = {
     "trades": ["ts is not null", "trade_id is not null", "{{ quantflow_positive('price') }}",
-               "{{ quantflow_positive('size') }}"],
+               "{{ quantflow_positive('size') }}", _below("price", _PRICE), _below("size", _SIZE)],
     "quotes": ["ts is not null", "quote_id is not null", "{{ quantflow_positive('bid') }}",
                "{{ quantflow_positive('ask') }}", "{{ quantflow_positive('bid_size') }}",
-               "{{ quantflow_positive('ask_size') }}", "bid <= ask  -- crossed quotes are dropped"],
+               "{{ quantflow_positive('ask_size') }}", "bid <= ask  -- crossed quotes are dropped",
+               _below("ask", _PRICE), _below("bid_size", _SIZE), _below("ask_size", _SIZE)],
     "messages": ["ts is not null", "seq is not null", "type is not null", "direction in (-1, 1)",
-                 "{{ quantflow_non_negative('size') }}", "{{ quantflow_is_finite('price') }}"],
+                 "{{ quantflow_non_negative('size') }}", "{{ quantflow_is_finite('price') }}",
+                 _below("abs(price)", _PRICE), _below("size", _SIZE)],
     "bars_daily": ["{{ quantflow_positive('open') }}", "{{ quantflow_positive('high') }}",
                    "{{ quantflow_positive('low') }}", "{{ quantflow_positive('close') }}",
                    "{{ quantflow_non_negative('volume') }}", "{{ quantflow_positive('adj_factor') }}",
-                   "low <= least(open, close)  -- OHLC must be consistent", "high >= greatest(open, close)"],
+                   "low <= least(open, close)  -- OHLC must be consistent", "high >= greatest(open, close)",
+                   _below("high", _PRICE), _below("volume", _SIZE)],
 }
 
 # (partition, order) of the duplicate ranking: the first row of each partition is kept.

@@ -462,5 +462,5 @@ def warehouse_location(md: ProjectMetadata) -> str:
     """Where the CDM tables live, for humans: the DuckDB file or ``postgresql://host:port/db/schema``."""
     if md.engine == "postgres":
         pg = md.local.postgres
-        return f"postgresql://{pg.host}:{pg.port}/{pg.dbname}/{pg.schema_}"
+        return md.redact(f"postgresql://{pg.host}:{pg.port}/{pg.dbname}/{pg.schema_}")
     return str(Path(warehouse_path(md)))

@@ -104,6 +104,7 @@ def test_materialize_dbt_assets_over_a_filled_lake(tmp_path):
     checks = result.get_asset_check_evaluations()
     assert len(checks) == 48 and all(c.passed for c in checks)
     assert project_lake(md).read("cdm_quotes").height == 3
+    assert not list((md.project_dir / "dbt_project" / "target").glob("dbt_cdm-*"))  # no per-run leftovers
 
     # bad data: the failing dbt test surfaces as a failed asset check, the step fails, nothing is exported
     shifted = pl.DataFrame({"symbol": ["BBB"], "date": [D2], "ts": [at(D2, 0) + dt.timedelta(days=3)],

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -60,6 +61,8 @@ def test_dagster_job_execute_runs_ingest_and_dbt(sample_project_copy):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {"raw_sample", "cdm_trades", "cdm_quotes", "cdm_bars_daily", "cdm_trade_enriched",
             "cdm_time_1m_bars"} <= _materialized_keys(project)
+    output = proc.stdout + proc.stderr
+    assert "emitted no result" not in output and "Token authentication" not in output  # no default warnings
 
     # and with a run config for a fixed window, so the output can be checked
     cfg = {"start_date": "2024-03-04", "end_date": "2024-03-06", "symbols": ["AAA", "BBB"]}
@@ -119,8 +122,50 @@ def test_qf_run_cli_prints_summary(sample_project_copy):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK: stage all" in proc.stdout
+    # one screen: a header, one line per stage, the summary; no banners, warnings or repeated lines
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) < 60, "\n".join(lines)
+    assert len(set(lines)) == len(lines), "\n".join(lines)
+    for noise in ("Telemetry", "WARNING", "Token authentication", "Running with dbt", "INFO"):
+        assert noise not in proc.stdout + proc.stderr, noise
     assert re.search(r"raw_sample_trades: \d{4} rows written -> .*raw_sample_trades", proc.stdout), proc.stdout
     assert "cdm_trades" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "quantflow.cli", "run", "--start", "2024-01-09", "--end",
                           "2024-01-08"], cwd=project, env=_env(project), capture_output=True, text=True)
     assert bad.returncode == 1 and "after end_date" in bad.stderr
+
+
+def test_a_killed_run_is_marked_failed_on_the_next_start(sample_project_copy):
+    project = sample_project_copy
+    proc = subprocess.Popen([sys.executable, "-m", "quantflow.cli", "run", "--stage", "ingest", "--start",
+                             "2024-01-01", "--end", "2024-12-31"], cwd=project, env=_env(project),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ["DAGSTER_HOME"] = str(project / ".temp")
+    try:
+        started = None
+        for _ in range(600):
+            with dg.DagsterInstance.get() as instance:
+                runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+            if runs and instance_has_rows(project):
+                started = runs[0]
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.1)
+        assert started is not None
+        proc.kill()
+        proc.wait()
+        with dg.DagsterInstance.get() as instance:
+            assert instance.get_run_by_id(started.run_id).status == dg.DagsterRunStatus.STARTED
+        runner = create_runner(get_metadata_manager(project))
+        run = runner.instance().get_run_by_id(started.run_id)
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        [failure] = runner.instance().all_logs(started.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        assert f"(pid {proc.pid})" in failure.message and "killed?" in failure.message
+    finally:
+        del os.environ["DAGSTER_HOME"]
+        if proc.poll() is None:
+            proc.kill()
+
+
+def instance_has_rows(project: Path) -> bool:
+    return any((project / ".quantflow" / "lake" / "raw_sample_trades").glob("symbol=*/date=*/data.parquet"))

@@ -312,6 +312,24 @@ def test_missing_column_names_column_and_file(tmp_path):
         list(feed.iter_batches(["XYZ"], dt.date(2024, 1, 1), dt.date(2024, 1, 31)))
 
 
+def test_a_header_only_file_is_an_error_not_zero_rows(tmp_path):
+    write(tmp_path, "XYZ.csv", "date,open,high,low,close,volume\n\n")
+    feed = CsvDailyFeed("c", {"path": str(tmp_path)}, ".")
+    with pytest.raises(FeedError, match=r"symbol XYZ, file .*XYZ\.csv, line 1: the file has a header but no data rows"):
+        list(feed.iter_batches(["XYZ"], dt.date(2024, 1, 1), dt.date(2024, 1, 31)))
+
+
+def test_implausibly_large_prices_and_volumes_are_bad_rows(tmp_path):
+    write(tmp_path, "XYZ.csv", "date,open,high,low,close,volume\n2024-01-02,10,11,9,10,100\n"
+                               "2024-01-03,10,1e308,9,10,100\n2024-01-04,10,11,9,10,1e308\n")
+    feed = CsvDailyFeed("c", {"path": str(tmp_path)}, ".")
+    [batch] = list(feed.iter_batches(["XYZ"], dt.date(2024, 1, 1), dt.date(2024, 1, 31)))
+    assert batch.tables["bars_daily"]["date"].to_list() == [dt.date(2024, 1, 2)]
+    reasons = dict(zip(batch.bad_rows["line"], batch.bad_rows["reason"]))
+    assert reasons == {3: "implausible price (open 10.0, high 1e+308, low 9.0, close 10.0; 1e+09 or more)",
+                       4: "implausible volume 1e+308 (1e+15 or more)"}
+
+
 def test_missing_folder_is_an_error(tmp_path):
     feed = CsvDailyFeed("c", {"path": "nowhere"}, tmp_path)
     with pytest.raises(FeedError, match="does not exist"):

@@ -206,3 +206,73 @@ def test_a_book_deeper_than_the_lobster_files_is_refused(tmp_path):
     (root / "project_metadata" / "project.yaml").write_text(
         (root / "project_metadata" / "project.yaml").read_text().replace("depth: 10", "depth: 5"))
     assert get_metadata_manager(root).load_all().project.state_engine.lob.source == "messages"
+
+
+SECRET = "pw-Zq81c-secret-value"
+
+
+def test_a_value_from_the_environment_is_never_echoed(tmp_path, monkeypatch):
+    monkeypatch.setenv("QF_TEST_DSN", f"postgresql://analyst:{SECRET}@db.internal:55432/quantflow")
+    monkeypatch.setenv("QF_TEST_PORT", f"port-{SECRET}")
+    root = write_project(tmp_path, "project:\n  name: p\n  symbols: ${QF_TEST_PORT}\n", local_yaml="""\
+        local:
+          postgres:
+            port: ${QF_TEST_PORT}
+        """)
+    issues = _issues(root)
+    assert {i.field for i in issues} == {"project.symbols", "local.postgres.port"}
+    for issue in issues:
+        assert SECRET not in str(issue) and "not shown" in issue.message, str(issue)
+    proc = subprocess.run([sys.executable, "-m", "quantflow.cli", "--project-dir", str(root), "validate"],
+                          capture_output=True, text=True, env={**__import__("os").environ})
+    assert proc.returncode == 1 and SECRET not in proc.stdout + proc.stderr
+
+
+def test_postgres_may_be_a_url_and_its_password_is_a_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("QF_TEST_DSN", f"postgresql://analyst:{SECRET}@db.internal:55432/research")
+    root = write_project(tmp_path, "project:\n  name: p\n  symbols: [AAA]\n",
+                         local_yaml="local:\n  postgres: ${QF_TEST_DSN}\n")
+    md = get_metadata_manager(root).load_all()
+    pg = md.local.postgres
+    assert (pg.host, pg.port, pg.user, pg.dbname) == ("db.internal", 55432, "analyst", "research")
+    assert pg.password.get_secret_value() == SECRET
+    assert SECRET not in repr(md) and SECRET not in repr(pg)
+    assert md.redact(f"could not connect with {SECRET}") == "could not connect with ***"
+    assert md.redact(f"url postgresql://analyst:{SECRET}@db.internal:55432/research") == "url ${QF_TEST_DSN}"
+    (root / "project_metadata" / "local.yaml").write_text("local:\n  postgres: mysql://u:p@h/db\n")
+    [issue] = _issues(root)
+    assert issue.field == "local.postgres" and "postgresql://" in issue.message and "u:p" not in str(issue)
+
+
+def test_local_yaml_typos_are_errors_even_without_strict(tmp_path):
+    root = write_project(tmp_path, "project:\n  name: p\n  symbols: [AAA]\n", local_yaml="""\
+        local:
+          postgres:
+            host: db
+            pasword: hunter2
+        """)
+    [issue] = _issues(root)
+    assert issue.file.endswith("local.yaml") and issue.line == 4 and issue.field == "local.postgres.pasword"
+    assert "did you mean 'password'?" in issue.message and "hunter2" not in str(issue)
+
+
+def test_unknown_project_keys_warn_with_line_and_suggestion(tmp_path, caplog):
+    root = write_project(tmp_path, "project:\n  name: p\n  symbols: [AAA]\n  symbol: [BBB]\n")
+    with caplog.at_level("WARNING"):
+        get_metadata_manager(root).load_all()
+    [record] = caplog.records
+    assert "project.yaml:4: unknown key project.symbol ignored; did you mean 'symbols'?" in record.getMessage()
+
+
+def test_yaml_errors_stay_one_short_line_whatever_the_document_holds(tmp_path):
+    big = "\n".join(f"    - {{name: feed{i}, kind: synthetic, params: {{seed: {i}}}}}" for i in range(200))
+    root = write_project(tmp_path, f"project:\n  name: p\n  symbols: [AAA]\n  ingest:\n    feeds:\n{big}\n"
+                                   "project:\n  name: q\n")
+    [issue] = _issues(root)
+    text = str(issue)
+    assert "\n" not in text and len(text) < 250, text
+    assert issue.line == 206 and "duplicate key 'project'" in issue.message and "line 1" in issue.message
+    long_value = "x" * 5000
+    root = write_project(tmp_path / "b", f"project:\n  name: p\n  symbols: [AAA]\n  storage: {{lake_root: [{long_value}]}}\n")
+    [issue] = _issues(root)
+    assert len(str(issue)) < 250, str(issue)

@@ -181,3 +181,14 @@ def test_two_feeds_one_feed_per_symbol_day_in_metadata_order(tmp_path):
     assert result.rows == {"cdm_bars_daily": 3, "cdm_trades": 0, "cdm_quotes": 0}
     got = _warehouse(md, "SELECT date, close, feed FROM cdm.cdm_bars_daily ORDER BY date")
     assert got == [(D1, 10.5, "ticks"), (D2, 10.6, "ticks"), (D3, 10.8, "eod")]
+
+
+def test_implausibly_large_prices_and_sizes_never_reach_the_cdm(tmp_path):
+    md = make_project(tmp_path / "huge")
+    rows = [("AAA", D1, at(D1, 0), 0, 10.0, 100.0), ("AAA", D1, at(D1, 1), 1, 1e308, 100.0),
+            ("AAA", D1, at(D1, 2), 2, 10.0, 1e308), ("AAA", D1, at(D1, 3), 3, 10.1, 5.0)]
+    trades = pl.DataFrame(rows, schema=["symbol", "date", "ts", "trade_id", "price", "size"], orient="row")
+    project_lake(md).write(spec_for_kind("raw_sample_trades", "trades"), trades)
+    result = runner.run(md, window(md, D1, D1))
+    assert result.rows["cdm_trades"] == 2
+    assert project_lake(md).read("cdm_trades")["trade_id"].to_list() == [0, 3]

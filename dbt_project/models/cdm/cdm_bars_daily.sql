@@ -53,6 +53,8 @@ valid as (
       and {{ quantflow_positive('adj_factor') }}
       and low <= least(open, close)  -- OHLC must be consistent
       and high >= greatest(open, close)
+      and high < 1e+09  -- larger is corrupt, not a market value
+      and volume < 1e+15  -- larger is corrupt, not a market value
 
 ),
 

@@ -52,6 +52,9 @@ valid as (
       and {{ quantflow_positive('bid_size') }}
       and {{ quantflow_positive('ask_size') }}
       and bid <= ask  -- crossed quotes are dropped
+      and ask < 1e+09  -- larger is corrupt, not a market value
+      and bid_size < 1e+15  -- larger is corrupt, not a market value
+      and ask_size < 1e+15  -- larger is corrupt, not a market value
 
 ),
 

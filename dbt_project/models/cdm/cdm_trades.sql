@@ -48,6 +48,8 @@ valid as (
       and trade_id is not null
       and {{ quantflow_positive('price') }}
       and {{ quantflow_positive('size') }}
+      and price < 1e+09  -- larger is corrupt, not a market value
+      and size < 1e+15  -- larger is corrupt, not a market value
 
 ),
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from quantflow.storage.tables import MAX_PLAUSIBLE_PRICE, MAX_PLAUSIBLE_SIZE
+
 
 def ohlc_checks(
     open_: str = "open", high: str = "high", low: str = "low", close: str = "close", volume: str = "volume"
@@ -24,6 +26,11 @@ def ohlc_checks(
         (lo > bottom, pl.format("low {} > min(open, close) {}", lo, bottom)),
         (h < lo, pl.format("high {} < low {}", h, lo)),
         (v < 0, pl.format("negative volume {}", v)),
+        # finite and positive, yet no market trades at 1e308: a corrupt value, not a price
+        (pl.max_horizontal(o, h, lo, c) >= MAX_PLAUSIBLE_PRICE,
+         pl.format(f"implausible price (open {{}}, high {{}}, low {{}}, close {{}}; {MAX_PLAUSIBLE_PRICE:g} or more)",
+                   o, h, lo, c)),
+        (v >= MAX_PLAUSIBLE_SIZE, pl.format(f"implausible volume {{}} ({MAX_PLAUSIBLE_SIZE:g} or more)", v)),
     ]
     return [pl.when(cond).then(msg) for cond, msg in rules]
 

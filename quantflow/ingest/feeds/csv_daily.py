@@ -24,8 +24,8 @@ share counts, so without split information the volume is left as written. Adjust
 over the whole file before the date filter, so they do not depend on the requested range. With
 ``adjust: none`` prices and volume are stored as written and ``adj_factor`` is 1.
 
-A requested symbol without a file is a ``FeedError`` naming the expected path: a silent gap in a daily
-history would be found much later and far from its cause.
+A requested symbol without a file, or with a file that holds no rows after its header, is a ``FeedError``
+naming the path: a silent gap in a daily history would be found much later and far from its cause.
 """
 
 from __future__ import annotations
@@ -206,6 +206,9 @@ class CsvDailyFeed(Feed):
             raise self.error(
                 f"cannot read the file: {exc}", symbol=symbol, file=path, line=getattr(exc, "line_num", None)
             ) from exc
+        if not lines and not malformed:
+            # a file with nothing after its header is as much a gap as a missing file (see the module docstring)
+            raise self.error("the file has a header but no data rows", symbol=symbol, file=path, line=1)
         raw = pl.DataFrame(
             {**values, "line": lines}, schema={**{k: pl.Utf8 for k in values}, "line": pl.Int64}
         )
