@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ class ConsoleReporter(StageReporter):
     """Progress bars (or one line per stage) on ``console``, and the stage results for the run summary."""
 
     def __init__(self, console: Console | None = None, verbose: bool = False, quiet: bool = False):
-        self.console = console or Console()
+        self.console = console or stdout_console()
         self.verbose = verbose
         self.quiet_progress = quiet
         self.live = (self.console.is_terminal or self.console.is_jupyter) and not quiet
@@ -123,4 +124,11 @@ class ConsoleReporter(StageReporter):
 
 
 def stdout_console() -> Console:
-    return Console(file=sys.stdout, highlight=False)
+    """A console on this process's stdout as it is now. Dagster captures each step's stdout at the file
+    descriptor (for the UI's log view), which would make the progress bars see a pipe; a duplicate of the
+    descriptor keeps them on the terminal."""
+    try:
+        stream = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # a notebook: no descriptor
+        stream = sys.stdout
+    return Console(file=stream, highlight=False)

@@ -6,9 +6,10 @@
 A run killed with its process (``kill -9``, a closed notebook) stays ``STARTED`` in the instance forever.
 So a run records the process executing it (tag ``quantflow/process``: host, pid and the process's start
 time, which tells a reused pid apart), and ``fail_abandoned_runs`` marks failed every started run of this
-host whose process is gone. It runs when the project is loaded again (``BatchPipelineRunner``, and the code
-location that ``dagster dev`` and ``dagster job execute`` load). Runs that the UI launches execute their
-steps in child processes of a run worker QuantFlow does not see; they are left to Dagster.
+host whose process is gone. It runs when the project runs again: when a ``BatchPipelineRunner`` opens the
+instance, and when any stage asset starts (the UI, the daemon, ``dagster job execute``). Runs that the UI
+launches execute their steps in child processes of a run worker QuantFlow does not see; they are left to
+Dagster.
 """
 
 from __future__ import annotations

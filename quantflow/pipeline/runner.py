@@ -56,10 +56,10 @@ class PipelineRunResult:
             lines.append(f"  {result.stage} {label}" + (f": {headline}" if headline else ""))
             for table, written in result.tables.items():
                 kept = f", {written.days_skipped} (symbol, day)s already stored, kept" if written.days_skipped else ""
-                where = result.table_urls.get(table, "")
+                where = _shown(result.table_urls.get(table, ""))
                 lines.append(f"    {table}: {written.rows_written} rows written{kept} -> {where}")
             for what, url in result.artifacts.items():
-                lines.append(f"    {what}: {url}")
+                lines.append(f"    {what}: {_shown(url)}")
             lines.extend(f"    warning: {w}" for w in result.warnings)
         failed = [name for name, passed in self.checks.items() if not passed]
         if self.checks:
@@ -68,6 +68,16 @@ class PipelineRunResult:
         if self.error:
             lines.append(f"  error: {self.error}")
         return "\n".join(lines)
+
+
+def _shown(url: str) -> str:
+    """A location as a person reads it: relative to the working directory when it is inside it."""
+    if "://" in url or not url:
+        return url
+    try:
+        return str(Path(url).relative_to(Path.cwd()))
+    except ValueError:
+        return url
 
 
 def _plain(value: Any) -> Any:

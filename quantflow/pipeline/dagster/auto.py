@@ -4,7 +4,6 @@
 reaches instances created after this module loads (the batch runner, ``qf run``). ``dagster dev`` and
 ``dagster job execute`` create their instance before loading code, so they need ``DAGSTER_HOME`` in the
 environment (the Makefile sets it) to keep runs with the project instead of in a throwaway temp dir.
-Loading the project also marks failed the runs whose process was killed (``instance.fail_abandoned_runs``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from quantflow.metadata import get_metadata_manager
 from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
-from quantflow.pipeline.instance import ensure_dagster_home, fail_abandoned_runs, project_instance
+from quantflow.pipeline.instance import ensure_dagster_home
 
 
 def project_dir() -> Path:
@@ -23,4 +22,3 @@ def project_dir() -> Path:
 
 ensure_dagster_home(project_dir())
 defs = build_defs_from_metadata(get_metadata_manager(project_dir()).load_all())
-fail_abandoned_runs(project_instance(project_dir()))

@@ -23,7 +23,7 @@ import dagster as dg
 
 from quantflow.compute.stage import Progress, StageError, StageResult, failure_line
 from quantflow.metadata.manager import ProjectMetadata
-from quantflow.pipeline.instance import tag_run_process
+from quantflow.pipeline.instance import fail_abandoned_runs, tag_run_process
 
 REPORTER_KEY = "quantflow_reporter"
 
@@ -99,6 +99,7 @@ def call_stage(context: dg.AssetExecutionContext, md: ProjectMetadata, label: st
                call: Callable[[Progress], StageResult]) -> StageResult:
     """Run ``call(progress)`` (a stage runner) for the asset ``label``; see the module docstring."""
     tag_run_process(context.instance, context.run)
+    fail_abandoned_runs(context.instance)  # a run killed earlier ends as failed when the next one starts
     reporter = reporter_of(context)
     try:
         result = call(reporter.progress(context.log, label))
