@@ -37,6 +37,13 @@ def _cmd_dbt_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_printed_elsewhere(record: logging.LogRecord) -> bool:
+    """Dagster's console logger prints its own records (and dagster-dbt's); SQLAlchemy's migrations of the
+    instance are noise below a warning."""
+    name = record.name.split(".")[0]
+    return name != "dagster" and (record.levelno >= logging.WARNING or name not in ("alembic", "sqlalchemy"))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from rich.logging import RichHandler
 
@@ -50,7 +57,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     console = stdout_console()
     # log records go through the console that draws the progress bars, so they print above them
     handler = RichHandler(console=console, show_time=False, show_path=False,
-                          level=logging.DEBUG if args.verbose else logging.WARNING)
+                          level=logging.INFO if args.verbose else logging.WARNING)
+    handler.addFilter(_not_printed_elsewhere)
     logging.getLogger().handlers[:] = [handler]
     md = get_metadata_manager(root).load_all()
     runner = BatchPipelineRunner(md, reporter=ConsoleReporter(console, verbose=args.verbose, quiet=args.quiet))

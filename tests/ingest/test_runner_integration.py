@@ -38,3 +38,13 @@ def test_runner_writes_what_the_feeds_yield(tmp_path):
     daily = ingest_runner.run(md, days, feed="daily")
     assert daily.rows_written == {"raw_daily_bars_daily": 2}
     assert daily.bad_rows == 1 and daily.bad_rows_by_symbol == {"AAA": 1}
+
+
+def test_a_window_without_data_is_a_warning_not_silence(tmp_path):
+    root = write_project(tmp_path / "proj", "project:\n  name: t\n  symbols: [AAA]\n  ingest:\n    feeds:\n"
+                                            "      - {name: sim, kind: synthetic, params: {trades_per_day: 50}}\n")
+    md = get_metadata_manager(root).load_all()
+    weekend = ingest_runner.run(md, window(md, dt.date(2024, 1, 6), dt.date(2024, 1, 7)), feed="sim")
+    assert weekend.rows_written == {"raw_sim_trades": 0, "raw_sim_quotes": 0, "raw_sim_bars_daily": 0}
+    assert weekend.warnings == ["feed sim gave no rows for raw_sim_trades, raw_sim_quotes, raw_sim_bars_daily "
+                                "in 2024-01-06 .. 2024-01-07, 1 symbol, skip_if_exists"]
