@@ -276,3 +276,18 @@ def test_yaml_errors_stay_one_short_line_whatever_the_document_holds(tmp_path):
     root = write_project(tmp_path / "b", f"project:\n  name: p\n  symbols: [AAA]\n  storage: {{lake_root: [{long_value}]}}\n")
     [issue] = _issues(root)
     assert len(str(issue)) < 250, str(issue)
+
+
+def test_two_bar_types_writing_one_table_are_refused(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          state_engine:
+            bars:
+              - {type: time, every: 1m}
+              - {type: time, every: 1m}
+        """)
+    [issue] = _issues(root)
+    assert issue.field == "project.state_engine.bars" and issue.line == 5
+    assert "cdm_time_1m_bars" in issue.message and "distinct 'name's" in issue.message

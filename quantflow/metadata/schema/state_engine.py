@@ -92,6 +92,15 @@ class StateEngineConfig(MetadataModel):
     lob: LobConfig = LobConfig()
     bars: list[BarTypeConfig] = [BarTypeConfig(type="time", every="1m")]
 
+    @field_validator("bars")
+    @classmethod
+    def _distinct_tables(cls, bars: list[BarTypeConfig]) -> list[BarTypeConfig]:
+        tables = [b.table for b in bars]
+        dupes = sorted({t for t in tables if tables.count(t) > 1})
+        if dupes:
+            raise ValueError(f"bar types write the same table twice: {', '.join(dupes)}; give them distinct 'name's")
+        return bars
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, tz: str) -> str:
