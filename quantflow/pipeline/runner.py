@@ -20,6 +20,7 @@ import dagster as dg
 from quantflow.compute.stage import RunWindow, StageResult, one_line
 from quantflow.metadata.manager import MetadataManager, ProjectMetadata
 from quantflow.pipeline.console import ConsoleReporter
+from quantflow.pipeline.dagster.assets.transform import GROUP as DBT_GROUP
 from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
 from quantflow.pipeline.instance import PROCESS_TAG, fail_abandoned_runs, process_tag, project_instance
 from quantflow.pipeline.stages import STAGE_GROUPS, STAGE_NAMES, stage_group
@@ -164,7 +165,7 @@ class BatchPipelineRunner:
         job = self.defs.resolve_job_def(stage_group(step).job_name)
         graph = job.asset_layer.asset_graph
         checks = set(graph.asset_check_keys)
-        kept = {k for k in checks if not (skip_test and graph.get(k.asset_key).group_name == "transform")}
+        kept = {k for k in checks if not (skip_test and graph.get(k.asset_key).group_name == DBT_GROUP)}
         if kept == checks:
             return job
         return job.get_subset(asset_selection=set(job.asset_layer.selected_asset_keys), asset_check_selection=kept)

@@ -117,6 +117,10 @@ def test_materialize_dbt_assets_over_a_filled_lake(tmp_path):
     bad = [c for c in failed.get_asset_check_evaluations() if not c.passed]
     assert [(c.asset_key.to_user_string(), c.check_name) for c in bad] == [("cdm_trades", "cdm_trades_ts_near_date")]
     assert "lake_export" in _materialization_meta(failed)["cdm_trades"]
+    [step_failure] = [e for e in failed.all_events if e.is_step_failure]
+    assert step_failure.event_specific_data.user_failure_data.description == (
+        f"dbt build failed for {D1} .. {D3}: test cdm_trades_ts_near_date: fail "
+        "(Got 1 result, configured to fail if != 0)")
     assert project_lake(md).read("cdm_trades", ["BBB"], D2, D2).height == 0
 
 

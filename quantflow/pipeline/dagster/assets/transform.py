@@ -223,8 +223,9 @@ class _DagsterDbt:
         except (OSError, json.JSONDecodeError):
             results = []
         for node in results:
-            name = node.get("unique_id", "").rsplit(".", 1)[-1]
-            kind, status = node.get("unique_id", "").split(".", 1)[0], str(node.get("status"))
+            # "model.quantflow.cdm_trades", "test.quantflow.cdm_trades_ts_near_date.<hash>"
+            kind, _, name = (node.get("unique_id", "").split(".") + ["", "", ""])[:3]
+            status = str(node.get("status"))
             if kind == "test":
                 outcome.tests[name] = status
             if status in ("error", "fail", "runtime error"):
