@@ -1,1 +1,1 @@
-"""Compute helpers: executors (local, Ray), sharding and date ranges."""
+"""Core compute: the stage contract (``stage``), executors (local, Ray), date ranges, the order book."""
