@@ -61,7 +61,7 @@ from quantflow.ingest.feeds.synthetic import SyntheticFeed  # noqa: E402
 from quantflow.metadata import get_metadata_manager  # noqa: E402
 from quantflow.state_engine import runner  # noqa: E402
 from quantflow.storage.project import project_lake  # noqa: E402
-from quantflow.storage.tables import spec_for_kind  # noqa: E402
+from quantflow.storage.schemas import spec_for_kind  # noqa: E402
 
 START = dt.date(2024, 3, 4)  # a Monday
 RAY_CPUS = 2

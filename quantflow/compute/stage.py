@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from quantflow.storage.lake import WRITE_MODES, WriteMode, WriteResult
+from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
 
 if TYPE_CHECKING:
     import polars as pl

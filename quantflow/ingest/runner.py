@@ -16,14 +16,15 @@ from typing import Any
 import polars as pl
 
 from quantflow.compute.stage import CheckOutcome, Progress, RunWindow, StageResult
+from quantflow.ingest import NO_BAD_ROWS
 from quantflow.ingest.feeds.base import build_feed
 from quantflow.metadata.manager import ProjectMetadata
-from quantflow.storage.lake import WriteResult
 from quantflow.storage.project import project_artifacts, project_lake
-from quantflow.storage.tables import BAD_ROWS_SCHEMA, raw_table_name, spec_for_kind
+from quantflow.storage.schemas import BAD_ROWS_SCHEMA, spec_for_kind
+from quantflow.storage.tables import raw_table_name
+from quantflow.storage.writes import WriteResult
 
 STAGE = "ingest"
-NO_BAD_ROWS = "no_bad_rows"
 
 
 @dataclass

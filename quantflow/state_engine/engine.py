@@ -53,7 +53,8 @@ from quantflow.state_engine.frames import (
     segment_runs,
     ts_series,
 )
-from quantflow.storage.tables import ENRICHED_TABLE, LOB_TABLE, MESSAGES_SCHEMA, TRADES_SCHEMA
+from quantflow.storage.schemas import MESSAGES_SCHEMA, TRADES_SCHEMA
+from quantflow.storage.tables import ENRICHED_TABLE, LOB_TABLE
 
 TIE_BREAKS = {"quotes_first": _k.TIE_QUOTES_FIRST, "sequence": _k.TIE_SEQUENCE}
 

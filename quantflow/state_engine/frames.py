@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from quantflow.state_engine import kernels as _k
-from quantflow.storage.tables import UTC_NS
+from quantflow.storage.schemas import UTC_NS
 
 __all__ = ["UTC_NS", "as_f64", "as_i64", "date_series", "lob_frame", "read_only", "segment_runs", "symbol_starts",
            "ts_series"]

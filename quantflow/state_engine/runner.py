@@ -29,9 +29,14 @@ from quantflow.compute.executors import ExecutionReport, ShardOutcome, make_exec
 from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema import StateEngineConfig
+from quantflow.state_engine.tables import (
+    tick_tables,
+    uses_messages,
+)
 from quantflow.storage.filesystem import StorageOptions, Store
-from quantflow.storage.lake import Lake, WriteResult
+from quantflow.storage.lake import Lake
 from quantflow.storage.project import project_lake
+from quantflow.storage.schemas import TableSpec
 from quantflow.storage.tables import (
     BARS_DAILY_TABLE,
     ENRICHED_TABLE,
@@ -39,8 +44,8 @@ from quantflow.storage.tables import (
     MESSAGES_TABLE,
     QUOTES_TABLE,
     TRADES_TABLE,
-    TableSpec,
 )
+from quantflow.storage.writes import WriteResult
 
 STAGE = "state_engine"
 SORT_KEYS = {ENRICHED_TABLE: ("symbol", "date", "ts", "trade_id"), LOB_TABLE: ("symbol", "date", "ts")}
@@ -71,28 +76,7 @@ def engine_spec(cfg: StateEngineConfig):
     })
 
 
-def tick_tables(cfg: StateEngineConfig) -> list[str]:
-    """The tables computed from ticks (named from the metadata alone: no Numba import)."""
-    tables = [ENRICHED_TABLE] + ([LOB_TABLE] if cfg.lob.interval else [])
-    return tables + [b.table for b in cfg.bars if not b.is_calendar]
 
-
-def calendar_tables(cfg: StateEngineConfig) -> list[str]:
-    return [b.table for b in cfg.bars if b.is_calendar]
-
-
-def input_tables(cfg: StateEngineConfig, table: str) -> list[str]:
-    """The CDM tables an output table is computed from (its lineage)."""
-    if table in calendar_tables(cfg):
-        return [BARS_DAILY_TABLE]
-    if table == LOB_TABLE:
-        return [MESSAGES_TABLE] if uses_messages(cfg) else [QUOTES_TABLE]
-    return [TRADES_TABLE, QUOTES_TABLE]
-
-
-def output_tables(cfg: StateEngineConfig) -> list[str]:
-    """Every table the state engine can write for ``cfg``, in a stable order (one Dagster asset each)."""
-    return tick_tables(cfg) + calendar_tables(cfg)
 
 
 @dataclass(frozen=True)
@@ -254,11 +238,6 @@ def plan_shards(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end
                 paths(message_parts), cfg, write_mode,
             ))
     return tasks
-
-
-def uses_messages(cfg: StateEngineConfig) -> bool:
-    """Whether ``cdm_lob_l2`` is rebuilt from order messages (rather than taken from the quotes)."""
-    return cfg.lob.interval is not None and cfg.lob.source == "messages"
 
 
 def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, window: RunWindow, result: StateEngineResult,

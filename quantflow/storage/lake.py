@@ -18,36 +18,18 @@ import io
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import polars as pl
 
 from quantflow.storage.filesystem import Store
-from quantflow.storage.tables import TableSpec, conform, partition_width
+from quantflow.storage.schemas import TableSpec, conform
+from quantflow.storage.tables import partition_width
+from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
 
-WriteMode = Literal["skip_if_exists", "overwrite", "append"]
-WRITE_MODES: tuple[str, ...] = ("skip_if_exists", "overwrite", "append")
 DATA_FILE = "data.parquet"
 TABLE_FILE = "_table.json"  # {"partition": "day" | "year"}: written once per table, read by readers
 _PART_RE = re.compile(r"symbol=(?P<symbol>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/" + re.escape(DATA_FILE) + "$")
-
-
-@dataclass
-class WriteResult:
-    table: str
-    rows_written: int = 0
-    days_written: int = 0
-    days_skipped: int = 0
-    days_deleted: int = 0
-    partitions: list[str] = field(default_factory=list)
-
-    def merge(self, other: WriteResult) -> None:
-        self.rows_written += other.rows_written
-        self.days_written += other.days_written
-        self.days_skipped += other.days_skipped
-        self.days_deleted += other.days_deleted
-        self.partitions.extend(other.partitions)
 
 
 @dataclass(frozen=True)

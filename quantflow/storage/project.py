@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.artifacts import ArtifactStore
 from quantflow.storage.filesystem import StorageOptions, Store, resolve_root
-from quantflow.storage.lake import Lake
+
+if TYPE_CHECKING:
+    from quantflow.storage.lake import Lake
 
 
 def storage_options(md: ProjectMetadata) -> StorageOptions:
@@ -21,6 +24,10 @@ def storage_options(md: ProjectMetadata) -> StorageOptions:
 
 
 def project_lake(md: ProjectMetadata) -> Lake:
+    from quantflow.storage.lake import (
+        Lake,  # polars: loaded by what reads or writes the lake, not by naming it
+    )
+
     return Lake(Store(resolve_root(md.project.storage.lake_root, md.project_dir), storage_options(md)))
 
 

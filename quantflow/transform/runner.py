@@ -22,13 +22,13 @@ from quantflow.compute.dates import date_batches
 from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.project import project_lake
+from quantflow.transform.environment import dbt_environment
 from quantflow.transform.generator import DBTProjectGenerator, dbt_project_dir
 from quantflow.transform.sources import cdm_tables
 from quantflow.transform.vars import dbt_vars_args
 from quantflow.transform.warehouse import (
     cdm_preview,
     cdm_row_counts,
-    dbt_environment,
     export_cdm_to_lake,
     prepare_raw_sources,
     warehouse_location,

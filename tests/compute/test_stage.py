@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from quantflow.compute.stage import RunWindow, StageError, StageResult, failure_line
-from quantflow.storage.lake import WriteResult
+from quantflow.storage.writes import WriteResult
 
 D = dt.date(2024, 3, 4)
 

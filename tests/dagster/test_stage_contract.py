@@ -24,12 +24,13 @@ from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
 from quantflow.pipeline.dagster.metadata import stage_metadata
 from quantflow.pipeline.instance import PROCESS_TAG, fail_abandoned_runs, process_tag
 from quantflow.pipeline.stages import STAGE_GROUPS
-from quantflow.storage.lake import WriteResult
+from quantflow.storage.writes import WriteResult
 from tests.conftest import REPO_ROOT, write_project
 
 PACKAGE = REPO_ROOT / "quantflow"
 CORE = {"metadata", "storage", "compute"}
 HEAVY = ("numba", "ray", "torch", "vectorbt")
+DATA_LIBRARIES = ("polars", "duckdb", "pyarrow")  # loaded when a stage runs, not to declare its assets
 
 
 def test_every_registered_stage_is_a_package_with_the_one_runner_signature():
@@ -117,6 +118,7 @@ def test_importing_the_definitions_is_light(sample_project_copy):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     loaded = {m.split(".")[0] for m in out["modules"]}
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
+    assert not loaded & set(DATA_LIBRARIES), loaded & set(DATA_LIBRARIES)
     print(f"definitions load: {out['seconds']:.2f}s")
 
 

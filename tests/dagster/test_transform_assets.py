@@ -16,7 +16,7 @@ from quantflow.pipeline.dagster.assets.transform import (
 )
 from quantflow.pipeline.dagster.reporting import REPORTER_KEY, reporter_resource
 from quantflow.storage.project import project_lake
-from quantflow.storage.tables import spec_for_kind
+from quantflow.storage.schemas import spec_for_kind
 from tests.conftest import write_project
 from tests.transform.raw_data import D1, D2, D3, at, fill_lake, make_project
 

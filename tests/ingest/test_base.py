@@ -11,7 +11,7 @@ import pytest
 from quantflow.ingest.feeds import FEED_CLASSES, FeedBatch, FeedError, build_feed, feed_class
 from quantflow.ingest.feeds.base import Feed, bad_rows_frame, weekdays
 from quantflow.metadata.schema import FEED_KINDS, CsvFeedConfig
-from quantflow.storage.tables import BAD_ROWS_SCHEMA, BARS_DAILY_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
+from quantflow.storage.schemas import BAD_ROWS_SCHEMA, BARS_DAILY_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
 
 
 def test_every_metadata_feed_kind_has_a_feed_class():

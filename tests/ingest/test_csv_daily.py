@@ -15,7 +15,7 @@ import pytest
 from quantflow.ingest.feeds.base import FeedError, build_feed
 from quantflow.ingest.feeds.csv_daily import CsvDailyFeed
 from quantflow.metadata.schema import CsvFeedConfig
-from quantflow.storage.tables import BAD_ROWS_SCHEMA, BARS_DAILY_SCHEMA
+from quantflow.storage.schemas import BAD_ROWS_SCHEMA, BARS_DAILY_SCHEMA
 
 DIRTY = [
     "AOS",

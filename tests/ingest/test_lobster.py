@@ -15,7 +15,7 @@ from quantflow.ingest.feeds.base import FeedError, build_feed
 from quantflow.ingest.feeds.lobster import LobsterFeed
 from quantflow.metadata.schema import LobsterFeedConfig
 from quantflow.state_engine.book import book_per_message
-from quantflow.storage.tables import MESSAGES_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
+from quantflow.storage.schemas import MESSAGES_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
 
 DAY = dt.date(2012, 6, 21)
 DAY2 = dt.date(2024, 1, 16)  # the hand-written files' day

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from quantflow.ingest.feeds.base import FeedError, build_feed
 from quantflow.ingest.feeds.synthetic import SyntheticFeed, daily_shocks, stable_seed, trading_day_index
 from quantflow.metadata.schema import SyntheticFeedConfig
-from quantflow.storage.tables import BARS_DAILY_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
+from quantflow.storage.schemas import BARS_DAILY_SCHEMA, QUOTES_SCHEMA, TRADES_SCHEMA
 
 NY = ZoneInfo("America/New_York")
 

@@ -12,10 +12,10 @@ from polars.testing import assert_frame_equal
 
 from quantflow.ingest.feeds.synthetic import SyntheticFeed
 from quantflow.metadata import get_metadata_manager
-from quantflow.state_engine import CarryState, StateEngineSpec, process_shard, runner
+from quantflow.state_engine import CarryState, StateEngineSpec, process_shard, runner, tables
 from quantflow.state_engine.book import book_snapshots
 from quantflow.storage.project import project_lake
-from quantflow.storage.tables import spec_for_kind
+from quantflow.storage.schemas import spec_for_kind
 from tests.conftest import window, write_project
 from tests.state_engine import reference as ref
 from tests.state_engine.helpers import assert_close, make_messages
@@ -119,7 +119,7 @@ def make_lake(root, carry: bool) -> tuple:
 def test_runner_builds_the_book_from_the_lake_messages(tmp_path, carry):
     md, lake, messages = make_lake(tmp_path / "p", carry)
     cfg = md.project.state_engine
-    assert runner.input_tables(cfg, "cdm_lob_l2") == ["cdm_order_messages"]
+    assert tables.input_tables(cfg, "cdm_lob_l2") == ["cdm_order_messages"]
     result = runner.run(md, window(md, DAYS[0], DAYS[-1]))
     assert result.shards == (2 if carry else 2 * 4) and not result.shards_failed
     got = lake.read("cdm_lob_l2").sort("symbol", "ts")

@@ -14,9 +14,10 @@ from polars.testing import assert_frame_equal
 from quantflow.ingest.feeds.synthetic import SyntheticFeed
 from quantflow.metadata import get_metadata_manager
 from quantflow.state_engine import runner
+from quantflow.state_engine import tables as se_tables
 from quantflow.state_engine.engine import flush_state, process_shard
 from quantflow.storage.project import project_lake
-from quantflow.storage.tables import spec_for_kind
+from quantflow.storage.schemas import spec_for_kind
 from tests.conftest import window, write_project
 
 START, END = dt.date(2024, 3, 4), dt.date(2024, 3, 15)  # two trading weeks
@@ -63,7 +64,7 @@ def project(tmp_path) -> Path:
 def test_outputs_match_the_pure_engine_on_the_whole_window(project):
     md = get_metadata_manager(project).load_all()
     result = runner.run(md, window(md, START, END))
-    tables = runner.output_tables(md.project.state_engine)
+    tables = se_tables.output_tables(md.project.state_engine)
     assert tables == ["cdm_trade_enriched", "cdm_lob_l2", "cdm_time_5m_bars", "cdm_volume_20000_bars",
                       "cdm_dollar_20perday_bars", "cdm_tick_imbalance_30_bars", "cdm_time_1w_bars"]
     assert result.shards == 2 * 10 and result.shards_skipped == 0 and not result.shards_failed
@@ -85,7 +86,7 @@ def test_outputs_match_the_pure_engine_on_the_whole_window(project):
 
 def test_shard_granularity_does_not_change_results(project, tmp_path):
     md = get_metadata_manager(project).load_all()
-    tables = runner.tick_tables(md.project.state_engine)
+    tables = se_tables.tick_tables(md.project.state_engine)
     runner.run(md, window(md, START, END), shard_granularity="daily")
     daily = read_all(project, tables)
     other = make_project(tmp_path / "weekly")
@@ -151,7 +152,7 @@ def test_daily_only_projects_skip_tick_bars_and_build_calendar_bars(tmp_path):
     result = runner.run(md, window(md, START, END))
     assert result.shards == 0
     assert any("no cdm_trades in the window" in w for w in result.warnings)
-    assert set(result.skipped_tables) == set(runner.tick_tables(md.project.state_engine))
+    assert set(result.skipped_tables) == set(se_tables.tick_tables(md.project.state_engine))
     weekly = lake.read("cdm_time_1w_bars").sort("date")
     assert weekly["close"].to_list() == [14.0, 19.0] and weekly["volume"].to_list() == [500.0, 500.0]
 
@@ -169,7 +170,7 @@ def test_ray_executor_gives_the_same_tables(project, tmp_path):
     import ray
 
     md = get_metadata_manager(project).load_all()
-    tables = runner.tick_tables(md.project.state_engine)
+    tables = se_tables.tick_tables(md.project.state_engine)
     runner.run(md, window(md, START, END), executor="local")
     local = read_all(project, tables)
     other = make_project(tmp_path / "ray")

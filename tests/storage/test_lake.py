@@ -17,7 +17,7 @@ import pytest
 from quantflow.storage.catalog import connect_catalog
 from quantflow.storage.filesystem import Store
 from quantflow.storage.lake import Lake
-from quantflow.storage.tables import spec_for_kind
+from quantflow.storage.schemas import spec_for_kind
 
 D1, D2, D3 = dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4)
 TRADES = spec_for_kind("raw_t_trades", "trades")
@@ -116,7 +116,7 @@ WRITER = textwrap.dedent("""
     import numpy as np, polars as pl
     from quantflow.storage.filesystem import Store
     from quantflow.storage.lake import Lake
-    from quantflow.storage.tables import spec_for_kind
+    from quantflow.storage.schemas import spec_for_kind
     lake = Lake(Store(sys.argv[1]))
     spec = spec_for_kind("raw_t_trades", "trades")
     n = 3_000_000

@@ -11,7 +11,7 @@ import polars as pl
 from quantflow.metadata import get_metadata_manager
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.project import project_lake
-from quantflow.storage.tables import spec_for_kind
+from quantflow.storage.schemas import spec_for_kind
 from tests.conftest import write_project
 
 D1, D2, D3 = dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4)

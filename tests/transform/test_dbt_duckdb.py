@@ -11,7 +11,7 @@ import pytest
 
 from quantflow.metadata import get_metadata_manager
 from quantflow.storage.project import project_lake, warehouse_path
-from quantflow.storage.tables import spec_for_kind
+from quantflow.storage.schemas import spec_for_kind
 from quantflow.transform import runner
 from quantflow.transform.warehouse import prepare_raw_sources
 from tests.conftest import window, write_project

@@ -10,7 +10,7 @@ import pytest
 
 from quantflow.metadata import get_metadata_manager
 from quantflow.storage.project import project_lake
-from quantflow.storage.tables import spec_for_kind
+from quantflow.storage.schemas import spec_for_kind
 from quantflow.transform import runner
 from tests.conftest import window, write_project
 from tests.transform.raw_data import D1, D2, at

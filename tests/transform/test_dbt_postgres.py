@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from quantflow.storage.project import project_lake
-from quantflow.storage.tables import spec_for_kind
+from quantflow.storage.schemas import spec_for_kind
 from quantflow.transform import runner
 from tests.conftest import window
 from tests.transform.raw_data import D1, D2, D3, at, fill_lake, make_project

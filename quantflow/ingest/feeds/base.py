@@ -31,7 +31,7 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from quantflow.compute.stage import StageError
-from quantflow.storage.tables import BAD_ROWS_SCHEMA, RAW_KINDS, conform
+from quantflow.storage.schemas import BAD_ROWS_SCHEMA, RAW_KINDS, conform
 
 
 class FeedError(StageError):

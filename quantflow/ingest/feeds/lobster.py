@@ -52,7 +52,7 @@ import polars as pl
 from quantflow.compute.order_book import LEVEL_SET, level_sets
 from quantflow.ingest.feeds.base import Feed, FeedBatch
 from quantflow.metadata.schema import LobsterFeedParams
-from quantflow.storage.tables import UTC_NS
+from quantflow.storage.schemas import UTC_NS
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from quantflow.ingest.feeds.bar_checks import join_reasons, ohlc_checks
 from quantflow.ingest.feeds.base import Feed, FeedBatch, weekdays
 from quantflow.ingest.feeds.throttle import RateLimiter, backoff_delay, parse_retry_after
 from quantflow.metadata.schema import PolygonFeedParams
-from quantflow.storage.tables import UTC_NS
+from quantflow.storage.schemas import UTC_NS
 
 log = logging.getLogger(__name__)
 

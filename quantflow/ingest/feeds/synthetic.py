@@ -54,7 +54,7 @@ import polars as pl
 
 from quantflow.ingest.feeds.base import Feed, FeedBatch, weekdays
 from quantflow.metadata.schema import SyntheticFeedParams
-from quantflow.storage.tables import UTC_NS
+from quantflow.storage.schemas import UTC_NS
 
 CALENDAR_EPOCH = dt.date(2000, 1, 3)  # a Monday: trading day 0 of the daily path
 _BLOCK = 1024  # trading days per cached block of daily shocks

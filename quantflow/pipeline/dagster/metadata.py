@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import polars as pl
 
 from quantflow.compute.stage import StageResult
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def frame_preview(df: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from quantflow.ingest import runner as ingest_runner
+from quantflow.ingest import NO_BAD_ROWS
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.pipeline.config import IngestRunConfig
 from quantflow.pipeline.dagster.metadata import check_results, stage_metadata
@@ -26,12 +26,14 @@ def _build_feed_asset(md: ProjectMetadata, feed) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"python", "parquet"},
         description=f"Raw {feed.kind} feed `{feed.name}` -> lake tables {', '.join(tables)}.",
-        check_specs=[dg.AssetCheckSpec(ingest_runner.NO_BAD_ROWS, asset=key,
+        check_specs=[dg.AssetCheckSpec(NO_BAD_ROWS, asset=key,
                                        description="The feed reported no bad rows.")],
         metadata={"feed_kind": feed.kind, "tables": ", ".join(tables)},
         required_resource_keys={REPORTER_KEY},
     )
     def _ingest(context: dg.AssetExecutionContext, config: IngestRunConfig):
+        from quantflow.ingest import runner as ingest_runner  # at run time: the definitions stay light
+
         window = config.window(md.symbols)
         result = call_stage(context, md, key.to_user_string(),
                             lambda progress: ingest_runner.run(md, window, feed=feed.name, progress=progress))

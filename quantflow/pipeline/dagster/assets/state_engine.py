@@ -12,7 +12,7 @@ from quantflow.metadata.manager import ProjectMetadata
 from quantflow.pipeline.config import StateEngineRunConfig
 from quantflow.pipeline.dagster.metadata import stage_metadata
 from quantflow.pipeline.dagster.reporting import REPORTER_KEY, call_stage
-from quantflow.state_engine import runner as state_runner
+from quantflow.state_engine.tables import input_tables, output_tables
 
 GROUP = "state_engine"
 ASSET = "state_engine_full"
@@ -22,12 +22,12 @@ def build_state_engine_assets(md: ProjectMetadata) -> list[dg.AssetsDefinition]:
     cfg = md.project.state_engine
     if cfg is None:
         return []
-    tables = state_runner.output_tables(cfg)
+    tables = output_tables(cfg)
     specs = [
         dg.AssetSpec(
             table,
             group_name=GROUP,
-            deps=[dg.AssetKey(t) for t in state_runner.input_tables(cfg, table)],
+            deps=[dg.AssetKey(t) for t in input_tables(cfg, table)],
             kinds={"numba", "parquet"},
             skippable=True,
             description=f"State engine output `{table}` (lake table, partitioned by symbol and date).",
@@ -39,6 +39,8 @@ def build_state_engine_assets(md: ProjectMetadata) -> list[dg.AssetsDefinition]:
                     description="One Numba pass per (symbol, time shard) over CDM trades, quotes and order "
                                 "messages, on Ray.")
     def state_engine_full(context: dg.AssetExecutionContext, config: StateEngineRunConfig):
+        from quantflow.state_engine import runner as state_runner  # at run time: the definitions stay light
+
         window = config.window(md.symbols)
         result = call_stage(context, md, ASSET, lambda progress: state_runner.run(
             md, window, max_concurrency=config.max_concurrency, shard_granularity=config.shard_granularity,

@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster_dbt import (
@@ -38,11 +38,12 @@ from quantflow.metadata.manager import ProjectMetadata
 from quantflow.pipeline.config import TransformRunConfig
 from quantflow.pipeline.dagster.metadata import stage_metadata
 from quantflow.pipeline.dagster.reporting import StageFailed, StageReporter, call_stage, reporter_of
-from quantflow.storage.tables import CDM_TABLES, RAW_KINDS
-from quantflow.transform import runner as transform_runner
+from quantflow.storage.tables import CDM_TABLES, RAW_KIND_NAMES
 from quantflow.transform.generator import DBTProjectGenerator, dbt_project_dir
 from quantflow.transform.sources import cdm_tables
-from quantflow.transform.warehouse import dbt_environment
+
+if TYPE_CHECKING:
+    from quantflow.transform.runner import DbtOutcome
 
 GROUP = "transform"
 ASSET = "dbt_cdm"
@@ -76,7 +77,7 @@ def _source_feed(props: Mapping[str, Any]) -> str | None:
     if meta.get("quantflow_feed"):
         return str(meta["quantflow_feed"])
     name = str(props.get("name", ""))
-    for kind in RAW_KINDS:
+    for kind in RAW_KIND_NAMES:
         if name.startswith("raw_") and name.endswith(f"_{kind}") and len(name) > len(f"raw__{kind}"):
             return name[len("raw_"):-len(f"_{kind}")]
     return None
@@ -106,11 +107,13 @@ def _newest_source_mtime(dbt_dir: Path) -> float:
 def _parse_manifest(md: ProjectMetadata, project: DbtProject) -> None:
     """``dbt parse`` into a private target folder, then move the manifest into place atomically, so a
     process reading it meanwhile never sees half a file."""
+    from quantflow.transform.runner import invoke_dbt
+
     scratch = project.project_dir / project.target_path / f".parse-{uuid.uuid4().hex}"
     args = ["parse", "--quiet", "--project-dir", str(project.project_dir), "--profiles-dir",
             str(project.profiles_dir), "--target", md.engine, "--target-path", str(scratch)]
     try:
-        outcome = transform_runner.invoke_dbt(md, args)
+        outcome = invoke_dbt(md, args)
         built = scratch / "manifest.json"
         if not outcome.success or not built.exists():
             raise RuntimeError(f"dbt parse of {project.project_dir} failed: {outcome.exception or 'see dbt log'}")
@@ -133,6 +136,8 @@ def dbt_project_for(md: ProjectMetadata) -> DbtProject:
         project = _PROJECTS.get(key)
         if project is None:
             project = DbtProject(project_dir=dbt_dir, profiles_dir=dbt_dir, target=md.engine)
+            from quantflow.transform.environment import dbt_environment
+
             _put_dbt_on_path()  # prepare_if_dev runs `dbt parse` through a DbtCliResource looking up PATH
             with dbt_environment(md):
                 project.prepare_if_dev()
@@ -193,7 +198,9 @@ class _DagsterDbt:
         self.checks: dict[tuple, dg.AssetCheckResult] = {}
         self.other: list = []
 
-    def __call__(self, args: list[str], node_done) -> transform_runner.DbtOutcome:
+    def __call__(self, args: list[str], node_done) -> "DbtOutcome":
+        from quantflow.transform.environment import dbt_environment
+
         with dbt_environment(self.md):  # the dbt subprocess starts inside cli() and inherits these variables
             invocation = self.dbt.cli(args, context=self.context, raise_on_error=False)
         try:
@@ -216,8 +223,10 @@ class _DagsterDbt:
         if key not in self.checks or (self.checks[key].passed and not event.passed):
             self.checks[key] = event
 
-    def _outcome(self, invocation) -> transform_runner.DbtOutcome:
-        outcome = transform_runner.DbtOutcome(invocation.is_successful(), models=set(self.outputs))
+    def _outcome(self, invocation) -> "DbtOutcome":
+        from quantflow.transform.runner import DbtOutcome
+
+        outcome = DbtOutcome(invocation.is_successful(), models=set(self.outputs))
         try:
             results = invocation.get_artifact("run_results.json").get("results", [])
         except (OSError, json.JSONDecodeError):
@@ -251,6 +260,8 @@ def build_transform_assets(md: ProjectMetadata) -> list[dg.AssetsDefinition | dg
     )
     def dbt_cdm(context: dg.AssetExecutionContext, config: TransformRunConfig, dbt: DbtCliResource,
                 quantflow_reporter: dg.ResourceParam[StageReporter]):
+        from quantflow.transform import runner as transform_runner  # at run time: the definitions stay light
+
         window = config.window(md.symbols)
         selected = [key.to_user_string() for key in context.selected_asset_keys]
         invoke = _DagsterDbt(context, dbt, md)
