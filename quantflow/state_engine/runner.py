@@ -117,27 +117,30 @@ def run_shard(task: ShardTask) -> ShardResult:
     tables = tick_tables(task.config)
     # a shard whose last-written table is stored for every day was finished by an earlier run
     if task.write_mode == "skip_if_exists" and all(
-        lake.store.exists(lake.partition_path(_done_marker(t is not None), task.symbol, d))
+        lake.store.exists(lake.partition_path(_done_marker(t is not None), task.symbol, d, "day"))
         for d, t in zip(task.dates, task.trade_paths)
     ):
         return ShardResult({}, 0, True, time.perf_counter() - began)
     written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
     n_trades, state, held = 0, None, None
     # one day at a time keeps memory flat; state carries across when configured
-    for trade_path, quote_path, message_path in zip(task.trade_paths, task.quote_paths, task.message_paths):
+    held_day = None
+    for day, trade_path, quote_path, message_path in zip(task.dates, task.trade_paths, task.quote_paths,
+                                                         task.message_paths):
         trades, messages = _read(lake, trade_path), _read(lake, message_path)
         if trades is None and messages is None:
             continue
         n_trades += trades.height if trades is not None else 0
         if held is not None:
-            _write_outputs(lake, held, task.write_mode, written)
+            _write_outputs(lake, held, task, held_day, tables, written)
         held, state = process_shard(trades, _read(lake, quote_path), spec, state, messages)
+        held_day = day
     if held is not None and spec.carry_state and state is not None:
         # the bars still open at the end of the chain close on its last day: written with that day
         for table, tail in flush_state(state, spec).items():
             held[table] = pl.concat([held[table], tail], how="vertical_relaxed") if tail.height else held[table]
     if held is not None:
-        _write_outputs(lake, held, task.write_mode, written)
+        _write_outputs(lake, held, task, held_day, tables, written)
     return ShardResult(written, n_trades, False, time.perf_counter() - began)
 
 
@@ -154,17 +157,22 @@ def _read(lake: Lake, path: str | None) -> pl.DataFrame | None:
     return df if df.height else None
 
 
-def _write_outputs(lake: Lake, out: dict[str, pl.DataFrame], mode: str, written: dict[str, WriteResult]) -> None:
-    # the done marker last: see the module docstring
+def _write_outputs(lake: Lake, out: dict[str, pl.DataFrame], task: ShardTask, day: dt.date, tables: list[str],
+                   written: dict[str, WriteResult]) -> None:
+    """One day's outputs. ``skip_if_exists`` keeps stored days; ``overwrite`` and ``append`` (which adds raw
+    rows, so derived tables are recomputed) make the day equal to this pass: a table with no rows that day
+    loses what an earlier pass stored. The done marker goes last: see the module docstring."""
     enriched = out.get(ENRICHED_TABLE)
     marker = _done_marker(enriched is not None and enriched.height > 0)
-    order = sorted(out, key=lambda t: t == marker)
-    for table in order:
-        df = out[table]
-        if df.height == 0:
+    for table in sorted(tables, key=lambda t: t == marker):
+        df = out.get(table)
+        result = written.setdefault(table, WriteResult(table))
+        if df is None or df.height == 0:
+            if task.write_mode != "skip_if_exists":
+                result.merge(lake.drop_day(table, task.symbol, day))
             continue
         spec = TableSpec(table, dict(df.schema), "day", SORT_KEYS.get(table, ("symbol", "date", "ts_first")))
-        written.setdefault(table, WriteResult(table)).merge(lake.write(spec, df, mode))
+        result.merge(lake.write(spec, df, "skip_if_exists" if task.write_mode == "skip_if_exists" else "overwrite"))
 
 
 @dataclass
@@ -240,24 +248,39 @@ def plan_shards(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end
     return tasks
 
 
+def calendar_period(day: dt.date, every: str) -> tuple[dt.date, dt.date]:
+    """The calendar period (``1w`` weeks from Monday, ``1mo``, ``1q``, ``1y``) holding ``day``: first, last day."""
+    if every == "1w":
+        first = day - dt.timedelta(days=day.weekday())
+        return first, first + dt.timedelta(days=6)
+    months = {"1mo": 1, "1q": 3, "1y": 12}[every]
+    month = (day.month - 1) // months * months + 1
+    first = dt.date(day.year, month, 1)
+    after = dt.date(first.year + (month + months - 1) // 12, (month + months - 1) % 12 + 1, 1)
+    return first, after - dt.timedelta(days=1)
+
+
 def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, window: RunWindow, result: StateEngineResult,
                    progress: Progress) -> None:
+    """Calendar bars are recomputed whole, in every write mode: every period the window touches is rebuilt
+    from all the daily bars stored for it (also days after the window), and replaces what was stored for
+    that period. So a bar cut by a window's end is never kept beside, or instead of, the full one: it is the
+    bar of the days known so far, until a run that reaches further rebuilds it."""
     from quantflow.state_engine.bars import resample_daily_bars
 
     bars = [b for b in cfg.bars if b.is_calendar]
     if not bars:
         return
     lake = project_lake(md)
-    start, end = window.start_date, window.end_date
-    # whole periods: widen the window to the start of the year so the first bar is complete
-    daily = lake.read(BARS_DAILY_TABLE, window.symbols, dt.date(start.year, 1, 1), end)
-    if daily.height == 0:
-        result.skip([b.table for b in bars], f"no {BARS_DAILY_TABLE} rows in the window")
-        return
     for b in bars:
-        df = resample_daily_bars(daily, b.every).filter(pl.col("date").is_between(start, end))
+        first, last = calendar_period(window.start_date, b.every)[0], calendar_period(window.end_date, b.every)[1]
+        daily = lake.read(BARS_DAILY_TABLE, window.symbols, first, last)
+        if daily.height == 0:
+            result.skip([b.table], f"no {BARS_DAILY_TABLE} rows in the window")
+            continue
+        df = resample_daily_bars(daily, b.every)
         spec = TableSpec(b.table, dict(df.schema), "year", ("symbol", "date"))
-        result.record_write(b.table, lake.write(spec, df, window.write_mode), lake.url(b.table))
+        result.record_write(b.table, lake.replace(spec, df, window.symbols, first, last), lake.url(b.table))
         result.preview[b.table] = df.head(5)
         progress.detail(f"state engine: {b.table}: {result.tables[b.table].rows_written} rows from daily bars")
 

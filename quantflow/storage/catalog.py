@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from quantflow.storage.lake import DATA_FILE, Lake
+from quantflow.storage.lake import DATA_FILE, PATH_KEYS, Lake
 
 
 def _quote_ident(name: str) -> str:
@@ -22,7 +22,8 @@ def _quote_str(value: str) -> str:
 
 
 def lake_glob(lake: Lake, table: str) -> str:
-    return lake.store.url(lake.store.path(table, "symbol=*", "date=*", DATA_FILE))
+    key = PATH_KEYS[lake.partition_width(table)]
+    return lake.store.url(lake.store.path(table, "symbol=*", f"{key}=*", DATA_FILE))
 
 
 def create_lake_views(con: duckdb.DuckDBPyConnection, lake: Lake, schema: str = "lake",
@@ -37,7 +38,8 @@ def create_lake_views(con: duckdb.DuckDBPyConnection, lake: Lake, schema: str = 
             continue
         con.execute(
             f"CREATE OR REPLACE VIEW {_quote_ident(schema)}.{_quote_ident(table)} AS "
-            f"SELECT * FROM read_parquet({_quote_str(lake_glob(lake, table))}, hive_partitioning = false, "
+            f"SELECT symbol, * EXCLUDE (symbol, {PATH_KEYS[lake.partition_width(table)]}) FROM read_parquet("
+            f"{_quote_str(lake_glob(lake, table))}, hive_partitioning = true, hive_types = {{'symbol': VARCHAR}}, "
             f"union_by_name = true)"
         )
         created.append(table)

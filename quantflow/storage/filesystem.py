@@ -6,11 +6,32 @@ Credentials for S3 come from the environment (``AWS_ACCESS_KEY_ID`` ...) or ``lo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+
+LOCKS_DIR = "_locks"  # local lock files, beside the tables (readers never list the root itself)
+STAGING_DIR = "_staging"  # local temp files before their rename: outside every table folder
+DELETE = object()  # returned by an update's change function: remove the object
+CAS_ATTEMPTS = 50
+
+
+class ConcurrentUpdateError(RuntimeError):
+    """Other writers kept changing one object while this one tried to update it."""
+
+
+def _precondition_failed(exc: Exception) -> bool:
+    """S3 answers a failed If-Match / If-None-Match with 412 (409 while another conditional write is in
+    flight); s3fs raises FileExistsError or OSError for them."""
+    text = str(exc)
+    return isinstance(exc, FileExistsError) or "pre-condition" in text or "PreconditionFailed" in text \
+        or "ConditionalRequestConflict" in text
 
 
 @dataclass(frozen=True)
@@ -97,13 +118,16 @@ class Store:
         return path
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        """Local: write a hidden temp file beside the target, fsync, rename over it. S3: one PUT is atomic."""
+        """Local: write a temp file in the root's staging folder, fsync, rename it over the target (readers of
+        a table folder never see the temp file). S3: one PUT is atomic."""
         if self.remote:
             self.fs.pipe_file(path, data)
             return
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        staging = Path(self._base) / STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f"{target.name}.{uuid.uuid4().hex}.tmp"
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
@@ -113,6 +137,71 @@ class Store:
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+    def update(self, path: str, change: Callable[[bytes | None], bytes | object | None]) -> bool:
+        """Read-modify-write of one object that loses no concurrent update.
+
+        ``change(current)`` gets the stored bytes (None when there is no object) and returns the new bytes,
+        ``DELETE``, or None to leave the object as it is; it may be called more than once. Local: the whole
+        exchange holds an exclusive lock (``flock`` on a file under ``_locks/``, released if the process
+        dies). S3: compare-and-swap, with no lock: the PUT is conditional on the ETag read (``If-Match``), or
+        on there being no object (``If-None-Match: *``), and is retried when another writer got there
+        first. Returns whether anything was written.
+        """
+        if not self.remote:
+            with self.lock(path):
+                current = Path(path).read_bytes() if os.path.exists(path) else None
+                new = change(current)
+                if new is None:
+                    return False
+                if new is DELETE:
+                    if current is not None:
+                        os.unlink(path)
+                    return current is not None
+                self.write_bytes_atomic(path, new)
+                return True
+        for attempt in range(CAS_ATTEMPTS):
+            try:
+                etag = self.fs.info(path, refresh=True)["ETag"]
+                current = self.fs.cat_file(path)  # may be newer than etag: then the If-Match below fails
+            except FileNotFoundError:
+                etag, current = None, None
+            new = change(current)
+            if new is None:
+                return False
+            try:
+                if new is DELETE:
+                    if current is None:
+                        return False
+                    self.fs.rm_file(path)  # S3 has no conditional DELETE on every server: last writer wins
+                else:
+                    self.fs.pipe_file(path, new, **({"IfMatch": etag} if etag else {"IfNoneMatch": "*"}))
+                self.fs.invalidate_cache(path)
+                return True
+            except (OSError, FileExistsError) as exc:
+                if not _precondition_failed(exc):
+                    raise
+                time.sleep(min(2.0, 0.02 * 2 ** min(attempt, 6)) * random.random())
+        raise ConcurrentUpdateError(f"{self.url(path)}: still changed by other writers after {CAS_ATTEMPTS} tries")
+
+    @contextlib.contextmanager
+    def lock(self, path: str) -> Iterator[None]:
+        """An exclusive lock on one local path, across processes (a no-op guard for remote roots, which
+        use compare-and-swap instead)."""
+        if self.remote:
+            yield
+            return
+        import fcntl
+
+        rel = os.path.relpath(path, self._base)
+        lock_path = Path(self._base) / LOCKS_DIR / f"{rel}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def exists(self, path: str) -> bool:
         if not self.remote:

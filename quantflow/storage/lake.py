@@ -1,35 +1,52 @@
-"""The lake: Parquet tables partitioned by symbol and date on a local folder or S3.
+"""The lake: Parquet tables partitioned by symbol and period on a local folder or S3.
 
-Layout: ``<root>/<table>/symbol=<S>/date=<YYYY-MM-DD>/data.parquet`` where the date is the start of the
-partition period (a day for tick tables, a year for daily tables). Each partition is one file, so every
-write is a single atomic rename (local) or PUT (S3): a crash leaves the old file or the new one, never a
-half-written partition. Files carry their ``symbol`` and ``date`` columns; the path is for pruning.
+Layout (hive partitions, readable as they are by polars, pandas, pyarrow and DuckDB):
+
+    <root>/<table>/symbol=<S>/day=<YYYY-MM-DD>/data.parquet      tick tables: one partition per day
+    <root>/<table>/symbol=<S>/year=<YYYY>/data.parquet           daily-frequency tables: one per year
+
+A file holds every column of the table except ``symbol``, which only the path carries (a column both in
+the path and in the file makes pandas and pyarrow refuse the dataset); the ``date`` column stays in the
+file, so every reader gets it as a date, and the ``day`` / ``year`` path key is only for pruning.
+
+Each partition is one file, replaced by a single atomic rename (local) or PUT (S3): a crash leaves the old
+file or the new one, never a half-written partition. Every write of a partition is a read-modify-write
+through ``Store.update`` (an exclusive lock on a local lake, compare-and-swap on S3), so runs writing the
+same partition at once keep every row.
 
 Write modes act on (symbol, day) units inside a partition:
 - ``skip_if_exists``: days already stored are kept as they are; only new days are added.
 - ``overwrite``: days present in the new data replace the stored rows of those days.
 - ``append``: rows are added to what is stored.
+``replace`` makes a date range of a derived table equal to the new rows: what the stages use to keep a
+derived table equal to what its inputs imply.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import polars as pl
 
-from quantflow.storage.filesystem import Store
+from quantflow.storage.filesystem import DELETE, LOCKS_DIR, STAGING_DIR, Store
 from quantflow.storage.schemas import TableSpec, conform
 from quantflow.storage.tables import partition_width
 from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
 
 DATA_FILE = "data.parquet"
-TABLE_FILE = "_table.json"  # {"partition": "day" | "year"}: written once per table, read by readers
-_PART_RE = re.compile(r"symbol=(?P<symbol>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/" + re.escape(DATA_FILE) + "$")
+PATH_KEYS = {"day": "day", "year": "year"}  # partition width -> the path key after symbol=
+_PART_RE = re.compile(
+    r"symbol=(?P<symbol>[^/]+)/(?P<key>day|year)=(?P<value>\d{4}(?:-\d{2}-\d{2})?)/" + re.escape(DATA_FILE) + "$"
+)
+_OLD_LAYOUT = "symbol=*/date=*/" + DATA_FILE  # before the hive-readable layout: see ``upgrade_layout``
+
+
+class LakeLayoutError(RuntimeError):
+    """A table written in the lake layout of an earlier QuantFlow: ``qf lake upgrade`` converts it."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,16 @@ def _period_end(start: dt.date, width: str) -> dt.date:
     return start if width == "day" else dt.date(start.year, 12, 31)
 
 
+def _path_value(start: dt.date, width: str) -> str:
+    return start.isoformat() if width == "day" else str(start.year)
+
+
+def _parquet_bytes(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    return buf.getvalue()
+
+
 class Lake:
     """Reads and writes lake tables under one storage root."""
 
@@ -63,14 +90,17 @@ class Lake:
     def table_path(self, table: str) -> str:
         return self.store.path(table)
 
-    def partition_path(self, table: str, symbol: str, start: dt.date) -> str:
-        return self.store.path(table, f"symbol={symbol}", f"date={start.isoformat()}", DATA_FILE)
+    def partition_path(self, table: str, symbol: str, start: dt.date, width: str | None = None) -> str:
+        width = width or self.partition_width(table)
+        return self.store.path(table, f"symbol={symbol}", f"{PATH_KEYS[width]}={_path_value(start, width)}",
+                               DATA_FILE)
 
     def url(self, table: str) -> str:
         return self.store.url(self.table_path(table))
 
     def tables(self) -> list[str]:
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.store.ls(self.store.path()) if "." not in p.rsplit("/", 1)[-1])
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in self.store.ls(self.store.path()))
+        return sorted(n for n in names if "." not in n and n not in (LOCKS_DIR, STAGING_DIR))
 
     def partitions(
         self,
@@ -82,14 +112,18 @@ class Lake:
         """Partitions of ``table`` whose symbol is in ``symbols`` and whose period overlaps [start, end]."""
         wanted = set(symbols) if symbols is not None else None
         found = []
-        for path in self.store.glob(self.store.path(table, "symbol=*", "date=*", DATA_FILE)):
+        pattern = f"symbol={next(iter(wanted))}" if wanted is not None and len(wanted) == 1 else "symbol=*"
+        for path in self.store.glob(self.store.path(table, pattern, "*=*", DATA_FILE)):
             m = _PART_RE.search(path)
             if not m:
+                if "/date=" in path:
+                    raise LakeLayoutError(f"{self.store.url(path)}: written in the lake layout of an earlier "
+                                          "QuantFlow (symbol=/date=); run `qf lake upgrade` to convert it in place")
                 continue
-            symbol, pstart = m["symbol"], dt.date.fromisoformat(m["date"])
+            symbol, width = m["symbol"], m["key"]
             if wanted is not None and symbol not in wanted:
                 continue
-            width = self.partition_width(table)
+            pstart = dt.date.fromisoformat(m["value"]) if width == "day" else dt.date(int(m["value"]), 1, 1)
             if end is not None and pstart > end:
                 continue
             if start is not None and _period_end(pstart, width) < start:
@@ -98,21 +132,32 @@ class Lake:
         return found
 
     def partition_width(self, table: str) -> str:
-        """The table's partition width, from its ``_table.json`` (tables written before it: by name)."""
+        """The table's partition width, from its stored partitions (by name for a table not written yet)."""
         if table not in self._widths:
-            path = self.store.path(table, TABLE_FILE)
             width = partition_width(table)
-            if self.store.exists(path):
-                width = json.loads(self.store.read_bytes(path)).get("partition", width)
+            if self.store.glob(self.store.path(table, "symbol=*", "year=*")):
+                width = "year"
+            elif self.store.glob(self.store.path(table, "symbol=*", "day=*")):
+                width = "day"
             self._widths[table] = width
         return self._widths[table]
 
     # ------------------------------------------------------------------ read
     def read_partition(self, path: str) -> pl.DataFrame:
-        if not self.store.remote:
-            return pl.read_parquet(path)  # polars' own reader: no pyarrow.dataset/pandas import in workers
-        with self.store.fs.open(path, "rb") as fh:
-            return pl.read_parquet(fh)
+        """One partition file, with its ``symbol`` column (taken from the path) first."""
+        m = _PART_RE.search(path)
+        if self.store.remote:
+            with self.store.fs.open(path, "rb") as fh:
+                df = pl.read_parquet(fh)
+        else:
+            df = pl.read_parquet(path)  # polars' own reader: no pyarrow.dataset/pandas import in workers
+        return self._with_symbol(df, m["symbol"] if m else None)
+
+    @staticmethod
+    def _with_symbol(df: pl.DataFrame, symbol: str | None) -> pl.DataFrame:
+        if symbol is None or "symbol" in df.columns:
+            return df
+        return df.select(pl.lit(symbol, pl.Utf8).alias("symbol"), pl.all())
 
     def read(
         self,
@@ -139,6 +184,21 @@ class Lake:
         return set(df["date"].unique().to_list()) if df.height else set()
 
     # ------------------------------------------------------------------ write
+    def _prepare(self, spec: TableSpec, df: pl.DataFrame) -> pl.DataFrame:
+        df = conform(df, spec.schema, where=f"table {spec.name}")
+        nulls = df.select(pl.col("symbol").null_count() + pl.col("date").null_count()).item()
+        if nulls:
+            raise ValueError(f"table {spec.name}: {nulls} rows have a null symbol or date; refusing to write")
+        self._widths[spec.name] = spec.partition
+        return df
+
+    def _by_partition(self, spec: TableSpec, df: pl.DataFrame):
+        keyed = df.with_columns(
+            pl.col("date").dt.truncate("1y" if spec.partition == "year" else "1d").alias("__period")
+        )
+        for (symbol, pstart), part in keyed.group_by(["symbol", "__period"], maintain_order=True):
+            yield symbol, pstart, part.drop("__period")
+
     def write(self, spec: TableSpec, df: pl.DataFrame, mode: WriteMode = "skip_if_exists") -> WriteResult:
         """Write ``df`` (any number of symbols and days) into ``spec.name`` obeying ``mode``."""
         if mode not in WRITE_MODES:
@@ -146,80 +206,168 @@ class Lake:
         result = WriteResult(spec.name)
         if df.height == 0:
             return result
-        df = conform(df, spec.schema, where=f"table {spec.name}")
-        nulls = df.select(pl.col("symbol").null_count() + pl.col("date").null_count()).item()
-        if nulls:
-            raise ValueError(f"table {spec.name}: {nulls} rows have a null symbol or date; refusing to write")
-        marker = self.store.path(spec.name, TABLE_FILE)
-        if self._widths.get(spec.name) != spec.partition and not self.store.exists(marker):
-            self.store.write_bytes_atomic(marker, json.dumps({"partition": spec.partition}).encode())
-        self._widths[spec.name] = spec.partition
-        keyed = df.with_columns(
-            pl.col("date").dt.truncate("1y" if spec.partition == "year" else "1d").alias("__period")
-        )
-        for (symbol, pstart), part in keyed.group_by(["symbol", "__period"], maintain_order=True):
-            result.merge(self._write_partition(spec, symbol, pstart, part.drop("__period"), mode))
+        df = self._prepare(spec, df)
+        for symbol, pstart, part in self._by_partition(spec, df):
+            if spec.partition == "day" and mode != "append":
+                result.merge(self._write_day(spec, symbol, pstart, part, mode))
+            else:
+                result.merge(self._update_partition(spec, symbol, pstart, _merge_by_mode(part, mode)))
+        return result
+
+    def _write_day(self, spec: TableSpec, symbol: str, day: dt.date, part: pl.DataFrame,
+                   mode: WriteMode) -> WriteResult:
+        """A whole day partition: kept when stored (``skip_if_exists``) or replaced (``overwrite``), with no
+        read of the stored file; under the partition's lock, so no read-modify-write interleaves."""
+        path = self.partition_path(spec.name, symbol, day, "day")
+        with self.store.lock(path):
+            if mode == "skip_if_exists" and self.store.exists(path):
+                return WriteResult(spec.name, days_skipped=1)
+            data = _parquet_bytes(part.sort(list(spec.sort_by), maintain_order=True).drop("symbol"))
+            if mode == "skip_if_exists" and self.store.remote:
+                try:  # create only: a run that stored the day meanwhile wins
+                    self.store.fs.pipe_file(path, data, IfNoneMatch="*")
+                except FileExistsError:
+                    return WriteResult(spec.name, days_skipped=1)
+            else:
+                self.store.write_bytes_atomic(path, data)
+        return WriteResult(spec.name, rows_written=part.height, days_written=1,
+                           partitions=[self.store.url(path)])
+
+    def replace(self, spec: TableSpec, df: pl.DataFrame, symbols: Iterable[str], start: dt.date,
+                end: dt.date) -> WriteResult:
+        """Make the rows of ``symbols`` with ``start <= date <= end`` exactly ``df``: stored rows in that range
+        go (also on days ``df`` has no rows for), rows outside it stay. Each partition changes atomically."""
+        result = WriteResult(spec.name)
+        df = self._prepare(spec, df) if df.height else df
+        new = {(s, p): part for s, p, part in self._by_partition(spec, df)} if df.height else {}
+        targets = set(new)
+        for symbol in symbols:
+            if spec.partition == "day" and start == end:  # one day (the usual chunk): one existence check
+                if self.store.exists(self.partition_path(spec.name, symbol, start, "day")):
+                    targets.add((symbol, start))
+                continue
+            targets.update((symbol, p.period_start) for p in self.partitions(spec.name, [symbol], start, end))
+        for symbol, pstart in sorted(targets):
+            part = new.get((symbol, pstart))
+            result.merge(self._update_partition(spec, symbol, pstart, _merge_replacing(part, start, end)))
         return result
 
     def delete_days(self, spec: TableSpec, symbol: str, days: Iterable[dt.date]) -> WriteResult:
-        """Remove the rows of ``days`` for ``symbol``: a day partition's file goes (one atomic unlink or
-        DELETE), a year partition is rewritten without those days (one atomic rename or PUT)."""
+        """Remove the rows of ``days`` for ``symbol`` (a partition left empty is removed)."""
         result = WriteResult(spec.name)
         by_period: dict[dt.date, set[dt.date]] = {}
         for day in days:
             by_period.setdefault(period_start(day, spec.partition), set()).add(day)
         for pstart, gone in sorted(by_period.items()):
-            path = self.partition_path(spec.name, symbol, pstart)
-            if not self.store.exists(path):
-                continue
-            if spec.partition == "day":
-                self.store.fs.rm_file(path)
-                result.days_deleted += 1
-                continue
-            old = self.read_partition(path)
-            kept = old.filter(~pl.col("date").is_in(list(gone)))
-            result.days_deleted += len(gone & set(old["date"].unique().to_list()))
-            if kept.height == 0:
-                self.store.fs.rm_file(path)
-            elif kept.height < old.height:
-                buf = io.BytesIO()
-                kept.write_parquet(buf, compression="zstd", statistics=True)
-                self.store.write_bytes_atomic(path, buf.getvalue())
+            result.merge(self._update_partition(spec, symbol, pstart, _merge_deleting(gone)))
         return result
 
-    def _write_partition(
-        self, spec: TableSpec, symbol: str, pstart: dt.date, new: pl.DataFrame, mode: WriteMode
-    ) -> WriteResult:
-        path = self.partition_path(spec.name, symbol, pstart)
-        result = WriteResult(spec.name)
-        new_days = set(new["date"].unique().to_list())
-        exists = self.store.exists(path)
-        if exists and mode == "skip_if_exists" and spec.partition == "day":
-            result.days_skipped = len(new_days)
-            return result
-        replaced_whole = mode == "overwrite" and spec.partition == "day"  # the new day replaces the file
-        old = self.read_partition(path) if exists and not replaced_whole else None
+    def drop_day(self, table: str, symbol: str, day: dt.date) -> WriteResult:
+        """Remove one (symbol, day) partition of a day-partitioned table (under its lock)."""
+        path = self.partition_path(table, symbol, day, "day")
+        removed = self.store.update(path, lambda current: DELETE if current is not None else None)
+        return WriteResult(table, days_deleted=int(removed))
+
+    def _update_partition(self, spec: TableSpec, symbol: str, pstart: dt.date, merge: Callable) -> WriteResult:
+        """Apply ``merge(old | None, result) -> new | None`` to one partition under ``Store.update``."""
+        path = self.partition_path(spec.name, symbol, pstart, spec.partition)
+        outcome: dict[str, WriteResult] = {}
+
+        def change(current: bytes | None):
+            result = outcome["r"] = WriteResult(spec.name)  # reset: a compare-and-swap may call this again
+            old = None
+            if current is not None:
+                old = conform(self._with_symbol(pl.read_parquet(io.BytesIO(current)), symbol), spec.schema,
+                              where=self.store.url(path))
+            new = merge(old, result)
+            if new is None:
+                return None
+            if new.height == 0:
+                return DELETE
+            return _parquet_bytes(new.sort(list(spec.sort_by), maintain_order=True).drop("symbol"))
+
+        wrote = self.store.update(path, change)
+        result = outcome["r"]
+        if wrote and result.rows_written:
+            result.partitions.append(self.store.url(path))
+        return result
+
+    # ------------------------------------------------------------------ older layouts
+    def upgrade_layout(self) -> int:
+        """Convert tables written as ``symbol=<S>/date=<period>/data.parquet`` (with ``symbol`` in the file)
+        to the hive-readable layout, one partition at a time (new file first, old one removed after), and
+        remove the old ``_table.json`` files. Returns the partitions converted."""
+        import json
+
+        converted = 0
+        for table in self.tables():
+            marker = self.store.path(table, "_table.json")
+            width = partition_width(table)
+            if self.store.exists(marker):
+                width = json.loads(self.store.read_bytes(marker)).get("partition", width)
+            for old in self.store.glob(self.store.path(table, _OLD_LAYOUT)):
+                m = re.search(r"symbol=(?P<s>[^/]+)/date=(?P<d>\d{4}-\d{2}-\d{2})/", old)
+                start = dt.date.fromisoformat(m["d"])
+                df = self.read_partition(old).drop("symbol", strict=False)
+                self.store.write_bytes_atomic(self.partition_path(table, m["s"], start, width), _parquet_bytes(df))
+                self.store.fs.rm(old.rsplit("/", 1)[0], recursive=True)
+                converted += 1
+            if self.store.exists(marker):
+                self.store.fs.rm_file(marker)
+        self._widths.clear()
+        return converted
+
+
+def _merge_by_mode(new: pl.DataFrame, mode: WriteMode) -> Callable:
+    new_days = set(new["date"].unique().to_list())
+
+    def merge(old: pl.DataFrame | None, result: WriteResult) -> pl.DataFrame | None:
+        days, rows = new_days, new
         if old is not None and old.height:
-            old = conform(old, spec.schema, where=path)
+            have = set(old["date"].unique().to_list())
             if mode == "skip_if_exists":
-                have = set(old["date"].unique().to_list())
                 result.days_skipped = len(new_days & have)
-                new = new.filter(~pl.col("date").is_in(list(have)))
-                new_days -= have
-                if new.height == 0:
-                    return result
-                merged = pl.concat([old, new])
+                days = new_days - have
+                rows = new.filter(pl.col("date").is_in(list(days)))
+                if rows.height == 0:
+                    return None
+                merged = pl.concat([old, rows])
             elif mode == "overwrite":
                 merged = pl.concat([old.filter(~pl.col("date").is_in(list(new_days))), new])
             else:
                 merged = pl.concat([old, new])
         else:
             merged = new
-        merged = merged.sort(list(spec.sort_by), maintain_order=True)
-        buf = io.BytesIO()
-        merged.write_parquet(buf, compression="zstd", statistics=True)
-        self.store.write_bytes_atomic(path, buf.getvalue())
-        result.rows_written = new.height
-        result.days_written = len(new_days)
-        result.partitions.append(self.store.url(path))
-        return result
+        result.rows_written, result.days_written = rows.height, len(days)
+        return merged
+
+    return merge
+
+
+def _merge_replacing(new: pl.DataFrame | None, start: dt.date, end: dt.date) -> Callable:
+    def merge(old: pl.DataFrame | None, result: WriteResult) -> pl.DataFrame | None:
+        new_days = set(new["date"].unique().to_list()) if new is not None else set()
+        if new is not None:
+            result.rows_written, result.days_written = new.height, len(new_days)
+        if old is None:
+            return new
+        in_range = pl.col("date").is_between(start, end)
+        replaced = set(old.filter(in_range)["date"].unique().to_list())
+        result.days_deleted = len(replaced - new_days)
+        if new is None and not replaced:
+            return None
+        kept = old.filter(~in_range)
+        return pl.concat([kept, new]) if new is not None else kept
+
+    return merge
+
+
+def _merge_deleting(days: set[dt.date]) -> Callable:
+    def merge(old: pl.DataFrame | None, result: WriteResult) -> pl.DataFrame | None:
+        if old is None:
+            return None
+        kept = old.filter(~pl.col("date").is_in(list(days)))
+        result.days_deleted = len(days & set(old["date"].unique().to_list()))
+        return kept if kept.height < old.height else None
+
+    return merge

@@ -356,32 +356,29 @@ def export_cdm_to_lake(md: ProjectMetadata, start: dt.date, end: dt.date, symbol
                        tables: Iterable[str] | None = None) -> dict[str, WriteResult]:
     """Write each CDM table's rows of [start, end] (and ``symbols``) from the warehouse into the lake.
 
+    ``skip_if_exists`` keeps the (symbol, day)s the lake has. ``overwrite`` and ``append`` make the lake's
+    window equal to the warehouse's (``Lake.replace``): the CDM is derived from the raw tables, so appending
+    raw rows re-derives it rather than appending to it, and days that left the CDM leave the lake too.
     Tick tables are moved a day at a time, daily tables in one piece, so memory stays bounded by a day
     of ticks. ``tables`` restricts the export (default: every CDM table the project has).
     """
     available = cdm_tables(md)
     selected = {t: available[t] for t in (tables if tables is not None else available) if t in available}
     lake = project_lake(md)
+    everyone = _canonical(symbols) or sorted(md.symbols)
     results: dict[str, WriteResult] = {}
     with WarehouseReader(md) as reader:
         for table, kind in selected.items():
             spec = spec_for_kind(table, kind)
             result = WriteResult(table)
             chunk_days = None if partition_width(table) == "year" else 1
-            present: set[tuple[str, dt.date]] = set()
             for chunk_start, chunk_end in date_batches(start, end, chunk_days):
                 df = reader.read(table, kind, chunk_start, chunk_end, symbols)
-                if df.height:
-                    result.merge(lake.write(spec, df, write_mode))
-                    present.update(df.select("symbol", "date").unique().iter_rows())
-            if write_mode == "overwrite":  # the window is rebuilt: days no longer in the CDM leave the lake too
-                stored = lake.read(table, symbols, start, end, columns=["symbol", "date"])
-                stale: dict[str, list[dt.date]] = {}
-                for symbol, day in stored.unique().iter_rows() if stored.height else ():
-                    if (symbol, day) not in present:
-                        stale.setdefault(symbol, []).append(day)
-                for symbol, days in stale.items():
-                    result.merge(lake.delete_days(spec, symbol, days))
+                if write_mode == "skip_if_exists":
+                    if df.height:
+                        result.merge(lake.write(spec, df, write_mode))
+                else:
+                    result.merge(lake.replace(spec, df, everyone, chunk_start, chunk_end))
             results[table] = result
     return results
 

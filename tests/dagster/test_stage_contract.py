@@ -149,7 +149,7 @@ def test_a_failed_stage_says_stage_asset_shard_and_cause_in_one_line(tmp_path):
     from tests.state_engine.test_runner import END, START, make_project
 
     root = make_project(tmp_path / "p")
-    bad = root / ".quantflow" / "lake" / "cdm_trades" / "symbol=BBB" / "date=2024-03-06" / "data.parquet"
+    bad = root / ".quantflow" / "lake" / "cdm_trades" / "symbol=BBB" / "day=2024-03-06" / "data.parquet"
     bad.write_bytes(b"not parquet")
     runner = create_runner(root, instance=dg.DagsterInstance.ephemeral())
     result = runner.run(stage="state_engine", start_date=START, end_date=END)

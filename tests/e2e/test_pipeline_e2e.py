@@ -168,4 +168,4 @@ def test_a_killed_run_is_marked_failed_on_the_next_start(sample_project_copy):
 
 
 def instance_has_rows(project: Path) -> bool:
-    return any((project / ".quantflow" / "lake" / "raw_sample_trades").glob("symbol=*/date=*/data.parquet"))
+    return any((project / ".quantflow" / "lake" / "raw_sample_trades").glob("symbol=*/day=*/data.parquet"))

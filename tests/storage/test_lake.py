@@ -49,9 +49,9 @@ def test_layout_is_symbol_then_date_partition(lake, tmp_path):
     assert res.rows_written == 6 and res.days_written == 3
     files = sorted(p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").rglob("*.parquet"))
     assert files == [
-        "raw_t_trades/symbol=AAA/date=2024-01-02/data.parquet",
-        "raw_t_trades/symbol=AAA/date=2024-01-03/data.parquet",
-        "raw_t_trades/symbol=BBB/date=2024-01-02/data.parquet",
+        "raw_t_trades/symbol=AAA/day=2024-01-02/data.parquet",
+        "raw_t_trades/symbol=AAA/day=2024-01-03/data.parquet",
+        "raw_t_trades/symbol=BBB/day=2024-01-02/data.parquet",
     ]
     assert lake.read("raw_t_trades", ["AAA"], D2, D2).height == 2
     assert lake.tables() == ["raw_t_trades"]
@@ -108,7 +108,8 @@ def test_failed_rename_leaves_old_data_and_no_temp_file(lake, tmp_path, monkeypa
         lake.write(TRADES, trades(D1, 3, price=20), "overwrite")
     monkeypatch.undo()
     assert lake.read("raw_t_trades")["price"].to_list() == [10.0] * 3
-    assert sorted(p.name for p in (tmp_path / "lake").rglob("*") if p.is_file()) == ["_table.json", "data.parquet"]
+    assert sorted(p.name for p in (tmp_path / "lake" / "raw_t_trades").rglob("*") if p.is_file()) == ["data.parquet"]
+    assert not list((tmp_path / "lake").rglob("*.tmp"))
 
 
 WRITER = textwrap.dedent("""

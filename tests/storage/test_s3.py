@@ -46,8 +46,8 @@ def test_lake_round_trip_and_write_modes_on_s3(options, request):
     lake = Lake(Store(f"s3://research/{request.node.name}/lake", options))
     res = lake.write(TRADES, pl.concat([trades(D1, 3), trades(D2, 2, symbol="BBB")]))
     assert res.partitions == [
-        f"s3://research/{request.node.name}/lake/raw_t_trades/symbol=AAA/date=2024-01-02/data.parquet",
-        f"s3://research/{request.node.name}/lake/raw_t_trades/symbol=BBB/date=2024-01-03/data.parquet",
+        f"s3://research/{request.node.name}/lake/raw_t_trades/symbol=AAA/day=2024-01-02/data.parquet",
+        f"s3://research/{request.node.name}/lake/raw_t_trades/symbol=BBB/day=2024-01-03/data.parquet",
     ]
     assert lake.write(TRADES, trades(D1, 9, price=1.0)).days_skipped == 1
     lake.write(TRADES, trades(D1, 4, price=2.0), "overwrite")
