@@ -89,7 +89,8 @@ class Progress:
 
     ``begin(total, unit)`` starts (or restarts) a phase of ``total`` units (None: unknown) such as
     ``"shards"``; ``advance(n, rows)`` marks ``n`` units done that handled ``rows`` rows; ``detail`` is a
-    line worth reading when asked for details (``-v``, the Dagster run log).
+    line worth reading when asked for details (``-v``, the Dagster run log); ``note`` one that everyone
+    should see as it happens (a run waiting for another).
     """
 
     def begin(self, total: int | None, unit: str, label: str | None = None) -> None:
@@ -99,6 +100,9 @@ class Progress:
         pass
 
     def detail(self, message: str) -> None:
+        pass
+
+    def note(self, message: str) -> None:
         pass
 
 

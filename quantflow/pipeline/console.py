@@ -68,6 +68,9 @@ class _StageBar(stage.Progress):
         if self.reporter.verbose:
             self.reporter.console.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)
 
+    def note(self, message: str) -> None:
+        self.reporter.console.print(f"{self.label}: {message}", markup=False, highlight=False, soft_wrap=True)
+
     def line(self) -> str:
         of = f"/{self.total}" if self.total is not None else ""
         rows = _rate(self.rows, time.monotonic() - self.began)

@@ -41,17 +41,15 @@ class ArtifactStore:
     def put(self, prefix: str, ext: str, data: bytes, when: dt.datetime | None = None) -> str:
         """Store ``data``; returns the artifact's URL."""
         when = (when or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-        while True:
+        while True:  # create-only, so two runs storing at the same second both keep their artifact
             path = self.store.path(self.artifact_name(prefix, ext, when))
-            if not self.store.exists(path):
-                break
+            if self.store.create(path, data):
+                return self.store.url(path)
             when += dt.timedelta(seconds=1)
-        self.store.write_bytes_atomic(path, data)
-        return self.store.url(path)
 
     def list(self, prefix: str = "") -> list[str]:
         names = [p for p in self.store.ls(self.store.path()) if p.rsplit("/", 1)[-1].startswith(prefix)]
-        return [self.store.url(p) for p in sorted(names) if not p.rsplit("/", 1)[-1].startswith(".")]
+        return [self.store.url(p) for p in sorted(names) if not p.rsplit("/", 1)[-1].startswith((".", "_"))]
 
     def latest(self, prefix: str) -> str | None:
         found = self.list(prefix)

@@ -138,6 +138,32 @@ class Store:
             if tmp.exists():
                 tmp.unlink()
 
+    def create(self, path: str, data: bytes) -> bool:
+        """Write ``data`` at ``path`` only if nothing is there (atomically: local ``link`` of a staged file,
+        S3 ``If-None-Match: *``); False when the name is taken."""
+        if self.remote:
+            try:
+                self.fs.pipe_file(path, data, IfNoneMatch="*")
+                return True
+            except FileExistsError:
+                return False
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(self._base) / STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f"{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, target)  # fails when the target exists: never replaces it
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def update(self, path: str, change: Callable[[bytes | None], bytes | object | None]) -> bool:
         """Read-modify-write of one object that loses no concurrent update.
 

@@ -17,7 +17,8 @@ same partition at once keep every row.
 Write modes act on (symbol, day) units inside a partition:
 - ``skip_if_exists``: days already stored are kept as they are; only new days are added.
 - ``overwrite``: days present in the new data replace the stored rows of those days.
-- ``append``: rows are added to what is stored.
+- ``append``: rows are added to what is stored, except rows whose key (the table's sort key, e.g.
+  symbol, date, ts, trade_id) is stored already: appending the same rows twice stores them once.
 ``replace`` makes a date range of a derived table equal to the new rows: what the stages use to keep a
 derived table equal to what its inputs imply.
 """
@@ -211,7 +212,7 @@ class Lake:
             if spec.partition == "day" and mode != "append":
                 result.merge(self._write_day(spec, symbol, pstart, part, mode))
             else:
-                result.merge(self._update_partition(spec, symbol, pstart, _merge_by_mode(part, mode)))
+                result.merge(self._update_partition(spec, symbol, pstart, _merge_by_mode(part, mode, spec.sort_by)))
         return result
 
     def _write_day(self, spec: TableSpec, symbol: str, day: dt.date, part: pl.DataFrame,
@@ -318,7 +319,7 @@ class Lake:
         return converted
 
 
-def _merge_by_mode(new: pl.DataFrame, mode: WriteMode) -> Callable:
+def _merge_by_mode(new: pl.DataFrame, mode: WriteMode, key: tuple[str, ...]) -> Callable:
     new_days = set(new["date"].unique().to_list())
 
     def merge(old: pl.DataFrame | None, result: WriteResult) -> pl.DataFrame | None:
@@ -334,8 +335,12 @@ def _merge_by_mode(new: pl.DataFrame, mode: WriteMode) -> Callable:
                 merged = pl.concat([old, rows])
             elif mode == "overwrite":
                 merged = pl.concat([old.filter(~pl.col("date").is_in(list(new_days))), new])
-            else:
-                merged = pl.concat([old, new])
+            else:  # append: the rows whose key is not stored yet, so appending twice adds nothing twice
+                rows = new.join(old.select(key).unique(), on=list(key), how="anti", nulls_equal=True)
+                days = set(rows["date"].unique().to_list())
+                if rows.height == 0:
+                    return None
+                merged = pl.concat([old, rows])
         else:
             merged = new
         result.rows_written, result.days_written = rows.height, len(days)

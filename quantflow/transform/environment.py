@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.project import warehouse_path
@@ -61,3 +62,13 @@ def dbt_environment(md: ProjectMetadata) -> Iterator[dict[str, str]]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def warehouse_lock_path(md: ProjectMetadata) -> Path:
+    """The lock a transform run holds on the warehouse: DuckDB admits one writer per file, and two dbt runs
+    rebuilding one window of a PostgreSQL CDM at once would interleave their delete + insert."""
+    if md.engine == "duckdb":
+        path = warehouse_path(md)
+        return path.with_name(path.name + ".lock")
+    pg = md.local.postgres
+    return md.project_dir / ".quantflow" / "locks" / f"postgres-{pg.host}-{pg.port}-{pg.dbname}-{pg.schema_}.lock"

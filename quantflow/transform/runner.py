@@ -21,8 +21,9 @@ from typing import Any
 from quantflow.compute.dates import date_batches
 from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
+from quantflow.storage.locks import exclusive
 from quantflow.storage.project import project_lake
-from quantflow.transform.environment import dbt_environment
+from quantflow.transform.environment import dbt_environment, warehouse_lock_path
 from quantflow.transform.generator import DBTProjectGenerator, dbt_project_dir
 from quantflow.transform.sources import cdm_tables
 from quantflow.transform.vars import dbt_vars_args
@@ -175,6 +176,16 @@ def run(
         progress.detail(f"dbt project: wrote {path}")
     lake = project_lake(md)
     result.table_urls = {t: lake.url(t) for t in selected}
+    with exclusive(warehouse_lock_path(md), f"the {md.engine} warehouse ({result.warehouse})",
+                   on_wait=progress.note):
+        _build(md, window, result, selected, batch_days, command, invoke, progress, began)
+    return result
+
+
+def _build(md: ProjectMetadata, window: RunWindow, result: TransformResult, selected: list[str],
+           batch_days: int | None, command: str, invoke: DbtInvoke, progress: Progress, began: float) -> None:
+    """The batch loop, holding the warehouse: raw tables in, dbt, the CDM back to the lake."""
+    lake = project_lake(md)
     batches = date_batches(window.start_date, window.end_date, batch_days)
     symbols = list(window.symbols)
     progress.begin(len(batches) * len(selected), "models", "transform (dbt)")
@@ -204,7 +215,6 @@ def run(
             progress.advance(0, written.rows_written)
         result.batches.append((batch_start, batch_end))
     _finish(md, window, result, [t for t in selected if t in built or not built], began)
-    return result
 
 
 def _finish(md: ProjectMetadata, window: RunWindow, result: TransformResult, tables: list[str],

@@ -75,8 +75,21 @@ def test_overwrite_replaces_only_the_days_written(lake):
 
 def test_append_adds_rows(lake):
     lake.write(TRADES, trades(D1, 3))
-    lake.write(TRADES, trades(D1, 2, price=11), "append")
+    later = trades(D1, 5, price=11).slice(3)  # two new trades: ids 3 and 4
+    assert lake.write(TRADES, later, "append").rows_written == 2
     assert lake.read("raw_t_trades").height == 5
+
+
+def test_append_never_stores_a_key_twice(lake):
+    """Appending rows the table has (same symbol, date, ts, trade_id) adds nothing: no duplicate keys."""
+    lake.write(TRADES, trades(D1, 3))
+    res = lake.write(TRADES, trades(D1, 4, price=11), "append")
+    assert (res.rows_written, res.days_written) == (1, 1)
+    got = lake.read("raw_t_trades")
+    assert got["price"].to_list() == [10.0, 10.0, 10.0, 11.0]
+    assert lake.write(BARS, bars([D1, D2], close=7.0), "append").rows_written == 2
+    assert lake.write(BARS, bars([D1, D2, D3], close=8.0), "append").rows_written == 1
+    assert lake.read("raw_t_bars_daily")["close"].to_list() == [7.0, 7.0, 8.0]
 
 
 def test_year_partitions_merge_new_days_in_skip_mode(lake, tmp_path):

@@ -61,6 +61,9 @@ class LogProgress(Progress):
     def detail(self, message: str) -> None:
         self.log.debug(message)
 
+    def note(self, message: str) -> None:
+        self.log.info(f"{self.label}: {message}")
+
 
 class StageReporter:
     """What a stage asset reports to whoever launched its run (see the module docstring)."""
