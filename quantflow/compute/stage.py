@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -163,9 +163,11 @@ class StageError(Exception):
         self.result = result
 
 
-def failure_line(exc: BaseException) -> str:
+def failure_line(exc: BaseException, redact: Callable[[str], str] | None = None) -> str:
     """The root cause of ``exc`` in one line: the first ``StageError`` in its chain (its message already
-    says where and why), else the innermost exception as ``Type: message``."""
+    says where and why), else the innermost exception as ``Type: message``. ``redact`` (secrets -> their
+    references) applies before the line is shortened, so a secret is never cut in half and shown."""
+    redact = redact or (lambda text: text)
     chain: list[BaseException] = []
     seen: set[int] = set()
     cur: BaseException | None = exc
@@ -175,9 +177,9 @@ def failure_line(exc: BaseException) -> str:
         cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
     for err in chain:
         if isinstance(err, StageError):
-            return one_line(str(err))
+            return one_line(redact(str(err)))
     root = chain[-1]
-    name, text = type(root).__name__, str(root)
+    name, text = type(root).__name__, redact(str(root))
     return one_line(f"{name}: {text}" if text.strip() else name)
 
 

@@ -29,6 +29,20 @@ from quantflow.metadata.schema import FEED_KINDS
 
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _MAX_ECHO = 60  # characters of a rejected value shown in an error
+MIN_REDACTED = 6  # shorter environment values (a port, a flag) are not hidden: that would garble messages
+
+
+def redactable(env_values: dict[str, str]) -> dict[str, str]:
+    """The environment values worth replacing in text (value -> its ``${VAR}`` reference)."""
+    return {value: ref for value, ref in env_values.items() if len(value) >= MIN_REDACTED}
+
+
+def redact_text(text: str, secrets: dict[str, str]) -> str:
+    """``text`` with each secret replaced by its reference, in any letter case (validators upper- or
+    lower-case what they echo), longest first."""
+    for value in sorted(secrets, key=len, reverse=True):
+        text = re.sub(re.escape(value), lambda _m, ref=secrets[value]: ref, text, flags=re.IGNORECASE)
+    return text
 
 
 @dataclass(frozen=True)
@@ -164,13 +178,15 @@ def _echo(value: Any) -> str:
     return text if len(text) <= _MAX_ECHO else text[: _MAX_ECHO - 4] + "...'"
 
 
-def _describe(err: dict, echo: bool) -> str:
-    msg = _short(err["msg"])
+def _describe(err: dict, echo: bool, secrets: dict[str, str]) -> str:
+    """One issue's text; secrets from the environment are replaced before anything is shortened."""
+    msg = _short(redact_text(str(err["msg"]), secrets))
     if err["type"] == "missing":
         return "required field is missing"
     if err["type"] == "union_tag_invalid":
         ctx = err.get("ctx", {})
-        return f"unknown value {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        tag = repr(ctx.get("tag")) if echo else "(the value is not shown: it is a secret)"
+        return f"unknown value {tag}; expected one of {ctx.get('expected_tags')}"
     if err["type"] == "union_tag_not_found":
         return f"missing discriminator field; {msg}"
     given = err.get("input")
@@ -193,7 +209,7 @@ def validate(parsed: ParsedYaml, model: type[BaseModel], strict: bool) -> BaseMo
                 loc += (str(err.get("ctx", {}).get("discriminator", "kind")).strip("'\""),)
             parsed.issues.append(
                 MetadataIssue(str(parsed.path), line_of(parsed.data, loc), _dotted(loc),
-                              _describe(err, parsed.may_echo(loc)))
+                              _describe(err, parsed.may_echo(loc), redactable(parsed.env_values)))
             )
         return None
     if strict:

@@ -15,6 +15,8 @@ from quantflow.metadata.loader import (
     did_you_mean,
     line_of,
     parse_yaml,
+    redact_text,
+    redactable,
     unknown_keys,
     validate,
 )
@@ -25,7 +27,6 @@ log = logging.getLogger(__name__)
 METADATA_DIR = "project_metadata"
 PROJECT_FILE = "project.yaml"
 LOCAL_FILE = "local.yaml"
-MIN_REDACTED = 6
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,7 @@ class ProjectMetadata:
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by its ``${VAR}`` reference (or ``***``): for anything that
         is printed, logged or stored."""
-        for value in sorted(self.secrets, key=len, reverse=True):
-            if value in text:
-                text = text.replace(value, self.secrets[value])
-        return text
+        return redact_text(text, dict(self.secrets))
 
 
 class MetadataManager:
@@ -87,7 +85,7 @@ class MetadataManager:
                                             ".".join(map(str, loc)), message))
 
         local = LocalConnections()
-        secrets = _redactable(parsed_project.env_values)
+        secrets = redactable(parsed_project.env_values)
         local_path = self.metadata_dir / LOCAL_FILE
         if local_path.exists():
             parsed_local = parse_yaml(local_path, interpolate_env=True)
@@ -95,7 +93,7 @@ class MetadataManager:
             # always strict: a mistyped connection key (``pasword:``) must not pass silently
             local_file = validate(parsed_local, LocalFile, strict=True)
             issues.extend(parsed_local.issues)
-            secrets.update(_redactable(parsed_local.env_values))
+            secrets.update(redactable(parsed_local.env_values))
             if local_file is not None:
                 local = local_file.local
                 secrets.update({v: "***" for v in _secret_values(local) if v not in secrets})
@@ -106,12 +104,6 @@ class MetadataManager:
                 log.warning("%s:%s: unknown key %s ignored%s", project_path, line_of(parsed_project.data, loc),
                             ".".join(map(str, loc)), did_you_mean(project_file, loc))
         return ProjectMetadata(self.project_dir, project_file.project, local, secrets)
-
-
-def _redactable(env_values: dict[str, str]) -> dict[str, str]:
-    """Environment values worth replacing in text: not the short ones (a port, a flag), which would
-    garble messages without hiding anything."""
-    return {value: ref for value, ref in env_values.items() if len(value) >= MIN_REDACTED}
 
 
 def _secret_values(local: LocalConnections) -> list[str]:

@@ -7,9 +7,8 @@ A run killed with its process (``kill -9``, a closed notebook) stays ``STARTED``
 So a run records the process executing it (tag ``quantflow/process``: host, pid and the process's start
 time, which tells a reused pid apart), and ``fail_abandoned_runs`` marks failed every started run of this
 host whose process is gone. It runs when the project runs again: when a ``BatchPipelineRunner`` opens the
-instance, and when any stage asset starts (the UI, the daemon, ``dagster job execute``). Runs that the UI
-launches execute their steps in child processes of a run worker QuantFlow does not see; they are left to
-Dagster.
+instance, and when any stage asset starts (the UI, the daemon, ``dagster job execute``). A step running in
+a child process (the multiprocess executor) records its parent, the process that coordinates the run.
 """
 
 from __future__ import annotations
@@ -30,9 +29,10 @@ telemetry:
 """
 
 
-def ensure_dagster_home(root: Path) -> Path:
-    """``DAGSTER_HOME`` (set to ``<root>/.temp`` when unset), with an explicit instance config in it."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(root).resolve() / ".temp")))
+def dagster_home(root: Path) -> Path:
+    """The project's instance folder: ``DAGSTER_HOME``, or ``<root>/.temp`` when it is unset; created with an
+    explicit instance config (telemetry off) when it has none."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path(root).resolve() / ".temp")
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -40,11 +40,20 @@ def ensure_dagster_home(root: Path) -> Path:
     return home
 
 
+def ensure_dagster_home(root: Path) -> Path:
+    """``dagster_home(root)``, also set as ``DAGSTER_HOME`` when unset: for the processes that load the code
+    (``qf run``, the code ``dagster dev`` and ``dagster job execute`` load), whose project is fixed."""
+    home = dagster_home(root)
+    os.environ.setdefault("DAGSTER_HOME", str(home))
+    return home
+
+
 def project_instance(root: Path):
+    """The project's instance, opened from its folder: a notebook with two projects keeps each one's runs
+    with that project (nothing process-wide is set)."""
     import dagster as dg
 
-    ensure_dagster_home(root)
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(str(dagster_home(root)))
 
 
 def _start_time(pid: int) -> str | None:
@@ -78,10 +87,13 @@ def _alive(tag: str) -> bool | None:
 
 
 def tag_run_process(instance, run) -> None:
-    """Record on ``run`` the process executing it, when that is this process (an in-process run)."""
-    if PROCESS_TAG in run.tags or multiprocessing.parent_process() is not None:
+    """Record on ``run`` the process coordinating it: this one for an in-process run (``qf run``, notebooks),
+    the parent of this step process under the multiprocess executor (``dagster job execute``, a UI run
+    worker), whose death leaves the run abandoned."""
+    if PROCESS_TAG in run.tags:
         return
-    instance.add_run_tags(run.run_id, {PROCESS_TAG: process_tag()})
+    coordinator = os.getppid() if multiprocessing.parent_process() is not None else os.getpid()
+    instance.add_run_tags(run.run_id, {PROCESS_TAG: process_tag(coordinator)})
 
 
 def fail_abandoned_runs(instance) -> list[str]:

@@ -85,13 +85,13 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def _root_error(info) -> str:
-    """The innermost error of a serialized Dagster error chain, one line."""
+def _root_error(info, redact) -> str:
+    """The innermost error of a serialized Dagster error chain, one line (secrets replaced first)."""
     while info is not None and (info.cause or info.context):
         info = info.cause or info.context
     if info is None:
         return "unknown error"
-    message = one_line(info.message.split("\n\n")[0])
+    message = one_line(redact(info.message.split("\n\n")[0]))
     return message if message.startswith(info.cls_name) else f"{info.cls_name}: {message}"
 
 
@@ -203,12 +203,12 @@ class BatchPipelineRunner:
                 continue
             data = event.event_specific_data
             user = getattr(data, "user_failure_data", None)
-            cause = user.description if user is not None and user.description else _root_error(data.error)
+            cause = user.description if user is not None and user.description else _root_error(data.error, self.metadata.redact)
             return self.metadata.redact(f"stage {step}, asset {event.step_key}: {cause}")
         for event in result.all_events:
             if event.is_failure and event.event_specific_data is not None:
                 info = getattr(event.event_specific_data, "error", None)
-                return self.metadata.redact(f"stage {step}: {_root_error(info) if info else event.message}")
+                return self.metadata.redact(f"stage {step}: {_root_error(info, self.metadata.redact) if info else event.message}")
         return f"stage {step}: job {stage_group(step).job_name} failed"
 
 

@@ -143,6 +143,13 @@ def test_notebook_runs_land_on_the_project_instance(small_project, monkeypatch):
     assert Path(runner.instance().root_directory) == small_project.resolve() / ".temp"
     with dg.DagsterInstance.from_config(str(small_project / ".temp")) as instance:  # as `make dev` opens it
         assert instance.get_run_by_id(result.run_id).job_name == "quantflow_ingest"
+    # a second project in the same notebook keeps its runs with itself, not with the first project
+    other = write_project(small_project.parent / "other")
+    second = create_runner(other)
+    result = second.run(stage="ingest", start_date="2024-01-02", end_date="2024-01-02", symbols=["AAA"])
+    assert result.success, result.error
+    assert Path(second.instance().root_directory) == other.resolve() / ".temp"
+    assert "DAGSTER_HOME" not in os.environ
 
 
 def test_a_failed_stage_says_stage_asset_shard_and_cause_in_one_line(tmp_path):

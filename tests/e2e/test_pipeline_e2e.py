@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -135,11 +137,21 @@ def test_qf_run_cli_prints_summary(sample_project_copy):
     assert bad.returncode == 1 and "after end_date" in bad.stderr
 
 
-def test_a_killed_run_is_marked_failed_on_the_next_start(sample_project_copy):
+RUN_CONFIG = 'ops:\n  raw_sample:\n    config: {start_date: "2024-01-01", end_date: "2024-12-31"}\n'
+
+
+@pytest.mark.parametrize("how", ["qf run", "dagster job execute"])
+def test_a_killed_run_is_marked_failed_on_the_next_start(sample_project_copy, how):
     project = sample_project_copy
-    proc = subprocess.Popen([sys.executable, "-m", "quantflow.cli", "run", "--stage", "ingest", "--start",
-                             "2024-01-01", "--end", "2024-12-31"], cwd=project, env=_env(project),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if how == "qf run":
+        command = [sys.executable, "-m", "quantflow.cli", "run", "--stage", "ingest", "--start", "2024-01-01",
+                   "--end", "2024-12-31"]
+    else:  # the CI form: steps run in child processes of the `dagster` process, which is killed with them
+        (project / "run_config.yaml").write_text(RUN_CONFIG)
+        command = [str(Path(sys.executable).with_name("dagster")), "job", "execute", "-m",
+                   "quantflow.pipeline.dagster.auto", "-j", "quantflow_ingest", "-c", "run_config.yaml"]
+    proc = subprocess.Popen(command, cwd=project, env=_env(project), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     os.environ["DAGSTER_HOME"] = str(project / ".temp")
     try:
         started = None
@@ -152,7 +164,7 @@ def test_a_killed_run_is_marked_failed_on_the_next_start(sample_project_copy):
             assert proc.poll() is None, "the run ended before it could be killed"
             time.sleep(0.1)
         assert started is not None
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # the run's process and any step process it started
         proc.wait()
         with dg.DagsterInstance.get() as instance:
             assert instance.get_run_by_id(started.run_id).status == dg.DagsterRunStatus.STARTED
@@ -163,8 +175,8 @@ def test_a_killed_run_is_marked_failed_on_the_next_start(sample_project_copy):
         assert f"(pid {proc.pid})" in failure.message and "killed?" in failure.message
     finally:
         del os.environ["DAGSTER_HOME"]
-        if proc.poll() is None:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def instance_has_rows(project: Path) -> bool:

@@ -228,6 +228,29 @@ def test_a_value_from_the_environment_is_never_echoed(tmp_path, monkeypatch):
     assert proc.returncode == 1 and SECRET not in proc.stdout + proc.stderr
 
 
+def test_project_yaml_values_from_the_environment_stay_hidden_in_every_message(tmp_path, monkeypatch):
+    """Validators that quote the value (a feed kind, a time zone, a symbol, a repeated feed name in lower
+    case) must not show a value that came from the environment, in any letter case."""
+    secret = "Zq81cTOPSECRETxx"
+    monkeypatch.setenv("QF_S", secret)
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: ['${QF_S}']
+          ingest:
+            feeds:
+              - {name: '${QF_S}', kind: synthetic}
+              - {name: '${QF_S}', kind: synthetic}
+              - {name: other, kind: '${QF_S}'}
+          state_engine:
+            timezone: '${QF_S}'
+        """)
+    issues = _issues(root)
+    assert len(issues) >= 3
+    for issue in issues:
+        assert secret.lower() not in str(issue).lower(), str(issue)
+
+
 def test_postgres_may_be_a_url_and_its_password_is_a_secret(tmp_path, monkeypatch):
     monkeypatch.setenv("QF_TEST_DSN", f"postgresql://analyst:{SECRET}@db.internal:55432/research")
     root = write_project(tmp_path, "project:\n  name: p\n  symbols: [AAA]\n",

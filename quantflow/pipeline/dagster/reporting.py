@@ -107,7 +107,7 @@ def call_stage(context: dg.AssetExecutionContext, md: ProjectMetadata, label: st
     try:
         result = call(reporter.progress(context.log, label))
     except Exception as exc:
-        line = md.redact(failure_line(exc))
+        line = failure_line(exc, md.redact)
         text = md.redact("".join(traceback.format_exception(exc)))
         partial = exc.result if isinstance(exc, StageError) else None
         raise StageFailed(line, text, partial) from None

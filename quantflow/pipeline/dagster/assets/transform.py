@@ -238,11 +238,11 @@ class _DagsterDbt:
             if kind == "test":
                 outcome.tests[name] = status
             if status in ("error", "fail", "runtime error"):
-                message = f" ({one_line(node['message'], 200)})" if node.get("message") else ""
+                message = f" ({one_line(self.md.redact(node['message']), 200)})" if node.get("message") else ""
                 outcome.failures.append(f"{kind} {name}: {status}{message}")
         if not outcome.success and not outcome.failures:
             error = invocation.get_error()
-            outcome.failures.append(one_line(str(error), 300) if error else "see the dbt log")
+            outcome.failures.append(one_line(self.md.redact(str(error)), 300) if error else "see the dbt log")
         return outcome
 
 
