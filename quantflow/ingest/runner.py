@@ -17,7 +17,8 @@ import polars as pl
 
 from quantflow.compute.stage import CheckOutcome, Progress, RunWindow, StageResult
 from quantflow.ingest import NO_BAD_ROWS
-from quantflow.ingest.feeds.base import build_feed
+from quantflow.ingest.feeds.bar_checks import join_reasons, tick_checks
+from quantflow.ingest.feeds.base import build_feed, empty_bad_rows
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.project import project_artifacts, project_lake
 from quantflow.storage.schemas import BAD_ROWS_SCHEMA, spec_for_kind
@@ -60,6 +61,22 @@ class IngestResult(StageResult):
         }
 
 
+def split_bad_ticks(feed: str, kind: str, df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(good rows, bad-row reports) of a feed's trades or quotes: whatever feed produced them, a tick that
+    cannot be right is reported (the ``no_bad_rows`` check) and kept out of the raw table."""
+    checks = tick_checks(kind)
+    if not checks:
+        return df, empty_bad_rows()
+    reasons = df.select(join_reasons(checks).alias("reason"))["reason"]
+    bad_mask = reasons.is_not_null()
+    if not bad_mask.any():
+        return df, empty_bad_rows()
+    bad = df.filter(bad_mask).select(
+        pl.lit(feed).alias("feed"), pl.col("symbol"), pl.col("date").cast(pl.Utf8), pl.lit(None, pl.Utf8).alias("file"),
+        pl.lit(None, pl.Int64).alias("line"), reasons.filter(bad_mask).alias("reason"))
+    return df.filter(~bad_mask), bad
+
+
 def run(md: ProjectMetadata, window: RunWindow, *, feed: str, progress: Progress | None = None) -> IngestResult:
     """Ingest ``feed`` (a feed name of project.yaml) for the window."""
     progress = progress or Progress()
@@ -83,6 +100,9 @@ def run(md: ProjectMetadata, window: RunWindow, *, feed: str, progress: Progress
         for kind, df in batch.tables.items():
             if df.height == 0:
                 continue
+            df, bad = split_bad_ticks(feed, kind, df)
+            if bad.height:
+                bad_frames.append(bad)
             spec = specs[kind]
             result.record_write(spec.name, lake.write(spec, df, window.write_mode))
             rows += df.height

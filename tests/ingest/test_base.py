@@ -79,3 +79,23 @@ def test_params_errors_and_range_checks(tmp_path):
 def test_weekdays():
     assert weekdays(dt.date(2024, 1, 5), dt.date(2024, 1, 8)) == [dt.date(2024, 1, 5), dt.date(2024, 1, 8)]
     assert weekdays(dt.date(2024, 1, 6), dt.date(2024, 1, 7)) == []
+
+
+def test_implausible_ticks_are_reported_and_kept_out_of_the_raw_table():
+    """Any feed's trades and quotes: 1e308, non-finite, non-positive prices or sizes and crossed quotes are
+    bad rows (the no_bad_rows check), never raw rows."""
+    from quantflow.ingest.runner import split_bad_ticks
+
+    day = dt.date(2024, 1, 2)
+    ts = [dt.datetime(2024, 1, 2, 15, i, tzinfo=dt.UTC) for i in range(5)]
+    trades = pl.DataFrame({"symbol": ["AAA"] * 5, "date": [day] * 5, "ts": ts, "trade_id": list(range(5)),
+                           "price": [10.0, 1e308, float("nan"), 10.0, -1.0], "size": [1.0, 1.0, 1.0, 1e308, 1.0]})
+    good, bad = split_bad_ticks("poly", "trades", trades)
+    assert good["trade_id"].to_list() == [0]
+    assert bad.columns == list(BAD_ROWS_SCHEMA) and bad.height == 4
+    assert "implausible price" in bad["reason"][0] and "implausible size" in bad["reason"][2]
+    quotes = pl.DataFrame({"symbol": ["AAA"] * 2, "date": [day] * 2, "ts": ts[:2], "quote_id": [0, 1],
+                           "bid": [10.0, 10.2], "ask": [10.1, 10.1], "bid_size": [1.0, 1.0], "ask_size": [1.0, 1.0]})
+    good, bad = split_bad_ticks("poly", "quotes", quotes)
+    assert good["quote_id"].to_list() == [0] and bad["reason"].to_list() == ["crossed quote: bid 10.2 > ask 10.1"]
+    assert split_bad_ticks("poly", "bars_daily", trades)[0].height == 5  # daily bars have their own checks

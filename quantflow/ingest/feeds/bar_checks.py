@@ -1,4 +1,5 @@
-"""Sanity checks of daily OHLCV rows, shared by the daily-bar feeds so they reject the same things alike.
+"""Sanity checks of daily OHLCV rows (shared by the daily-bar feeds so they reject the same things alike) and
+of ticks (applied by the ingest runner to every feed's trades and quotes).
 
 A bar that breaks these rules cannot be right (a high below the close, a negative volume); storing it would
 poison every range, return and label computed downstream, so the feeds drop such rows and report them.
@@ -41,3 +42,32 @@ def join_reasons(reasons: list[pl.Expr]) -> pl.Expr:
         return pl.lit(None, pl.Utf8)
     joined = pl.concat_str(reasons, separator="; ", ignore_nulls=True)
     return pl.when(joined.str.len_chars() > 0).then(joined).otherwise(None)
+
+
+def _finite_positive(col: str) -> pl.Expr:
+    c = pl.col(col)
+    return c.is_null() | ~c.is_finite() | (c <= 0)
+
+
+TICK_PRICES = {"trades": ("price",), "quotes": ("bid", "ask")}
+TICK_SIZES = {"trades": ("size",), "quotes": ("bid_size", "ask_size")}
+
+
+def tick_checks(kind: str) -> list[pl.Expr]:
+    """The reasons a trade or quote cannot be right (null where it holds): a missing, non-finite or
+    non-positive price or size, an implausible one (1e308 is finite and positive), a crossed quote."""
+    rules = []
+    for col in TICK_PRICES.get(kind, ()):
+        rules.append((_finite_positive(col), pl.format(f"{col} {{}} is missing, non-finite or not positive",
+                                                       pl.col(col))))
+        rules.append((pl.col(col) >= MAX_PLAUSIBLE_PRICE,
+                      pl.format(f"implausible {col} {{}} ({MAX_PLAUSIBLE_PRICE:g} or more)", pl.col(col))))
+    for col in TICK_SIZES.get(kind, ()):
+        rules.append((_finite_positive(col), pl.format(f"{col} {{}} is missing, non-finite or not positive",
+                                                       pl.col(col))))
+        rules.append((pl.col(col) >= MAX_PLAUSIBLE_SIZE,
+                      pl.format(f"implausible {col} {{}} ({MAX_PLAUSIBLE_SIZE:g} or more)", pl.col(col))))
+    if kind == "quotes":
+        rules.append((pl.col("bid") > pl.col("ask"), pl.format("crossed quote: bid {} > ask {}", pl.col("bid"),
+                                                               pl.col("ask"))))
+    return [pl.when(cond).then(msg) for cond, msg in rules]
