@@ -37,6 +37,21 @@ def _cmd_dbt_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lake(args: argparse.Namespace) -> int:
+    import quantflow.lake as qlake
+
+    lake = qlake.open_lake(args.project_dir)
+    if args.lake_command == "upgrade":
+        converted = lake.upgrade_layout()
+        print(f"lake {lake.store.url(lake.store.path())}: {converted} partitions converted to the hive layout"
+              if converted else "lake is in the current layout: nothing to convert")
+        return 0
+    for table in lake.tables():
+        parts = lake.partitions(table)
+        print(f"{table}: {len(parts)} partitions ({lake.partition_width(table)}), {lake.url(table)}")
+    return 0
+
+
 def _not_printed_elsewhere(record: logging.LogRecord) -> bool:
     """Dagster's console logger prints its own records (and dagster-dbt's); SQLAlchemy's migrations of the
     instance are noise below a warning."""
@@ -120,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="details: every shard and dbt line, Dagster's events")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("lake", help="the project's lake tables")
+    lake_sub = p.add_subparsers(dest="lake_command", required=True)
+    lake_sub.add_parser("tables", help="list the tables, their partitions and locations").set_defaults(func=_cmd_lake)
+    lake_sub.add_parser("upgrade", help="convert tables of the earlier symbol=/date= layout in place"
+                        ).set_defaults(func=_cmd_lake)
+
     p = sub.add_parser("artifacts", help="list artifacts in the blob store")
     p.add_argument("prefix", nargs="?", default="", help="e.g. data_extractor_")
     p.set_defaults(func=_cmd_artifacts)
@@ -134,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the CLI prints the message, not a traceback, for expected failures
         from quantflow.compute.stage import StageError
         from quantflow.metadata import MetadataError
+        from quantflow.storage.lake import LakeLayoutError
 
-        if isinstance(exc, (MetadataError, StageError, ValueError, FileNotFoundError)):
+        if isinstance(exc, (MetadataError, StageError, ValueError, FileNotFoundError, LakeLayoutError)):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

@@ -16,7 +16,7 @@ import pytest
 
 from quantflow.storage.catalog import connect_catalog
 from quantflow.storage.filesystem import Store
-from quantflow.storage.lake import Lake
+from quantflow.storage.lake import Lake, LakeLayoutError
 from quantflow.storage.schemas import spec_for_kind
 
 D1, D2, D3 = dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4)
@@ -129,7 +129,7 @@ WRITER = textwrap.dedent("""
     import datetime as dt, sys
     import numpy as np, polars as pl
     from quantflow.storage.filesystem import Store
-    from quantflow.storage.lake import Lake
+    from quantflow.storage.lake import Lake, LakeLayoutError
     from quantflow.storage.schemas import spec_for_kind
     lake = Lake(Store(sys.argv[1]))
     spec = spec_for_kind("raw_t_trades", "trades")
@@ -188,3 +188,48 @@ def test_delete_days_removes_only_those_days(lake, tmp_path):
     assert lake.delete_days(BARS, "AAA", [D2]).days_deleted == 1
     assert lake.read("raw_t_bars_daily").height == 0
     assert lake.delete_days(TRADES, "BBB", [D1]).days_deleted == 0  # nothing stored: nothing to do
+
+
+def test_a_lake_of_the_earlier_layout_is_refused_then_upgraded_in_place(tmp_path):
+    """Tables written as symbol=<S>/date=<period>/data.parquet with the symbol in the file: reading them says
+    what to do, and `qf lake upgrade` converts them with every row kept."""
+    root = tmp_path / "lake"
+    old_trades = pl.concat([trades(D1, 3), trades(D2, 2, symbol="BBB")])
+    for (symbol, day), part in old_trades.group_by(["symbol", "date"]):
+        folder = root / "raw_t_trades" / f"symbol={symbol}" / f"date={day}"
+        folder.mkdir(parents=True)
+        part.write_parquet(folder / "data.parquet")
+    (root / "raw_t_trades" / "_table.json").write_text('{"partition": "day"}')
+    folder = root / "raw_t_bars_daily" / "symbol=AAA" / "date=2024-01-01"
+    folder.mkdir(parents=True)
+    bars([D1, D2], close=3.0).write_parquet(folder / "data.parquet")
+    lake = Lake(Store(str(root)))
+    with pytest.raises(LakeLayoutError, match="qf lake upgrade"):
+        lake.read("raw_t_trades")
+    assert lake.upgrade_layout() == 3
+    got = lake.read("raw_t_trades").sort("symbol", "date", "trade_id")
+    assert got.equals(old_trades.sort("symbol", "date", "trade_id").select(got.columns))
+    assert lake.read("raw_t_bars_daily")["close"].to_list() == [3.0, 3.0]
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet")) == [
+        "raw_t_bars_daily/symbol=AAA/year=2024/data.parquet",
+        "raw_t_trades/symbol=AAA/day=2024-01-02/data.parquet",
+        "raw_t_trades/symbol=BBB/day=2024-01-03/data.parquet",
+    ]
+    assert not list(root.rglob("_table.json")) and lake.upgrade_layout() == 0
+
+
+def test_qf_lake_upgrade_and_tables(small_project):
+    folder = small_project / ".quantflow" / "lake" / "raw_sample_trades" / "symbol=AAA" / "date=2024-01-02"
+    folder.mkdir(parents=True)
+    trades(D1, 3).write_parquet(folder / "data.parquet")
+
+    def qf(*args):
+        return subprocess.run([sys.executable, "-m", "quantflow.cli", "--project-dir", str(small_project), "lake",
+                               *args], capture_output=True, text=True)
+
+    refused = qf("tables")
+    assert refused.returncode == 1 and "run `qf lake upgrade`" in refused.stderr
+    upgraded = qf("upgrade")
+    assert upgraded.returncode == 0 and "1 partitions converted" in upgraded.stdout
+    listed = qf("tables")
+    assert listed.returncode == 0 and listed.stdout.startswith("raw_sample_trades: 1 partitions (day)")
