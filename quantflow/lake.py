@@ -6,7 +6,7 @@
 
 The project is the one in the working directory (``project=`` points elsewhere); its ``lake_root`` may be a
 local folder or ``s3://``. Only the partitions of the asked symbols and dates are opened. Every table has
-``symbol`` first, then the table's columns (``date`` included); the ``day`` / ``year`` path keys, which are
+``symbol`` first, then the table's columns (``date`` included); the ``day`` / ``month`` / ``year`` path keys, which are
 only there for pruning, are left out.
 """
 
@@ -21,6 +21,8 @@ import polars as pl
 from quantflow.storage.lake import PATH_KEYS, Lake
 
 __all__ = ["open_lake", "read", "scan", "tables"]
+
+_KEY_TYPES = {"day": pl.Date, "month": pl.String, "year": pl.Int64}
 
 
 def open_lake(project: str | Path = ".") -> Lake:
@@ -90,7 +92,7 @@ def scan(
     key = PATH_KEYS[lake.partition_width(table)]
     files = [lake.store.url(p.path) for p in parts]
     frame = pl.scan_parquet(files, hive_partitioning=True, storage_options=_polars_storage_options(lake),
-                            hive_schema={"symbol": pl.String, key: pl.Date if key == "day" else pl.Int64})
+                            hive_schema={"symbol": pl.String, key: _KEY_TYPES[key]})
     frame = frame.select(pl.col("symbol"), pl.all().exclude("symbol", key))
     if start is not None:
         frame = frame.filter(pl.col("date") >= start)

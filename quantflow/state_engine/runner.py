@@ -44,6 +44,7 @@ from quantflow.storage.tables import (
     MESSAGES_TABLE,
     QUOTES_TABLE,
     TRADES_TABLE,
+    partition_width,
 )
 from quantflow.storage.writes import WriteResult
 
@@ -171,7 +172,8 @@ def _write_outputs(lake: Lake, out: dict[str, pl.DataFrame], task: ShardTask, da
             if task.write_mode != "skip_if_exists":
                 result.merge(lake.drop_day(table, task.symbol, day))
             continue
-        spec = TableSpec(table, dict(df.schema), "day", SORT_KEYS.get(table, ("symbol", "date", "ts_first")))
+        spec = TableSpec(table, dict(df.schema), partition_width(table),
+                         SORT_KEYS.get(table, ("symbol", "date", "ts_first")))
         result.merge(lake.write(spec, df, "skip_if_exists" if task.write_mode == "skip_if_exists" else "overwrite"))
 
 
@@ -279,7 +281,7 @@ def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, window: RunWindo
             result.skip([b.table], f"no {BARS_DAILY_TABLE} rows in the window")
             continue
         df = resample_daily_bars(daily, b.every)
-        spec = TableSpec(b.table, dict(df.schema), "year", ("symbol", "date"))
+        spec = TableSpec(b.table, dict(df.schema), partition_width(b.table), ("symbol", "date"))
         result.record_write(b.table, lake.replace(spec, df, window.symbols, first, last), lake.url(b.table))
         result.preview[b.table] = df.head(5)
         progress.detail(f"state engine: {b.table}: {result.tables[b.table].rows_written} rows from daily bars")

@@ -241,9 +241,15 @@ class Store:
 
     def ls(self, path: str) -> list[str]:
         try:
+            if not self.remote:  # os, not fsspec: see the class docstring
+                return sorted(os.path.join(path, name) for name in os.listdir(path))
             return sorted(self.fs.ls(path, detail=False))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
 
     def glob(self, pattern: str) -> list[str]:
+        if not self.remote:
+            import glob
+
+            return sorted(glob.glob(pattern))
         return sorted(self.fs.glob(pattern))

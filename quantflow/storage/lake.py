@@ -3,11 +3,14 @@
 Layout (hive partitions, readable as they are by polars, pandas, pyarrow and DuckDB):
 
     <root>/<table>/symbol=<S>/day=<YYYY-MM-DD>/data.parquet      tick tables: one partition per day
+    <root>/<table>/symbol=<S>/month=<YYYY-MM>/data.parquet       intraday bars: one per month
     <root>/<table>/symbol=<S>/year=<YYYY>/data.parquet           daily-frequency tables: one per year
 
 A file holds every column of the table except ``symbol``, which only the path carries (a column both in
 the path and in the file makes pandas and pyarrow refuse the dataset); the ``date`` column stays in the
-file, so every reader gets it as a date, and the ``day`` / ``year`` path key is only for pruning.
+file, so every reader gets it as a date, and the ``day`` / ``month`` / ``year`` path key is only for pruning.
+A table's partition width follows its rows per (symbol, day): ticks fill a file a day, a day of bars is a few
+hundred rows (a month per file keeps their files few and large enough), daily bars one row.
 
 Each partition is one file, replaced by a single atomic rename (local) or PUT (S3): a crash leaves the old
 file or the new one, never a half-written partition. Every write of a partition is a read-modify-write
@@ -39,9 +42,11 @@ from quantflow.storage.tables import partition_width
 from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
 
 DATA_FILE = "data.parquet"
-PATH_KEYS = {"day": "day", "year": "year"}  # partition width -> the path key after symbol=
+PATH_KEYS = {"day": "day", "month": "month", "year": "year"}  # partition width -> the path key after symbol=
+_TRUNCATE = {"day": "1d", "month": "1mo", "year": "1y"}
 _PART_RE = re.compile(
-    r"symbol=(?P<symbol>[^/]+)/(?P<key>day|year)=(?P<value>\d{4}(?:-\d{2}-\d{2})?)/" + re.escape(DATA_FILE) + "$"
+    r"symbol=(?P<symbol>[^/]+)/(?P<key>day|month|year)=(?P<value>\d{4}(?:-\d{2}(?:-\d{2})?)?)/"
+    + re.escape(DATA_FILE) + "$"
 )
 _OLD_LAYOUT = "symbol=*/date=*/" + DATA_FILE  # before the hive-readable layout: see ``upgrade_layout``
 
@@ -61,17 +66,31 @@ class Partition:
 def period_start(day: dt.date, width: str) -> dt.date:
     if width == "day":
         return day
+    if width == "month":
+        return day.replace(day=1)
     if width == "year":
         return dt.date(day.year, 1, 1)
-    raise ValueError(f"unknown partition width {width!r} (expected 'day' or 'year')")
+    raise ValueError(f"unknown partition width {width!r} (expected 'day', 'month' or 'year')")
 
 
 def _period_end(start: dt.date, width: str) -> dt.date:
-    return start if width == "day" else dt.date(start.year, 12, 31)
+    if width == "day":
+        return start
+    if width == "month":
+        return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+    return dt.date(start.year, 12, 31)
 
 
 def _path_value(start: dt.date, width: str) -> str:
-    return start.isoformat() if width == "day" else str(start.year)
+    return {"day": start.isoformat(), "month": start.isoformat()[:7], "year": str(start.year)}[width]
+
+
+def _parse_path_value(value: str, width: str) -> dt.date:
+    if width == "day":
+        return dt.date.fromisoformat(value)
+    if width == "month":
+        return dt.date.fromisoformat(value + "-01")
+    return dt.date(int(value), 1, 1)
 
 
 def _parquet_bytes(df: pl.DataFrame) -> bytes:
@@ -124,7 +143,7 @@ class Lake:
             symbol, width = m["symbol"], m["key"]
             if wanted is not None and symbol not in wanted:
                 continue
-            pstart = dt.date.fromisoformat(m["value"]) if width == "day" else dt.date(int(m["value"]), 1, 1)
+            pstart = _parse_path_value(m["value"], width)
             if end is not None and pstart > end:
                 continue
             if start is not None and _period_end(pstart, width) < start:
@@ -133,13 +152,20 @@ class Lake:
         return found
 
     def partition_width(self, table: str) -> str:
-        """The table's partition width, from its stored partitions (by name for a table not written yet)."""
+        """The table's partition width, from the key of a stored partition (by name for a table not written
+        yet): two listings, whatever the table's size. A table of the earlier layout is refused here,
+        before anything reads or writes it."""
         if table not in self._widths:
             width = partition_width(table)
-            if self.store.glob(self.store.path(table, "symbol=*", "year=*")):
-                width = "year"
-            elif self.store.glob(self.store.path(table, "symbol=*", "day=*")):
-                width = "day"
+            symbols = [p for p in self.store.ls(self.store.path(table)) if p.rstrip("/").rsplit("/", 1)[-1]
+                       .startswith("symbol=")]
+            periods = self.store.ls(symbols[0]) if symbols else []
+            if periods:
+                key = periods[0].rstrip("/").rsplit("/", 1)[-1].split("=", 1)[0]
+                if key == "date":
+                    raise LakeLayoutError(f"{self.store.url(periods[0])}: written in the lake layout of an earlier "
+                                          "QuantFlow (symbol=/date=); run `qf lake upgrade` to convert it in place")
+                width = key if key in PATH_KEYS else width
             self._widths[table] = width
         return self._widths[table]
 
@@ -190,12 +216,16 @@ class Lake:
         nulls = df.select(pl.col("symbol").null_count() + pl.col("date").null_count()).item()
         if nulls:
             raise ValueError(f"table {spec.name}: {nulls} rows have a null symbol or date; refusing to write")
+        stored = self.partition_width(spec.name)
+        if stored != spec.partition and self.partitions(spec.name):
+            raise ValueError(f"table {spec.name} is stored in {stored} partitions; refusing to write "
+                             f"{spec.partition} partitions beside them")
         self._widths[spec.name] = spec.partition
         return df
 
     def _by_partition(self, spec: TableSpec, df: pl.DataFrame):
         keyed = df.with_columns(
-            pl.col("date").dt.truncate("1y" if spec.partition == "year" else "1d").alias("__period")
+            pl.col("date").dt.truncate(_TRUNCATE[spec.partition]).alias("__period")
         )
         for (symbol, pstart), part in keyed.group_by(["symbol", "__period"], maintain_order=True):
             yield symbol, pstart, part.drop("__period")
@@ -264,10 +294,28 @@ class Lake:
         return result
 
     def drop_day(self, table: str, symbol: str, day: dt.date) -> WriteResult:
-        """Remove one (symbol, day) partition of a day-partitioned table (under its lock)."""
-        path = self.partition_path(table, symbol, day, "day")
-        removed = self.store.update(path, lambda current: DELETE if current is not None else None)
-        return WriteResult(table, days_deleted=int(removed))
+        """Remove one (symbol, day) of a table: its file for a day partition, its rows otherwise (under the
+        partition's lock or compare-and-swap, like every write)."""
+        width = self.partition_width(table)
+        path = self.partition_path(table, symbol, period_start(day, width), width)
+        removed = []
+
+        def change(current: bytes | None):
+            removed.clear()
+            if current is None:
+                return None
+            if width == "day":
+                removed.append(day)
+                return DELETE
+            old = pl.read_parquet(io.BytesIO(current))
+            kept = old.filter(pl.col("date") != day)
+            if kept.height == old.height:
+                return None
+            removed.append(day)
+            return _parquet_bytes(kept) if kept.height else DELETE
+
+        self.store.update(path, change)
+        return WriteResult(table, days_deleted=len(removed))
 
     def _update_partition(self, spec: TableSpec, symbol: str, pstart: dt.date, merge: Callable) -> WriteResult:
         """Apply ``merge(old | None, result) -> new | None`` to one partition under ``Store.update``."""
@@ -296,23 +344,25 @@ class Lake:
     # ------------------------------------------------------------------ older layouts
     def upgrade_layout(self) -> int:
         """Convert tables written as ``symbol=<S>/date=<period>/data.parquet`` (with ``symbol`` in the file)
-        to the hive-readable layout, one partition at a time (new file first, old one removed after), and
-        remove the old ``_table.json`` files. Returns the partitions converted."""
-        import json
-
+        to the hive-readable layout at each table's current partition width, one new partition at a time
+        (new file first, old ones removed after), and remove the old ``_table.json`` files. Returns the old
+        partitions converted."""
         converted = 0
         for table in self.tables():
-            marker = self.store.path(table, "_table.json")
             width = partition_width(table)
-            if self.store.exists(marker):
-                width = json.loads(self.store.read_bytes(marker)).get("partition", width)
+            groups: dict[tuple[str, dt.date], list[str]] = {}
             for old in self.store.glob(self.store.path(table, _OLD_LAYOUT)):
                 m = re.search(r"symbol=(?P<s>[^/]+)/date=(?P<d>\d{4}-\d{2}-\d{2})/", old)
-                start = dt.date.fromisoformat(m["d"])
-                df = self.read_partition(old).drop("symbol", strict=False)
-                self.store.write_bytes_atomic(self.partition_path(table, m["s"], start, width), _parquet_bytes(df))
-                self.store.fs.rm(old.rsplit("/", 1)[0], recursive=True)
-                converted += 1
+                key = (m["s"], period_start(dt.date.fromisoformat(m["d"]), width))
+                groups.setdefault(key, []).append(old)
+            for (symbol, pstart), olds in sorted(groups.items()):
+                df = pl.concat([pl.read_parquet(self.store.read_bytes(o)) for o in sorted(olds)],
+                               how="vertical_relaxed").drop("symbol", strict=False).sort("date", maintain_order=True)
+                self.store.write_bytes_atomic(self.partition_path(table, symbol, pstart, width), _parquet_bytes(df))
+                for old in olds:
+                    self.store.fs.rm(old.rsplit("/", 1)[0], recursive=True)
+                converted += len(olds)
+            marker = self.store.path(table, "_table.json")
             if self.store.exists(marker):
                 self.store.fs.rm_file(marker)
         self._widths.clear()

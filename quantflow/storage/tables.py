@@ -8,6 +8,8 @@ CDM tables produced by dbt carry the same columns under ``cdm_*``. Their columns
 
 from __future__ import annotations
 
+import re
+
 RAW_KIND_NAMES: tuple[str, ...] = ("trades", "quotes", "bars_daily", "messages")
 
 CDM_TABLES: dict[str, str] = {
@@ -29,8 +31,12 @@ SEQUENCE_COLUMN = {"trades": "trade_id", "quotes": "quote_id", "messages": "seq"
 
 
 def partition_width(table: str) -> str:
-    """Daily-frequency tables are partitioned per year, tick tables per day."""
-    return "year" if table.endswith("bars_daily") else "day"
+    """The width a table's partitions get by its rows per (symbol, day): daily-frequency tables (daily and
+    calendar bars) per year, intraday bars per month, ticks (trades, quotes, messages, enriched trades, book
+    snapshots) per day."""
+    if table.endswith("bars_daily") or re.search(r"_time_1(w|mo|q|y)_bars$", table):
+        return "year"
+    return "month" if table.endswith("_bars") else "day"
 
 
 def raw_table_name(feed: str, kind: str) -> str:
