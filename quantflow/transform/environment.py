@@ -65,10 +65,6 @@ def dbt_environment(md: ProjectMetadata) -> Iterator[dict[str, str]]:
 
 
 def warehouse_lock_path(md: ProjectMetadata) -> Path:
-    """The lock a transform run holds on the warehouse: DuckDB admits one writer per file, and two dbt runs
-    rebuilding one window of a PostgreSQL CDM at once would interleave their delete + insert."""
-    if md.engine == "duckdb":
-        path = warehouse_path(md)
-        return path.with_name(path.name + ".lock")
-    pg = md.local.postgres
-    return md.project_dir / ".quantflow" / "locks" / f"postgres-{pg.host}-{pg.port}-{pg.dbname}-{pg.schema_}.lock"
+    """The lock file a transform run holds on a DuckDB warehouse (``warehouse.warehouse_lock``)."""
+    path = warehouse_path(md)
+    return path.with_name(path.name + ".lock")

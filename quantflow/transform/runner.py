@@ -21,9 +21,8 @@ from typing import Any
 from quantflow.compute.dates import date_batches
 from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
-from quantflow.storage.locks import exclusive
 from quantflow.storage.project import project_lake
-from quantflow.transform.environment import dbt_environment, warehouse_lock_path
+from quantflow.transform.environment import dbt_environment
 from quantflow.transform.generator import DBTProjectGenerator, dbt_project_dir
 from quantflow.transform.sources import cdm_tables
 from quantflow.transform.vars import dbt_vars_args
@@ -33,6 +32,7 @@ from quantflow.transform.warehouse import (
     export_cdm_to_lake,
     prepare_raw_sources,
     warehouse_location,
+    warehouse_lock,
 )
 
 STAGE = "transform"
@@ -176,8 +176,7 @@ def run(
         progress.detail(f"dbt project: wrote {path}")
     lake = project_lake(md)
     result.table_urls = {t: lake.url(t) for t in selected}
-    with exclusive(warehouse_lock_path(md), f"the {md.engine} warehouse ({result.warehouse})",
-                   on_wait=progress.note):
+    with warehouse_lock(md, on_wait=progress.note):
         _build(md, window, result, selected, batch_days, command, invoke, progress, began)
     return result
 

@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
@@ -28,7 +29,7 @@ from quantflow.storage.project import project_lake, warehouse_path
 from quantflow.storage.schemas import RAW_KINDS, conform, spec_for_kind
 from quantflow.storage.tables import partition_width
 from quantflow.storage.writes import WriteMode, WriteResult
-from quantflow.transform.environment import DUCKDB_RAW_SCHEMA, cdm_schema, raw_schema
+from quantflow.transform.environment import DUCKDB_RAW_SCHEMA, cdm_schema, raw_schema, warehouse_lock_path
 from quantflow.transform.sources import cdm_tables, raw_sources
 
 # ------------------------------------------------------------------------------------------ SQL helpers
@@ -181,6 +182,68 @@ def connect_postgres(md: ProjectMetadata):
         cur.execute("SET TIME ZONE 'UTC'")
     con.commit()
     return con
+
+
+_LOCK_NAMESPACE = 0x5146  # "QF": the first key of QuantFlow's advisory locks
+
+
+@contextlib.contextmanager
+def warehouse_lock(md: ProjectMetadata, on_wait: Callable[[str], None] | None = None,
+                   timeout_s: float | None = None) -> Iterator[None]:
+    """Held by a transform run for its whole batch loop. DuckDB admits one writer per file: a lock file beside
+    it (runs on this machine). PostgreSQL: a session advisory lock on the CDM schema, so runs on any host
+    take turns (two dbt runs rebuilding one window at once would interleave their delete + insert); the
+    holder's connection names it (``application_name``) for whoever waits, and the server frees the lock
+    if the holder dies."""
+    from quantflow.storage.locks import exclusive
+
+    if md.engine == "duckdb":
+        with exclusive(warehouse_lock_path(md), f"the duckdb warehouse ({warehouse_path(md)})", timeout_s=timeout_s,
+                       on_wait=on_wait):
+            yield
+        return
+    yield from _postgres_lock(md, on_wait, timeout_s)
+
+
+def _postgres_lock(md: ProjectMetadata, on_wait, timeout_s: float | None) -> Iterator[None]:
+    import os
+    import socket
+    import time
+
+    from quantflow.storage.locks import DEFAULT_TIMEOUT_S, LockTimeout
+
+    pg = md.local.postgres
+    what = f"the postgres warehouse (schema {pg.schema_} on {pg.host}:{pg.port}/{pg.dbname})"
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    con = connect_postgres(md)
+    con.autocommit = True
+    try:
+        with con.cursor() as cur:
+            me = f"quantflow pid {os.getpid()} on {socket.gethostname()}"[:63]
+            cur.execute("SELECT set_config('application_name', %s, false), hashtext(%s)", (me, pg.schema_))
+            key = cur.fetchone()[1]
+            began, told = time.monotonic(), False
+            while True:
+                cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_NAMESPACE, key))
+                if cur.fetchone()[0]:
+                    break
+                cur.execute(
+                    "SELECT a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.classid = %s AND l.objid = %s::oid AND l.objsubid = 2", (_LOCK_NAMESPACE, key & 0xFFFFFFFF))
+                row = cur.fetchone()
+                holder = (f"{row[0] or 'a client'} (from {row[1] or 'a local socket'}, connected since "
+                          f"{row[2]:%Y-%m-%d %H:%M:%S})") if row else "another run"
+                if time.monotonic() - began >= timeout_s:
+                    raise LockTimeout(f"{what} is in use by {holder}; gave up after {timeout_s:.0f} s "
+                                      "(QF_LOCK_TIMEOUT_S sets the wait)")
+                if not told and on_wait is not None:
+                    on_wait(f"waiting for {what}: in use by {holder}")
+                    told = True
+                time.sleep(0.5)
+        yield
+    finally:
+        con.close()  # ends the session: the server releases its advisory lock
 
 
 def _csv_for_copy(df: pl.DataFrame, kind: str) -> bytes:

@@ -51,3 +51,41 @@ def test_dbt_on_postgres_builds_the_cdm_and_replaces_windows(tmp_path, postgres_
     finally:
         con.close()
     assert project_lake(md).read("cdm_trades", ["AAA"], D1, D1)["price"].to_list() == [9.5]
+
+
+def test_postgres_warehouse_is_held_by_one_run_at_a_time_on_any_host(tmp_path, postgres_server):
+    """An advisory lock on the CDM schema: a second run waits, naming the holder, and gets it when freed."""
+    import os
+    import threading
+
+    from quantflow.storage.locks import LockTimeout
+    from quantflow.transform.warehouse import warehouse_lock
+
+    server = postgres_server
+    server.create_database("qf_lock")
+    md = make_project(tmp_path / "pg", engine="postgres", local_yaml=server.local_yaml(schema="cdm_l", dbname="qf_lock"))
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with warehouse_lock(md):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(30)
+        heard: list[str] = []
+        with pytest.raises(LockTimeout, match=f"in use by quantflow pid {os.getpid()} on "), \
+                warehouse_lock(md, on_wait=heard.append, timeout_s=1.5):
+            pass
+        assert heard and heard[0].startswith("waiting for the postgres warehouse (schema cdm_l")
+        other = make_project(tmp_path / "pg2", engine="postgres",
+                             local_yaml=server.local_yaml(schema="cdm_other", dbname="qf_lock"))
+        with warehouse_lock(other, timeout_s=1.5):  # another CDM schema is another lock
+            pass
+    finally:
+        release.set()
+        thread.join()
+    with warehouse_lock(md, timeout_s=5):
+        pass
