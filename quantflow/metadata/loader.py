@@ -164,7 +164,8 @@ def line_of(data: Any, loc: tuple) -> int | None:
 
 
 def _dotted(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
+    """``a.b.0.c``; a key longer than 40 characters is cut, so an issue stays one short line."""
+    return ".".join(str(p) if len(str(p)) <= 40 else str(p)[:37] + "..." for p in loc)
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -299,6 +299,9 @@ def test_yaml_errors_stay_one_short_line_whatever_the_document_holds(tmp_path):
     root = write_project(tmp_path / "b", f"project:\n  name: p\n  symbols: [AAA]\n  storage: {{lake_root: [{long_value}]}}\n")
     [issue] = _issues(root)
     assert len(str(issue)) < 250, str(issue)
+    root = write_project(tmp_path / "c", f"project:\n  name: p\n  symbols: [AAA]\n  {'k' * 1000}: 1\n")
+    [issue] = _issues(root, strict=True)  # an unknown key of 1,000 characters
+    assert len(str(issue)) < 250, str(issue)
 
 
 def test_two_bar_types_writing_one_table_are_refused(tmp_path):
