@@ -7,6 +7,7 @@ summary (plus a CSV of bad rows when there are any) as ``data_extractor_*`` arti
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import time
@@ -18,8 +19,9 @@ import polars as pl
 from quantflow.compute.stage import CheckOutcome, Progress, RunWindow, StageResult
 from quantflow.ingest import NO_BAD_ROWS
 from quantflow.ingest.feeds.bar_checks import join_reasons, tick_checks
-from quantflow.ingest.feeds.base import build_feed, empty_bad_rows
+from quantflow.ingest.feeds.base import build_feed, empty_bad_rows, weekdays
 from quantflow.metadata.manager import ProjectMetadata
+from quantflow.storage.lake import Lake
 from quantflow.storage.project import project_artifacts, project_lake
 from quantflow.storage.schemas import BAD_ROWS_SCHEMA, spec_for_kind
 from quantflow.storage.tables import raw_table_name
@@ -61,6 +63,51 @@ class IngestResult(StageResult):
         }
 
 
+TICK_KINDS = ("trades", "quotes", "messages")
+
+
+def _stored_days(lake: Lake, spec, symbol: str, start: dt.date, end: dt.date) -> set[dt.date]:
+    if spec.partition == "day":  # one listing: the partitions are the days
+        return {p.period_start for p in lake.partitions(spec.name, [symbol], start, end)}
+    return lake.stored_days(spec.name, symbol, start, end)
+
+
+def plan_requests(lake: Lake, source, specs: dict, window: RunWindow) -> tuple[list[tuple], int]:
+    """What to ask the feed for: ``[(symbols, start, end)]`` and how many (symbol, weekday)s were left out.
+
+    In ``skip_if_exists`` mode a (symbol, weekday) stored in every table of the feed is not fetched (nor
+    simulated) again. A feed of ticks is asked for each run of missing days; a feed of daily bars, which
+    answers a date range in one request, for the span from the first to the last missing day (a holiday
+    is never stored, so it keeps a span open, but costs no extra request).
+    """
+    symbols, start, end = list(window.symbols), window.start_date, window.end_date
+    if window.write_mode != "skip_if_exists":
+        return [(symbols, start, end)], 0
+    days = weekdays(start, end)
+    per_day = any(k in TICK_KINDS for k in source.kinds)
+    requests, kept, untouched = [], 0, []
+    for symbol in symbols:
+        stored = set.intersection(*(_stored_days(lake, spec, symbol, start, end) for spec in specs.values()))
+        missing = [d for d in days if d not in stored]
+        kept += len(days) - len(missing)
+        if len(missing) == len(days):
+            untouched.append(symbol)
+        elif missing and per_day:
+            run = [missing[0]]
+            for day in missing[1:]:
+                if days.index(day) == days.index(run[-1]) + 1:
+                    run.append(day)
+                else:
+                    requests.append(([symbol], run[0], run[-1]))
+                    run = [day]
+            requests.append(([symbol], run[0], run[-1]))
+        elif missing:
+            requests.append(([symbol], missing[0], missing[-1]))
+    if untouched:  # nothing stored: one request for all of them, as without skipping
+        requests.insert(0, (untouched, start, end))
+    return requests, kept
+
+
 def split_bad_ticks(feed: str, kind: str, df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(good rows, bad-row reports) of a feed's trades or quotes: whatever feed produced them, a tick that
     cannot be right is reported (the ``no_bad_rows`` check) and kept out of the raw table."""
@@ -84,7 +131,6 @@ def run(md: ProjectMetadata, window: RunWindow, *, feed: str, progress: Progress
     if feed not in feeds:
         raise ValueError(f"feed {feed!r} is not in project_metadata/project.yaml; feeds: {', '.join(feeds) or 'none'}")
     cfg = feeds[feed]
-    symbols, start, end = list(window.symbols), window.start_date, window.end_date
     began = time.perf_counter()
     source = build_feed(cfg, md.project_dir)
     lake = project_lake(md)
@@ -93,9 +139,15 @@ def run(md: ProjectMetadata, window: RunWindow, *, feed: str, progress: Progress
     for spec in specs.values():
         result.record_write(spec.name, WriteResult(spec.name), lake.url(spec.name))
     bad_frames: list[pl.DataFrame] = []
-    progress.begin(source.expected_batches(symbols, start, end), "batches", f"ingest {feed}")
-    progress.detail(f"ingest {feed} ({cfg.kind}): {window.describe()}")
-    for batch in source.iter_batches(symbols, start, end):
+    requests, kept = plan_requests(lake, source, specs, window)
+    for spec in specs.values():
+        result.tables[spec.name].days_skipped += kept
+    expected = [source.expected_batches(*r) for r in requests]
+    progress.begin(None if None in expected else sum(expected), "batches", f"ingest {feed}")
+    progress.detail(f"ingest {feed} ({cfg.kind}): {window.describe()}; {len(requests)} requests, {kept} stored "
+                    "(symbol, day)s not fetched")
+    batches = (batch for request in requests for batch in source.iter_batches(*request))
+    for batch in batches:
         rows = 0
         for kind, df in batch.tables.items():
             if df.height == 0:
