@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -405,13 +406,13 @@ class DBTProjectGenerator:
         written = []
         for path in self.pending(force):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # runs at once write their own
             tmp.write_text(files[path.relative_to(self.dbt_dir).as_posix()], encoding="utf-8")
             os.replace(tmp, path)
             written.append(path)
         self.removed = self.stale_files()
         for path in self.removed:
-            path.unlink()
+            path.unlink(missing_ok=True)  # another run may have removed it first
             log.info("removed %s (no enabled feed produces it any more)", path)
         for path in written:
             log.info("wrote %s", path)
