@@ -287,6 +287,19 @@ def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, window: RunWindo
         progress.detail(f"state engine: {b.table}: {result.tables[b.table].rows_written} rows from daily bars")
 
 
+def stored_shards(lake: Lake, tasks: list[ShardTask], window: RunWindow) -> set[int]:
+    """Indexes of the tasks whose every day is stored already (its done marker exists), found with one
+    listing per symbol and table here, so a re-run of a stored window starts no worker at all."""
+    symbols = sorted({t.symbol for t in tasks})
+    done: dict[tuple[str, str], set[dt.date]] = {}
+    for table in (ENRICHED_TABLE, LOB_TABLE):
+        for symbol in symbols:
+            parts = lake.partitions(table, [symbol], window.start_date, window.end_date)
+            done[table, symbol] = {p.period_start for p in parts}
+    return {i for i, task in enumerate(tasks)
+            if all(d in done[_done_marker(t is not None), task.symbol] for d, t in zip(task.dates, task.trade_paths))}
+
+
 def run(
     md: ProjectMetadata,
     window: RunWindow,
@@ -309,36 +322,45 @@ def run(
 
     tasks = plan_shards(md, cfg, window.start_date, window.end_date, symbols, window.write_mode, shard_granularity)
     result.shards = len(tasks)
+    stored = stored_shards(lake, tasks, window) if window.write_mode == "skip_if_exists" else set()
+    result.shards_skipped = len(stored)
+    pending = [t for i, t in enumerate(tasks) if i not in stored]
     if not tasks:
         result.skip(tick_tables(cfg), f"no {TRADES_TABLE} in the window (the feeds give no ticks)")
     else:
         progress.begin(len(tasks), "shards", "state engine")
-        progress.detail(f"state engine: {len(tasks)} shards ({shard_granularity}) for {len(symbols)} symbols on {kind}")
-        if uses_messages(cfg) and not any(p for t in tasks for p in t.message_paths):
-            result.skip([LOB_TABLE], f"lob.source is messages and there are no {MESSAGES_TABLE} in the window")
-        env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
-        runner = make_executor(kind, max_concurrency, cfg.retries, env)
+        progress.advance(len(stored))
+        if not pending:
+            progress.detail(f"state engine: all {len(tasks)} shards are stored (skip_if_exists): nothing to run")
+        else:
+            progress.detail(f"state engine: {len(pending)} shards ({shard_granularity}) for {len(symbols)} symbols "
+                            f"on {kind}, {len(stored)} stored")
+            tasks = pending
+            if uses_messages(cfg) and not any(p for t in tasks for p in t.message_paths):
+                result.skip([LOB_TABLE], f"lob.source is messages and there are no {MESSAGES_TABLE} in the window")
+            env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
+            runner = make_executor(kind, max_concurrency, cfg.retries, env)
 
-        def on_done(done: int, total: int, outcome: ShardOutcome) -> None:
-            if outcome.ok:
-                what = "skipped (stored)" if outcome.result.skipped else f"{outcome.result.trades} trades"
-                progress.detail(f"shard {done}/{total} {outcome.shard}: {what} in {outcome.seconds:.2f}s")
-                progress.advance(1, outcome.result.trades)
-            else:
-                progress.detail(f"shard {done}/{total} {outcome.shard} FAILED after {outcome.attempts} attempts: "
-                                f"{outcome.error}")
-                progress.advance(1)
+            def on_done(done: int, total: int, outcome: ShardOutcome) -> None:
+                if outcome.ok:
+                    what = "skipped (stored)" if outcome.result.skipped else f"{outcome.result.trades} trades"
+                    progress.detail(f"shard {done}/{total} {outcome.shard}: {what} in {outcome.seconds:.2f}s")
+                    progress.advance(1, outcome.result.trades)
+                else:
+                    progress.detail(f"shard {done}/{total} {outcome.shard} FAILED after {outcome.attempts} attempts: "
+                                    f"{outcome.error}")
+                    progress.advance(1)
 
-        report: ExecutionReport = runner.map(run_shard, tasks, on_done)
-        for outcome in report.outcomes:
-            if not outcome.ok:
-                result.shards_failed.append(f"{outcome.shard}: {outcome.error}")
-                continue
-            shard: ShardResult = outcome.result
-            result.shards_skipped += shard.skipped
-            result.trades += shard.trades
-            for table, written in shard.written.items():
-                result.record_write(table, written)
+            report: ExecutionReport = runner.map(run_shard, tasks, on_done)
+            for outcome in report.outcomes:
+                if not outcome.ok:
+                    result.shards_failed.append(f"{outcome.shard}: {outcome.error}")
+                    continue
+                shard: ShardResult = outcome.result
+                result.shards_skipped += shard.skipped
+                result.trades += shard.trades
+                for table, written in shard.written.items():
+                    result.record_write(table, written)
         for table in tick_tables(cfg):
             result.record_write(table, WriteResult(table), lake.url(table))
             parts = lake.partitions(table, symbols, window.start_date, window.end_date)

@@ -126,6 +126,20 @@ def test_write_modes_are_honoured_per_shard(project):
     assert lake.read("cdm_trade_enriched", ["AAA"]).height == first.trades  # replaced, not duplicated
 
 
+def test_a_stored_window_starts_no_worker(project, monkeypatch):
+    """skip_if_exists finds the stored shards with one listing per symbol: no executor, no Ray, milliseconds."""
+    md = get_metadata_manager(project).load_all()
+    runner.run(md, window(md, START, END))
+
+    def no_executor(*args, **kwargs):
+        raise AssertionError("a stored window must not start an executor")
+
+    monkeypatch.setattr(runner, "make_executor", no_executor)
+    again = runner.run(md, window(md, START, END), executor="ray")
+    assert again.shards == again.shards_skipped == 20 and again.trades == 0
+    assert again.seconds < 5
+
+
 def test_a_failed_shard_fails_alone_with_a_clear_error(project, caplog):
     md = get_metadata_manager(project).load_all()
     lake = project_lake(md)
