@@ -229,6 +229,13 @@ class Store:
         finally:
             os.close(fd)  # closing releases the lock
 
+    def signature(self, path: str) -> str:
+        """What changes whenever the object is rewritten: size and modification time (local), ETag (S3)."""
+        if not self.remote:
+            st = os.stat(path)
+            return f"{st.st_size}:{st.st_mtime_ns}"
+        return str(self.fs.info(path)["ETag"])
+
     def exists(self, path: str) -> bool:
         if not self.remote:
             return os.path.exists(path)

@@ -73,7 +73,7 @@ def period_start(day: dt.date, width: str) -> dt.date:
     raise ValueError(f"unknown partition width {width!r} (expected 'day', 'month' or 'year')")
 
 
-def _period_end(start: dt.date, width: str) -> dt.date:
+def period_end(start: dt.date, width: str) -> dt.date:
     if width == "day":
         return start
     if width == "month":
@@ -146,7 +146,7 @@ class Lake:
             pstart = _parse_path_value(m["value"], width)
             if end is not None and pstart > end:
                 continue
-            if start is not None and _period_end(pstart, width) < start:
+            if start is not None and period_end(pstart, width) < start:
                 continue
             found.append(Partition(table, symbol, pstart, path))
         return found

@@ -22,6 +22,8 @@ from quantflow.compute.dates import date_batches
 from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.project import project_lake
+from quantflow.storage.writes import WriteResult
+from quantflow.transform import freshness
 from quantflow.transform.environment import dbt_environment
 from quantflow.transform.generator import DBTProjectGenerator, dbt_project_dir
 from quantflow.transform.sources import cdm_tables
@@ -63,8 +65,11 @@ class TransformResult(StageResult):
     generated: list[Path] = field(default_factory=list)
     warehouse: str = ""
     failed_batch: tuple[Any, Any] | None = None
+    up_to_date: bool = False  # skip_if_exists found the window built from the same raw partitions and models
 
     def headline(self) -> str:
+        if self.up_to_date:
+            return f"dbt skipped on {self.engine}: the window's raw tables and models are as at its last build"
         tests = f", {sum(s == 'pass' for s in self.tests.values())}/{len(self.tests)} dbt tests passed" \
             if self.tests else ""
         return f"dbt {self.command} on {self.engine}, {len(self.batches)} batch{'es' if len(self.batches) != 1 else ''}{tests}"
@@ -183,10 +188,23 @@ def run(
 
 def _build(md: ProjectMetadata, window: RunWindow, result: TransformResult, selected: list[str],
            batch_days: int | None, command: str, invoke: DbtInvoke, progress: Progress, began: float) -> None:
-    """The batch loop, holding the warehouse: raw tables in, dbt, the CDM back to the lake."""
+    """The batch loop, holding the warehouse: raw tables in, dbt, the CDM back to the lake. In
+    ``skip_if_exists`` mode a window built from the same raw partitions and dbt models is not built again."""
     lake = project_lake(md)
     batches = date_batches(window.start_date, window.end_date, batch_days)
     symbols = list(window.symbols)
+    models = freshness.dbt_signature(dbt_project_dir(md), md.engine)
+    inputs = freshness.raw_signatures(md, lake, window.start_date, window.end_date, symbols)
+    if window.write_mode == "skip_if_exists" and command == "run" and freshness.unchanged(
+            md, models, inputs, window.start_date, window.end_date, symbols):
+        result.up_to_date = True
+        progress.begin(len(selected), "models", "transform (dbt)")
+        progress.advance(len(selected))
+        progress.detail("transform: raw tables and dbt models unchanged since the window's last build: dbt skipped")
+        for table in selected:
+            result.record_write(table, WriteResult(table), lake.url(table))
+        _finish(md, window, result, selected, began)
+        return
     progress.begin(len(batches) * len(selected), "models", "transform (dbt)")
     built: set[str] = set()
     for batch_start, batch_end in batches:
@@ -213,6 +231,8 @@ def _build(md: ProjectMetadata, window: RunWindow, result: TransformResult, sele
             result.record_write(table, written, lake.url(table))
             progress.advance(0, written.rows_written)
         result.batches.append((batch_start, batch_end))
+    if set(selected) == set(cdm_tables(md)):  # a build of some models only does not make the window built
+        freshness.record(md, models, inputs, window.start_date, window.end_date, symbols)
     _finish(md, window, result, [t for t in selected if t in built or not built], began)
 
 

@@ -1,0 +1,112 @@
+"""What the CDM of each (raw table, symbol, period) was last built from, so that a ``skip_if_exists`` run of a
+window whose raw inputs and dbt models did not change skips dbt and the export altogether.
+
+A raw partition's signature is its size and modification time (local) or its ETag (S3): any rewrite of the
+partition changes it. The record is a small SQLite file beside the warehouse, read and written only by a
+transform run holding the warehouse lock, so runs never interleave on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from quantflow.metadata.manager import ProjectMetadata
+from quantflow.storage.lake import Lake, period_end
+from quantflow.storage.project import warehouse_path
+from quantflow.transform.sources import raw_sources
+
+Key = tuple[str, str, str, str]  # (table, symbol, first day, last day) of a raw partition
+
+
+def state_path(md: ProjectMetadata) -> Path:
+    if md.engine == "duckdb":
+        path = warehouse_path(md)
+        return path.with_name(path.name + ".built.sqlite")
+    pg = md.local.postgres
+    return md.project_dir / ".quantflow" / f"cdm-built-{pg.host}-{pg.port}-{pg.dbname}-{pg.schema_}.sqlite"
+
+
+def dbt_signature(dbt_dir: Path, engine: str) -> str:
+    """A hash of the dbt project's files and the engine: another model is another CDM."""
+    digest = hashlib.sha256(engine.encode())
+    files = [dbt_dir / "dbt_project.yml", dbt_dir / "profiles.yml"]
+    for sub in ("models", "macros", "tests"):
+        if (dbt_dir / sub).is_dir():
+            files.extend(p for p in (dbt_dir / sub).rglob("*") if p.is_file())
+    for path in sorted(f for f in files if f.exists()):
+        digest.update(path.relative_to(dbt_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def raw_signatures(md: ProjectMetadata, lake: Lake, start: dt.date, end: dt.date,
+                   symbols: Sequence[str]) -> dict[Key, str]:
+    """The signature of every raw partition of the enabled feeds that overlaps the window."""
+    wanted = {s.strip().upper() for s in symbols}
+    out: dict[Key, str] = {}
+    for source in raw_sources(md):
+        for part in lake.partitions(source.table, None, start, end):
+            if part.symbol.strip().upper() in wanted:
+                last = period_end(part.period_start, lake.partition_width(source.table))
+                key = (source.table, part.symbol, part.period_start.isoformat(), last.isoformat())
+                out[key] = lake.store.signature(part.path)
+    return out
+
+
+@contextlib.contextmanager
+def _connect(md: ProjectMetadata) -> Iterator[sqlite3.Connection]:
+    path = state_path(md)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path)
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS built (tbl TEXT, symbol TEXT, first_day TEXT, last_day TEXT, "
+                    "signature TEXT, PRIMARY KEY (tbl, symbol, first_day))")
+        con.execute("CREATE TABLE IF NOT EXISTS models (id INTEGER PRIMARY KEY CHECK (id = 1), signature TEXT)")
+        yield con
+        con.commit()
+    finally:
+        con.close()
+
+
+def _recorded(con: sqlite3.Connection, tables: list[str], start: dt.date, end: dt.date,
+              symbols: Sequence[str]) -> dict[Key, str]:
+    """The recorded partitions of ``tables`` that overlap the window, for ``symbols``."""
+    wanted = {s.strip().upper() for s in symbols}
+    rows = con.execute(
+        f"SELECT tbl, symbol, first_day, last_day, signature FROM built WHERE tbl IN ({','.join('?' * len(tables))}) "
+        "AND first_day <= ? AND last_day >= ?", [*tables, end.isoformat(), start.isoformat()]).fetchall()
+    return {(t, sym, first, last): sig for t, sym, first, last, sig in rows if sym.strip().upper() in wanted}
+
+
+def unchanged(md: ProjectMetadata, models: str, current: dict[Key, str], start: dt.date, end: dt.date,
+              symbols: Sequence[str]) -> bool:
+    """Whether the last build of this window used the same dbt models and exactly these raw partitions."""
+    if not current:
+        return False
+    with _connect(md) as con:
+        row = con.execute("SELECT signature FROM models WHERE id = 1").fetchone()
+        if row is None or row[0] != models:
+            return False
+        tables = sorted({k[0] for k in current} | {s.table for s in raw_sources(md)})
+        return _recorded(con, tables, start, end, symbols) == current
+
+
+def record(md: ProjectMetadata, models: str, current: dict[Key, str], start: dt.date, end: dt.date,
+           symbols: Sequence[str]) -> None:
+    """After a successful build and export: the window was built from ``current`` with ``models``."""
+    with _connect(md) as con:
+        old = con.execute("SELECT signature FROM models WHERE id = 1").fetchone()
+        if old is not None and old[0] != models:
+            con.execute("DELETE FROM built")  # built with other models: nothing recorded still holds
+        con.execute("INSERT OR REPLACE INTO models (id, signature) VALUES (1, ?)", (models,))
+        tables = sorted({k[0] for k in current} | {s.table for s in raw_sources(md)})
+        gone = set(_recorded(con, tables, start, end, symbols)) - set(current)
+        con.executemany("DELETE FROM built WHERE tbl = ? AND symbol = ? AND first_day = ?",
+                        sorted(key[:3] for key in gone))
+        con.executemany("INSERT OR REPLACE INTO built VALUES (?, ?, ?, ?, ?)",
+                        [(*key, sig) for key, sig in sorted(current.items())])
