@@ -1,9 +1,10 @@
-"""What the CDM of each (raw table, symbol, period) was last built from, so that a ``skip_if_exists`` run of a
-window whose raw inputs and dbt models did not change skips dbt and the export altogether.
+"""What the CDM of a window was last built from and what it wrote, so that a ``skip_if_exists`` run of a
+window whose raw inputs, CDM lake partitions, dbt models and warehouse are as they were skips dbt and the
+export altogether (and one where anything changed builds as before, filling what is missing).
 
-A raw partition's signature is its size and modification time (local) or its ETag (S3): any rewrite of the
-partition changes it. The record is a small SQLite file beside the warehouse, read and written only by a
-transform run holding the warehouse lock, so runs never interleave on it.
+A partition's signature is its size and modification time (local) or its ETag (S3): any rewrite or removal
+changes it. The record is a small SQLite file beside the warehouse, read and written only by a transform run
+holding the warehouse lock, so runs never interleave on it.
 """
 
 from __future__ import annotations
@@ -44,18 +45,32 @@ def dbt_signature(dbt_dir: Path, engine: str) -> str:
     return digest.hexdigest()
 
 
-def raw_signatures(md: ProjectMetadata, lake: Lake, start: dt.date, end: dt.date,
-                   symbols: Sequence[str]) -> dict[Key, str]:
-    """The signature of every raw partition of the enabled feeds that overlaps the window."""
+def models_signature(md: ProjectMetadata, dbt_dir: Path) -> str:
+    """The dbt models and the warehouse they were built into (a DuckDB file deleted or replaced since is
+    another warehouse)."""
+    signature = dbt_signature(dbt_dir, md.engine)
+    if md.engine == "duckdb":
+        path = warehouse_path(md)
+        signature += f":{path.stat().st_ino if path.exists() else 'missing'}"
+    return signature
+
+
+def signatures(lake: Lake, tables: Sequence[str], start: dt.date, end: dt.date,
+               symbols: Sequence[str]) -> dict[Key, str]:
+    """The signature of every partition of ``tables`` that overlaps the window (symbols matched canonically)."""
     wanted = {s.strip().upper() for s in symbols}
     out: dict[Key, str] = {}
-    for source in raw_sources(md):
-        for part in lake.partitions(source.table, None, start, end):
+    for table in tables:
+        for part in lake.partitions(table, None, start, end):
             if part.symbol.strip().upper() in wanted:
-                last = period_end(part.period_start, lake.partition_width(source.table))
-                key = (source.table, part.symbol, part.period_start.isoformat(), last.isoformat())
+                last = period_end(part.period_start, lake.partition_width(table))
+                key = (table, part.symbol, part.period_start.isoformat(), last.isoformat())
                 out[key] = lake.store.signature(part.path)
     return out
+
+
+def raw_tables(md: ProjectMetadata) -> list[str]:
+    return [s.table for s in raw_sources(md)]
 
 
 @contextlib.contextmanager
@@ -83,29 +98,27 @@ def _recorded(con: sqlite3.Connection, tables: list[str], start: dt.date, end: d
     return {(t, sym, first, last): sig for t, sym, first, last, sig in rows if sym.strip().upper() in wanted}
 
 
-def unchanged(md: ProjectMetadata, models: str, current: dict[Key, str], start: dt.date, end: dt.date,
-              symbols: Sequence[str]) -> bool:
-    """Whether the last build of this window used the same dbt models and exactly these raw partitions."""
+def unchanged(md: ProjectMetadata, models: str, current: dict[Key, str], tables: Sequence[str], start: dt.date,
+              end: dt.date, symbols: Sequence[str]) -> bool:
+    """Whether the last build of this window used the same models and saw exactly these partitions."""
     if not current:
         return False
     with _connect(md) as con:
         row = con.execute("SELECT signature FROM models WHERE id = 1").fetchone()
         if row is None or row[0] != models:
             return False
-        tables = sorted({k[0] for k in current} | {s.table for s in raw_sources(md)})
-        return _recorded(con, tables, start, end, symbols) == current
+        return _recorded(con, list(tables), start, end, symbols) == current
 
 
-def record(md: ProjectMetadata, models: str, current: dict[Key, str], start: dt.date, end: dt.date,
-           symbols: Sequence[str]) -> None:
-    """After a successful build and export: the window was built from ``current`` with ``models``."""
+def record(md: ProjectMetadata, models: str, current: dict[Key, str], tables: Sequence[str], start: dt.date,
+           end: dt.date, symbols: Sequence[str]) -> None:
+    """After a successful build and export: the window's partitions of ``tables`` are ``current``."""
     with _connect(md) as con:
         old = con.execute("SELECT signature FROM models WHERE id = 1").fetchone()
         if old is not None and old[0] != models:
             con.execute("DELETE FROM built")  # built with other models: nothing recorded still holds
         con.execute("INSERT OR REPLACE INTO models (id, signature) VALUES (1, ?)", (models,))
-        tables = sorted({k[0] for k in current} | {s.table for s in raw_sources(md)})
-        gone = set(_recorded(con, tables, start, end, symbols)) - set(current)
+        gone = set(_recorded(con, list(tables), start, end, symbols)) - set(current)
         con.executemany("DELETE FROM built WHERE tbl = ? AND symbol = ? AND first_day = ?",
                         sorted(key[:3] for key in gone))
         con.executemany("INSERT OR REPLACE INTO built VALUES (?, ?, ?, ?, ?)",

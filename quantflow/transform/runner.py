@@ -193,10 +193,12 @@ def _build(md: ProjectMetadata, window: RunWindow, result: TransformResult, sele
     lake = project_lake(md)
     batches = date_batches(window.start_date, window.end_date, batch_days)
     symbols = list(window.symbols)
-    models = freshness.dbt_signature(dbt_project_dir(md), md.engine)
-    inputs = freshness.raw_signatures(md, lake, window.start_date, window.end_date, symbols)
+    models = freshness.models_signature(md, dbt_project_dir(md))
+    raw, cdm = freshness.raw_tables(md), list(cdm_tables(md))
+    inputs = freshness.signatures(lake, raw, window.start_date, window.end_date, symbols)
     if window.write_mode == "skip_if_exists" and command == "run" and freshness.unchanged(
-            md, models, inputs, window.start_date, window.end_date, symbols):
+            md, models, {**inputs, **freshness.signatures(lake, cdm, window.start_date, window.end_date, symbols)},
+            raw + cdm, window.start_date, window.end_date, symbols):
         result.up_to_date = True
         progress.begin(len(selected), "models", "transform (dbt)")
         progress.advance(len(selected))
@@ -231,8 +233,10 @@ def _build(md: ProjectMetadata, window: RunWindow, result: TransformResult, sele
             result.record_write(table, written, lake.url(table))
             progress.advance(0, written.rows_written)
         result.batches.append((batch_start, batch_end))
-    if set(selected) == set(cdm_tables(md)):  # a build of some models only does not make the window built
-        freshness.record(md, models, inputs, window.start_date, window.end_date, symbols)
+    if set(selected) == set(cdm):  # a build of some models only does not make the window built
+        outputs = freshness.signatures(lake, cdm, window.start_date, window.end_date, symbols)
+        freshness.record(md, freshness.models_signature(md, dbt_project_dir(md)), {**inputs, **outputs}, raw + cdm,
+                         window.start_date, window.end_date, symbols)
     _finish(md, window, result, [t for t in selected if t in built or not built], began)
 
 
