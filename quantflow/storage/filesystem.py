@@ -117,12 +117,10 @@ class Store:
             return f"{self.root.split('://', 1)[0]}://{path}"
         return path
 
-    def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        """Local: write a temp file in the root's staging folder, fsync, rename it over the target (readers of
-        a table folder never see the temp file). S3: one PUT is atomic."""
-        if self.remote:
-            self.fs.pipe_file(path, data)
-            return
+    @contextlib.contextmanager
+    def _staged(self, path: str, data: bytes) -> Iterator[tuple[Path, Path]]:
+        """``data`` in a synced temp file of the root's staging folder (the same file system as ``path``, and
+        outside every table folder, so readers never see it); yields (temp, target), removes the temp."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(self._base) / STAGING_DIR
@@ -133,10 +131,17 @@ class Store:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            yield tmp, target
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            tmp.unlink(missing_ok=True)
+
+    def write_bytes_atomic(self, path: str, data: bytes) -> None:
+        """Local: a staged file renamed over the target. S3: one PUT is atomic."""
+        if self.remote:
+            self.fs.pipe_file(path, data)
+            return
+        with self._staged(path, data) as (tmp, target):
+            os.replace(tmp, target)
 
     def create(self, path: str, data: bytes) -> bool:
         """Write ``data`` at ``path`` only if nothing is there (atomically: local ``link`` of a staged file,
@@ -147,22 +152,12 @@ class Store:
                 return True
             except FileExistsError:
                 return False
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(self._base) / STAGING_DIR
-        staging.mkdir(parents=True, exist_ok=True)
-        tmp = staging / f"{target.name}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.link(tmp, target)  # fails when the target exists: never replaces it
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self._staged(path, data) as (tmp, target):
+            try:
+                os.link(tmp, target)  # fails when the target exists: never replaces it
+                return True
+            except FileExistsError:
+                return False
 
     def update(self, path: str, change: Callable[[bytes | None], bytes | object | None]) -> bool:
         """Read-modify-write of one object that loses no concurrent update.
