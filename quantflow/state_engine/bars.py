@@ -20,7 +20,8 @@ Inputs must be sorted by time within each segment (``engine`` checks and sorts).
 segment the open bar is emitted unless ``keep_open[s]`` (carry-state on: the bar continues in the next
 shard); a time bar is kept open only if its bucket ends after the segment (``seg_end[s]``), so the last
 1-minute bar of a session is written with that session. A bar's ``date`` is the date of its last trade,
-in sharded and unsharded runs alike.
+in sharded and unsharded runs alike. Every bar says whether it is ``complete``: closed by its own rule (the
+threshold reached, the time bucket over by the end of the segment), or cut short by the segment's end.
 
 Daily input (no ticks) has its own small polars resampler, ``resample_daily_bars``.
 """
@@ -49,11 +50,12 @@ KIND_VOLUME_IMBALANCE = 1
 BAR_STATE_I = 5
 BAR_STATE_F = 11
 
-# Emitted rows. int64: [bar_start, ts_first, ts_last, n_trades, segment, date (days since epoch)]
+# Emitted rows. int64: [bar_start, ts_first, ts_last, n_trades, segment, date (days since epoch), complete]
+# (complete: 1 when the bar's own rule closed it, 0 when the end of the segment cut it)
 # float64: [open, high, low, close, volume, dollar_volume, vwap, buy_volume, sell_volume, imbalance, threshold]
-OUT_I = 6
+OUT_I = 7
 OUT_F = 11
-OUT_I_NAMES = ("bar_start", "ts_first", "ts_last", "n_trades", "segment", "date")
+OUT_I_NAMES = ("bar_start", "ts_first", "ts_last", "n_trades", "segment", "date", "complete")
 OUT_F_NAMES = (
     "open",
     "high",
@@ -116,8 +118,11 @@ class BarSpec:
     min_expected_ticks: float | None = None
     max_expected_ticks: float | None = None
     name: str | None = None
+    incomplete: str = "keep"  # "drop": leave out the bars the end of a shard (or of the history) cut short
 
     def __post_init__(self) -> None:
+        if self.incomplete not in ("keep", "drop"):
+            raise ValueError(f"incomplete must be 'keep' or 'drop', got {self.incomplete!r}")
         if self.type not in BAR_TYPES:
             raise ValueError(f"bar type {self.type!r} is not one of {', '.join(BAR_TYPES)}")
         if self.type == "time":
@@ -191,7 +196,7 @@ def _grow(out_i, out_f):
 
 @njit(cache=True)
 def _emit(out_i, out_f, nb, ints, floats):
-    """Write bar ``nb``: ``ints`` (bar_start, ts_first, ts_last, n_trades, segment, date), ``floats`` (open,
+    """Write bar ``nb``: ``ints`` (bar_start, ts_first, ts_last, n_trades, segment, date, complete), ``floats`` (open,
     high, low, close, volume, dollar volume, buy volume, sell volume, imbalance, threshold)."""
     for j in range(OUT_I):
         out_i[nb, j] = ints[j]
@@ -433,7 +438,7 @@ def time_bars(
                         out_i,
                         out_f,
                         nb,
-                        (bstart, ts_first, ts_last, n, s, date),
+                        (bstart, ts_first, ts_last, n, s, date, 1),
                         (o, h, lo, c, v, dv, buy, sell, np.nan, np.nan),
                     )
                     nb += 1
@@ -465,7 +470,7 @@ def time_bars(
                 out_i,
                 out_f,
                 nb,
-                (bstart, ts_first, ts_last, n, s, bar_date),
+                (bstart, ts_first, ts_last, n, s, bar_date, int64(bend <= seg_end[s])),
                 (o, h, lo, c, v, dv, buy, sell, np.nan, np.nan),
             )
             nb += 1
@@ -639,7 +644,7 @@ def _threshold_impl(
                     out_i,
                     out_f,
                     nb,
-                    (ts_first, ts_first, ts_last, n, s, seg_date[s]),
+                    (ts_first, ts_first, ts_last, n, s, seg_date[s], 1),
                     (o, h, lo, c, v, dv, buy, sell, np.nan, np.nan),
                 )
                 nb += 1
@@ -658,7 +663,7 @@ def _threshold_impl(
                 out_i,
                 out_f,
                 nb,
-                (ts_first, ts_first, ts_last, n, s, bar_date),
+                (ts_first, ts_first, ts_last, n, s, bar_date, 0),
                 (o, h, lo, c, v, dv, buy, sell, np.nan, np.nan),
             )
             nb += 1
@@ -840,7 +845,7 @@ def _imbalance_impl(
                     out_i,
                     out_f,
                     nb,
-                    (ts_first, ts_first, ts_last, n, s, seg_date[s]),
+                    (ts_first, ts_first, ts_last, n, s, seg_date[s], 1),
                     (o, h, lo, c, v, dv, buy, sell, theta, np.nan if warm else thr),
                 )
                 nb += 1
@@ -863,7 +868,7 @@ def _imbalance_impl(
                 out_i,
                 out_f,
                 nb,
-                (ts_first, ts_first, ts_last, n, s, bar_date),
+                (ts_first, ts_first, ts_last, n, s, bar_date, 0),
                 (o, h, lo, c, v, dv, buy, sell, theta, np.nan if np.isnan(e_b) else e_t * abs(e_b)),
             )
             nb += 1

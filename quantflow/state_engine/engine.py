@@ -277,6 +277,7 @@ def _bars_table(spec: BarSpec, out_i: np.ndarray, out_f: np.ndarray, seg_symbols
     if spec.type.endswith("imbalance"):
         cols["imbalance"] = pl.Series("imbalance", np.ascontiguousarray(out_f[:, 9]))
         cols["threshold"] = pl.Series("threshold", np.ascontiguousarray(out_f[:, 10]), nan_to_null=True)
+    cols["complete"] = pl.Series("complete", out_i[:, 6] == 1)
     order = ["symbol", "date", "bar_start", "bar_end", "ts_first", "ts_last", "open", "high", "low", "close"]
     order += [
         "volume",
@@ -287,8 +288,10 @@ def _bars_table(spec: BarSpec, out_i: np.ndarray, out_f: np.ndarray, seg_symbols
         "sell_volume",
         "imbalance",
         "threshold",
+        "complete",
     ]
-    return pl.DataFrame([cols[c] for c in order if c in cols])
+    df = pl.DataFrame([cols[c] for c in order if c in cols])
+    return df.filter(pl.col("complete")) if spec.incomplete == "drop" else df
 
 
 def _run_bar_kernel(spec, ts, price, size, direction, off, seg_dates, seg_end, keep_open, load, si, sf):
@@ -558,7 +561,7 @@ def flush_state(state: CarryState, spec: StateEngineSpec) -> dict[str, pl.DataFr
             v, dv = sf[4], sf[5]
             thr = sf[9] * abs(sf[10]) if b.type.endswith("imbalance") else np.nan
             start = si[4] if b.type == "time" else si[1]
-            rows_i.append([start, si[1], si[2], n, s, si[3]])
+            rows_i.append([start, si[1], si[2], n, s, si[3], 0])  # cut by the end of the history
             rows_f.append(
                 [sf[0], sf[1], sf[2], sf[3], v, dv, dv / v if v > 0 else np.nan, sf[6], sf[7], sf[8], thr]
             )

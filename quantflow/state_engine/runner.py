@@ -53,7 +53,7 @@ SORT_KEYS = {ENRICHED_TABLE: ("symbol", "date", "ts", "trade_id"), LOB_TABLE: ("
 
 
 _BAR_FIELDS = ("type", "every", "offset", "threshold", "expected_daily", "bars_per_day", "expected_ticks", "span",
-               "min_expected_ticks", "max_expected_ticks", "name")
+               "min_expected_ticks", "max_expected_ticks", "name", "incomplete")
 
 
 def _bar_dict(bar) -> dict:

@@ -78,7 +78,7 @@ RAW_KINDS: dict[str, dict[str, pl.DataType]] = {
 }
 
 # columns a feed may leave out: they are filled with their default (see ``conform``)
-OPTIONAL_COLUMNS = ("side", "adj_factor", "order_id")
+OPTIONAL_COLUMNS = ("side", "adj_factor", "order_id", "complete")  # complete: bars stored before it existed
 
 
 @dataclass(frozen=True)

@@ -317,3 +317,13 @@ def test_two_bar_types_writing_one_table_are_refused(tmp_path):
     [issue] = _issues(root)
     assert issue.field == "project.state_engine.bars" and issue.line == 5
     assert "cdm_time_1m_bars" in issue.message and "distinct 'name's" in issue.message
+
+
+def test_bars_may_drop_incomplete_bars(tmp_path):
+    from quantflow.state_engine.runner import engine_spec
+
+    yaml = "project:\n  name: p\n  symbols: [AAA]\n  state_engine:\n    bars:\n      - {type: tick, threshold: 5, incomplete: %s}\n"
+    md = get_metadata_manager(write_project(tmp_path / "ok", yaml % "drop")).load_all()
+    assert engine_spec(md.project.state_engine).bars[0].incomplete == "drop"
+    [issue] = _issues(write_project(tmp_path / "bad", yaml % "sometimes"))
+    assert issue.field == "project.state_engine.bars.0.incomplete" and issue.line == 6

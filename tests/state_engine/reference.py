@@ -106,7 +106,8 @@ def enrich(trades: pl.DataFrame, quotes: pl.DataFrame, tie_break: str, group_by:
 # ---------------------------------------------------------------------------------------------- bars
 
 
-def time_bars(trades: pl.DataFrame, every_ns: int, offset_ns: int, group_by: list[str]) -> pl.DataFrame:
+def time_bars(trades: pl.DataFrame, every_ns: int, offset_ns: int, group_by: list[str],
+              tz: str = "America/New_York") -> pl.DataFrame:
     """Time bars with a pandas group-by on the bucket number; every bucket that has trades is a bar.
 
     ``trades`` needs ``direction``. A bar's date is the date of its last trade.
@@ -141,11 +142,15 @@ def time_bars(trades: pl.DataFrame, every_ns: int, offset_ns: int, group_by: lis
     bars["bar_end"] = bars["bar_start"] + every_ns
     bars["vwap"] = bars["dollar_volume"] / bars["volume"]
     out = pl.from_pandas(bars.drop(columns=["bucket"]))
-    return out.with_columns(
+    out = out.with_columns(
         pl.col("date").cast(pl.Date),
         *(pl.col(c).cast(pl.Datetime("ns", "UTC")) for c in ("bar_start", "bar_end", "ts_first", "ts_last")),
         pl.col("n_trades").cast(pl.Int64),
-    ).sort("symbol", "ts_first")
+    )
+    # complete: the bucket is over by the end of its trading date (the next local midnight)
+    midnight = (pl.col("date").cast(pl.Datetime("ns")).dt.replace_time_zone(tz) + pl.duration(days=1))
+    return out.with_columns((pl.col("bar_end") <= midnight.dt.convert_time_zone("UTC")).alias("complete")
+                            ).sort("symbol", "ts_first")
 
 
 def _new_bar(row) -> dict:
@@ -217,9 +222,11 @@ def threshold_bars(trades: pl.DataFrame, kind: str, threshold: float, group_by: 
             _add_trade(bar, row)
             measure = {"tick": bar["n_trades"], "volume": bar["volume"], "dollar": bar["dollar_volume"]}[kind]
             if measure >= threshold:
+                bar["complete"] = True
                 bars.append(bar)
                 bar = None
         if bar is not None:
+            bar["complete"] = False  # cut by the end of the group, short of the threshold
             bars.append(bar)
     return _finish(bars)
 
@@ -258,6 +265,7 @@ def imbalance_bars(
             done = n >= math.ceil(e_t) if warm else abs(bar["imbalance"]) >= threshold
             if done:
                 bar["threshold"] = threshold
+                bar["complete"] = True
                 bars.append(bar)
                 mean_b = bar["imbalance"] / n
                 e_b = mean_b if warm else e_b + alpha * (mean_b - e_b)
@@ -265,6 +273,7 @@ def imbalance_bars(
                 bar = None
         if bar is not None:
             bar["threshold"] = threshold
+            bar["complete"] = False
             bars.append(bar)
     return _finish(bars)
 

@@ -30,6 +30,7 @@ BAR_COLUMNS = [
     "n_trades",
     "buy_volume",
     "sell_volume",
+    "complete",
 ]
 
 SPECS = (
@@ -198,3 +199,33 @@ def test_bar_properties(trades, spec):
     cut = max(1, trades.height // 2)
     prefix = bars_from_trades(trades.head(cut), spec)
     assert_close(prefix.head(prefix.height - 1), bars.head(prefix.height - 1), BAR_COLUMNS)
+
+
+def test_complete_marks_the_bars_a_shard_end_cut_and_drop_leaves_them_out(market):
+    """A bar closed by its own rule is complete; the one the end of the day cut short is not (AFML's bars
+    never include it). ``incomplete: drop`` leaves those out and changes nothing else."""
+    trades, quotes = market
+    keep = (BarSpec("tick", threshold=7), BarSpec("time", every="1m"), BarSpec("volume", threshold=2000))
+    spec = StateEngineSpec(bars=keep, lob_interval=None)
+    out, _ = process_shard(trades, quotes, spec)
+    ticks = out[keep[0].key]
+    per_day = ticks.group_by("symbol", "date").agg(pl.col("complete").sum().alias("done"), pl.len().alias("n"),
+                                                    pl.col("n_trades").last().alias("last_n"))
+    for row in per_day.iter_rows(named=True):
+        assert row["done"] == row["n"] - (row["last_n"] < 7)  # only a short last bar of a day is incomplete
+    assert ticks.filter(pl.col("complete"))["n_trades"].unique().to_list() == [7]
+    assert out[keep[1].key]["complete"].all()  # every 1-minute bucket is over by the end of its day
+    volume = out[keep[2].key]
+    assert (volume["complete"] == (volume["volume"] >= 2000)).all() and not volume["complete"].all()
+    dropped = StateEngineSpec(bars=tuple(BarSpec(b.type, every=b.every, threshold=b.threshold,
+                                                 expected_ticks=b.expected_ticks, incomplete="drop") for b in keep),
+                              lob_interval=None)
+    out_drop, _ = process_shard(trades, quotes, dropped)
+    for b in keep:
+        assert out_drop[b.key].equals(out[b.key].filter(pl.col("complete")))
+    carried = StateEngineSpec(bars=keep[:1], lob_interval=None, carry_state=True)
+    _, state = process_shard(trades, quotes, carried)
+    tail = flush_state(state, carried)[keep[0].key]
+    assert tail.height > 0 and not tail["complete"].any()  # the end of the history cuts the last bar
+    with pytest.raises(ValueError, match="incomplete must be 'keep' or 'drop'"):
+        BarSpec("tick", threshold=7, incomplete="sometimes")

@@ -47,6 +47,8 @@ class BarTypeConfig(MetadataModel):
     min_expected_ticks: float | None = Field(None, ge=1)
     max_expected_ticks: float | None = Field(None, ge=1)
     name: str | None = Field(None, pattern=NAME_RE)
+    incomplete: Literal["keep", "drop"] = Field(
+        "keep", description="bars cut short by the end of a shard or day (complete = false): keep or drop them")
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> BarTypeConfig:
