@@ -276,11 +276,22 @@ def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, window: RunWindo
     lake = project_lake(md)
     for b in bars:
         first, last = calendar_period(window.start_date, b.every)[0], calendar_period(window.end_date, b.every)[1]
-        daily = lake.read(BARS_DAILY_TABLE, window.symbols, first, last)
-        if daily.height == 0:
+        # a month past the last period: a later daily bar there tells that period is over
+        daily = lake.read(BARS_DAILY_TABLE, window.symbols, first, last + dt.timedelta(days=31))
+        periods = daily.filter(pl.col("date") <= last) if daily.height else daily
+        if periods.height == 0:
             result.skip([b.table], f"no {BARS_DAILY_TABLE} rows in the window")
             continue
-        df = resample_daily_bars(daily, b.every)
+        known = daily.group_by("symbol").agg(pl.col("date").max().alias("__known"))
+        df = resample_daily_bars(periods, b.every)
+        # complete once the days known reach the period's last calendar day: the run's window end, or a
+        # later daily bar stored for the symbol (a Friday's weekly bar is complete when the window passes Sunday)
+        df = (df.join(known, on="symbol", how="left")
+              .with_columns((pl.col("period_start").dt.offset_by(b.every) - pl.duration(days=1)
+                             <= pl.max_horizontal(pl.col("__known"), pl.lit(window.end_date))).alias("complete"))
+              .drop("__known"))
+        if b.incomplete == "drop":
+            df = df.filter(pl.col("complete"))
         spec = TableSpec(b.table, dict(df.schema), partition_width(b.table), ("symbol", "date"))
         result.record_write(b.table, lake.replace(spec, df, window.symbols, first, last), lake.url(b.table))
         result.preview[b.table] = df.head(5)

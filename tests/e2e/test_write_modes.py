@@ -130,3 +130,6 @@ def test_overlapping_windows_keep_every_table_true(tmp_path, mode):
     # the week of the 8th, cut by the first window, is stored once and whole (Mon 8 .. Fri 12)
     week = weekly.filter(pl.col("period_start") == dt.date(2024, 1, 8))
     assert week.height == 1 and week["date"].item() == dt.date(2024, 1, 12) and week["n_days"].item() == 5
+    assert week["complete"].item()  # later days are known: the week is over
+    last = weekly.filter(pl.col("period_start") == dt.date(2024, 1, 15))
+    assert not last["complete"].item()  # the runs end on Friday the 19th: the week has not ended yet
