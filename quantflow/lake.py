@@ -65,6 +65,18 @@ def _polars_storage_options(lake: Lake) -> dict[str, str] | None:
     return out
 
 
+def _schema(lake: Lake, parts) -> dict[str, pl.DataType]:
+    """The table's columns: those of its newest partition (a partition written before a column was added reads
+    with nulls there)."""
+    newest = max(parts, key=lambda p: p.period_start).path
+    if lake.store.remote:
+        with lake.store.fs.open(newest, "rb") as fh:
+            schema = pl.read_parquet_schema(fh)
+    else:
+        schema = pl.read_parquet_schema(newest)
+    return {name: dtype for name, dtype in schema.items() if name != "symbol"}
+
+
 def scan(
     table: str,
     symbols: Iterable[str] | None = None,
@@ -92,7 +104,8 @@ def scan(
     key = PATH_KEYS[lake.partition_width(table)]
     files = [lake.store.url(p.path) for p in parts]
     frame = pl.scan_parquet(files, hive_partitioning=True, storage_options=_polars_storage_options(lake),
-                            hive_schema={"symbol": pl.String, key: _KEY_TYPES[key]})
+                            hive_schema={"symbol": pl.String, key: _KEY_TYPES[key]},
+                            missing_columns="insert", extra_columns="ignore", schema=_schema(lake, parts))
     frame = frame.select(pl.col("symbol"), pl.all().exclude("symbol", key))
     if start is not None:
         frame = frame.filter(pl.col("date") >= start)

@@ -11,8 +11,9 @@ needs ticks, and is skipped with a log line for projects whose feeds only give d
 ``lob.source: messages`` the book snapshots come from ``cdm_order_messages`` instead of ``cdm_quotes``.
 
 A shard writes its tables one after another, ``cdm_trade_enriched`` last (``cdm_lob_l2`` on a day without
-trades): that table being stored for every day is what marks a shard finished in ``skip_if_exists`` mode,
-so a shard interrupted between two writes is run again rather than skipped half done.
+trades). In ``skip_if_exists`` mode the driver leaves out the shards whose days are stored in that table
+and in every bar table (``stored_shards``), so a shard interrupted between two writes, or a bar type added
+to the config, is run again; in ``overwrite`` and ``append`` a day whose input is gone leaves every table.
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ class ShardTask:
 class ShardResult:
     written: dict[str, WriteResult]
     trades: int
-    skipped: bool
     seconds: float
 
 
@@ -116,12 +116,8 @@ def run_shard(task: ShardTask) -> ShardResult:
     lake = Lake(Store(task.lake_root, task.storage))
     spec = engine_spec(task.config)
     tables = tick_tables(task.config)
-    # a shard whose last-written table is stored for every day was finished by an earlier run
-    if task.write_mode == "skip_if_exists" and all(
-        lake.store.exists(lake.partition_path(_done_marker(t is not None), task.symbol, d, "day"))
-        for d, t in zip(task.dates, task.trade_paths)
-    ):
-        return ShardResult({}, 0, True, time.perf_counter() - began)
+    # the driver sends only shards with something missing (``stored_shards``); in skip_if_exists each table
+    # keeps the days it has
     written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
     n_trades, state, held = 0, None, None
     # one day at a time keeps memory flat; state carries across when configured
@@ -142,7 +138,7 @@ def run_shard(task: ShardTask) -> ShardResult:
             held[table] = pl.concat([held[table], tail], how="vertical_relaxed") if tail.height else held[table]
     if held is not None:
         _write_outputs(lake, held, task, held_day, tables, written)
-    return ShardResult(written, n_trades, False, time.perf_counter() - began)
+    return ShardResult(written, n_trades, time.perf_counter() - began)
 
 
 def _done_marker(has_trades: bool) -> str:
@@ -298,17 +294,48 @@ def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, window: RunWindo
         progress.detail(f"state engine: {b.table}: {result.tables[b.table].rows_written} rows from daily bars")
 
 
-def stored_shards(lake: Lake, tasks: list[ShardTask], window: RunWindow) -> set[int]:
-    """Indexes of the tasks whose every day is stored already (its done marker exists), found with one
-    listing per symbol and table here, so a re-run of a stored window starts no worker at all."""
-    symbols = sorted({t.symbol for t in tasks})
-    done: dict[tuple[str, str], set[dt.date]] = {}
-    for table in (ENRICHED_TABLE, LOB_TABLE):
+def _stored_days(lake: Lake, tables: list[str], symbols: list[str], window: RunWindow) -> dict[tuple, set[dt.date]]:
+    """(table, symbol) -> the days stored in the window: a listing for day partitions, the ``date`` column
+    of the (small) month partitions of bar tables."""
+    out: dict[tuple, set[dt.date]] = {}
+    for table in tables:
         for symbol in symbols:
-            parts = lake.partitions(table, [symbol], window.start_date, window.end_date)
-            done[table, symbol] = {p.period_start for p in parts}
+            if lake.partition_width(table) == "day":
+                parts = lake.partitions(table, [symbol], window.start_date, window.end_date)
+                out[table, symbol] = {p.period_start for p in parts}
+            else:
+                out[table, symbol] = lake.stored_days(table, symbol, window.start_date, window.end_date)
+    return out
+
+
+def stored_shards(lake: Lake, cfg: StateEngineConfig, tasks: list[ShardTask], window: RunWindow) -> set[int]:
+    """Indexes of the tasks whose every day is stored already in every table that must have it (the done
+    marker, and each bar table but those that drop incomplete bars, which may have none on a day), found
+    here with a listing or a small read per (table, symbol): a re-run of a stored window starts no worker,
+    and a bar type added to the config is built for the days stored before it."""
+    symbols = sorted({t.symbol for t in tasks})
+    bars = [b.table for b in cfg.bars if not b.is_calendar and b.incomplete == "keep"]
+    done = _stored_days(lake, [ENRICHED_TABLE, *(t for t in (LOB_TABLE,) if cfg.lob.interval), *bars], symbols,
+                        window)
+
+    def stored(task: ShardTask, day: dt.date, has_trades: bool) -> bool:
+        if not has_trades:  # a day of order messages only: the book is all it has
+            return day in done.get((LOB_TABLE, task.symbol), set())
+        return all(day in done[table, task.symbol] for table in (ENRICHED_TABLE, *bars))
+
     return {i for i, task in enumerate(tasks)
-            if all(d in done[_done_marker(t is not None), task.symbol] for d, t in zip(task.dates, task.trade_paths))}
+            if all(stored(task, d, t is not None) for d, t in zip(task.dates, task.trade_paths))}
+
+
+def drop_days_without_input(lake: Lake, cfg: StateEngineConfig, tasks: list[ShardTask], window: RunWindow,
+                            result: StateEngineResult) -> None:
+    """``overwrite`` / ``append``: a (symbol, day) of the window stored in a tick table but with no input any
+    more (its CDM trades, and messages, are gone) leaves the table too, as a derived table must."""
+    planned = {(t.symbol, d) for t in tasks for d in t.dates}
+    tables = tick_tables(cfg)
+    for (table, symbol), days in _stored_days(lake, tables, list(window.symbols), window).items():
+        for day in sorted(d for d in days if (symbol, d) not in planned):
+            result.record_write(table, lake.drop_day(table, symbol, day))
 
 
 def run(
@@ -333,7 +360,9 @@ def run(
 
     tasks = plan_shards(md, cfg, window.start_date, window.end_date, symbols, window.write_mode, shard_granularity)
     result.shards = len(tasks)
-    stored = stored_shards(lake, tasks, window) if window.write_mode == "skip_if_exists" else set()
+    stored = stored_shards(lake, cfg, tasks, window) if window.write_mode == "skip_if_exists" else set()
+    if window.write_mode != "skip_if_exists":
+        drop_days_without_input(lake, cfg, tasks, window, result)
     result.shards_skipped = len(stored)
     pending = [t for i, t in enumerate(tasks) if i not in stored]
     if not tasks:
@@ -354,7 +383,7 @@ def run(
 
             def on_done(done: int, total: int, outcome: ShardOutcome) -> None:
                 if outcome.ok:
-                    what = "skipped (stored)" if outcome.result.skipped else f"{outcome.result.trades} trades"
+                    what = f"{outcome.result.trades} trades"
                     progress.detail(f"shard {done}/{total} {outcome.shard}: {what} in {outcome.seconds:.2f}s")
                     progress.advance(1, outcome.result.trades)
                 else:
@@ -368,7 +397,6 @@ def run(
                     result.shards_failed.append(f"{outcome.shard}: {outcome.error}")
                     continue
                 shard: ShardResult = outcome.result
-                result.shards_skipped += shard.skipped
                 result.trades += shard.trades
                 for table, written in shard.written.items():
                     result.record_write(table, written)

@@ -100,7 +100,9 @@ class Store:
 
         if self.remote:
             protocol = self.root.split("://", 1)[0]
-            return fsspec.filesystem(protocol, **(self.options.for_s3() if protocol in ("s3", "s3a") else {}))
+            # no listings cache: other processes write the same prefixes, and a cached listing never sees them
+            options = {**self.options.for_s3(), "use_listings_cache": False} if protocol in ("s3", "s3a") else {}
+            return fsspec.filesystem(protocol, **options)
         return fsspec.filesystem("file", auto_mkdir=True)
 
     @property

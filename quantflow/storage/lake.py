@@ -199,7 +199,7 @@ class Lake:
         frames = [self.read_partition(p.path) for p in parts]
         if not frames:
             return pl.DataFrame()
-        df = pl.concat(frames, how="vertical_relaxed")
+        df = pl.concat(frames, how="diagonal_relaxed")  # partitions written before a column existed: nulls
         if start is not None:
             df = df.filter(pl.col("date") >= start)
         if end is not None:
@@ -312,10 +312,16 @@ class Lake:
             if kept.height == old.height:
                 return None
             removed.append(day)
-            return _parquet_bytes(kept) if kept.height else DELETE
+            return _parquet_bytes(kept) if kept.height or not self._may_delete(width) else DELETE
 
         self.store.update(path, change)
         return WriteResult(table, days_deleted=len(removed))
+
+    def _may_delete(self, width: str) -> bool:
+        """Whether an emptied partition may be deleted rather than rewritten empty. S3 has no conditional
+        DELETE everywhere, so a month or year partition other runs may be updating at the same moment is
+        rewritten empty with a compare-and-swap PUT instead (a day partition has one writer per day)."""
+        return width == "day" or not self.store.remote
 
     def _update_partition(self, spec: TableSpec, symbol: str, pstart: dt.date, merge: Callable) -> WriteResult:
         """Apply ``merge(old | None, result) -> new | None`` to one partition under ``Store.update``."""
@@ -331,7 +337,7 @@ class Lake:
             new = merge(old, result)
             if new is None:
                 return None
-            if new.height == 0:
+            if new.height == 0 and self._may_delete(spec.partition):
                 return DELETE
             return _parquet_bytes(new.sort(list(spec.sort_by), maintain_order=True).drop("symbol"))
 
@@ -357,8 +363,13 @@ class Lake:
                 groups.setdefault(key, []).append(old)
             for (symbol, pstart), olds in sorted(groups.items()):
                 df = pl.concat([pl.read_parquet(self.store.read_bytes(o)) for o in sorted(olds)],
-                               how="vertical_relaxed").drop("symbol", strict=False).sort("date", maintain_order=True)
-                self.store.write_bytes_atomic(self.partition_path(table, symbol, pstart, width), _parquet_bytes(df))
+                               how="diagonal_relaxed").drop("symbol", strict=False)
+                target = self.partition_path(table, symbol, pstart, width)
+                if self.store.exists(target):  # an upgrade interrupted earlier: keep what it converted
+                    done = pl.read_parquet(self.store.read_bytes(target))
+                    df = pl.concat([done.filter(~pl.col("date").is_in(df["date"].unique().implode())), df],
+                                   how="diagonal_relaxed")
+                self.store.write_bytes_atomic(target, _parquet_bytes(df.sort("date", maintain_order=True)))
                 for old in olds:
                     self.store.fs.rm(old.rsplit("/", 1)[0], recursive=True)
                 converted += len(olds)
@@ -386,7 +397,8 @@ def _merge_by_mode(new: pl.DataFrame, mode: WriteMode, key: tuple[str, ...]) -> 
             elif mode == "overwrite":
                 merged = pl.concat([old.filter(~pl.col("date").is_in(list(new_days))), new])
             else:  # append: the rows whose key is not stored yet, so appending twice adds nothing twice
-                rows = new.join(old.select(key).unique(), on=list(key), how="anti", nulls_equal=True)
+                rows = new.unique(subset=list(key), keep="first", maintain_order=True).join(
+                    old.select(key).unique(), on=list(key), how="anti", nulls_equal=True)
                 days = set(rows["date"].unique().to_list())
                 if rows.height == 0:
                     return None

@@ -3,7 +3,7 @@ window whose raw inputs, CDM lake partitions, dbt models and warehouse are as th
 export altogether (and one where anything changed builds as before, filling what is missing).
 
 A partition's signature is its size and modification time (local) or its ETag (S3): any rewrite or removal
-changes it. The record is a small SQLite file beside the warehouse, read and written only by a transform run
+changes it. It is recorded for each day of the window the partition covers. The record is a small SQLite file beside the warehouse, read and written only by a transform run
 holding the warehouse lock, so runs never interleave on it.
 """
 
@@ -21,7 +21,7 @@ from quantflow.storage.lake import Lake, period_end
 from quantflow.storage.project import warehouse_path
 from quantflow.transform.sources import raw_sources
 
-Key = tuple[str, str, str, str]  # (table, symbol, first day, last day) of a raw partition
+Key = tuple[str, str, str]  # (table, symbol, day): every day of the window a partition covers
 
 
 def state_path(md: ProjectMetadata) -> Path:
@@ -57,15 +57,21 @@ def models_signature(md: ProjectMetadata, dbt_dir: Path) -> str:
 
 def signatures(lake: Lake, tables: Sequence[str], start: dt.date, end: dt.date,
                symbols: Sequence[str]) -> dict[Key, str]:
-    """The signature of every partition of ``tables`` that overlaps the window (symbols matched canonically)."""
+    """For every day of the window, the signature of the partition of each table holding it (symbols matched
+    canonically). Per day, not per partition: a year partition rewritten for one window must not vouch for
+    another window of the same year that was not built from it."""
     wanted = {s.strip().upper() for s in symbols}
     out: dict[Key, str] = {}
     for table in tables:
+        width = lake.partition_width(table)
         for part in lake.partitions(table, None, start, end):
-            if part.symbol.strip().upper() in wanted:
-                last = period_end(part.period_start, lake.partition_width(table))
-                key = (table, part.symbol, part.period_start.isoformat(), last.isoformat())
-                out[key] = lake.store.signature(part.path)
+            if part.symbol.strip().upper() not in wanted:
+                continue
+            signature = lake.store.signature(part.path)
+            day, last = max(part.period_start, start), min(period_end(part.period_start, width), end)
+            while day <= last:
+                out[(table, part.symbol, day.isoformat())] = signature
+                day += dt.timedelta(days=1)
     return out
 
 
@@ -79,8 +85,8 @@ def _connect(md: ProjectMetadata) -> Iterator[sqlite3.Connection]:
     path.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(path)
     try:
-        con.execute("CREATE TABLE IF NOT EXISTS built (tbl TEXT, symbol TEXT, first_day TEXT, last_day TEXT, "
-                    "signature TEXT, PRIMARY KEY (tbl, symbol, first_day))")
+        con.execute("CREATE TABLE IF NOT EXISTS built (tbl TEXT, symbol TEXT, day TEXT, signature TEXT, "
+                    "PRIMARY KEY (tbl, symbol, day))")
         con.execute("CREATE TABLE IF NOT EXISTS models (id INTEGER PRIMARY KEY CHECK (id = 1), signature TEXT)")
         yield con
         con.commit()
@@ -90,12 +96,12 @@ def _connect(md: ProjectMetadata) -> Iterator[sqlite3.Connection]:
 
 def _recorded(con: sqlite3.Connection, tables: list[str], start: dt.date, end: dt.date,
               symbols: Sequence[str]) -> dict[Key, str]:
-    """The recorded partitions of ``tables`` that overlap the window, for ``symbols``."""
+    """What was recorded for the days of the window, for ``tables`` and ``symbols``."""
     wanted = {s.strip().upper() for s in symbols}
     rows = con.execute(
-        f"SELECT tbl, symbol, first_day, last_day, signature FROM built WHERE tbl IN ({','.join('?' * len(tables))}) "
-        "AND first_day <= ? AND last_day >= ?", [*tables, end.isoformat(), start.isoformat()]).fetchall()
-    return {(t, sym, first, last): sig for t, sym, first, last, sig in rows if sym.strip().upper() in wanted}
+        f"SELECT tbl, symbol, day, signature FROM built WHERE tbl IN ({','.join('?' * len(tables))}) "
+        "AND day BETWEEN ? AND ?", [*tables, start.isoformat(), end.isoformat()]).fetchall()
+    return {(t, sym, day): sig for t, sym, day, sig in rows if sym.strip().upper() in wanted}
 
 
 def unchanged(md: ProjectMetadata, models: str, current: dict[Key, str], tables: Sequence[str], start: dt.date,
@@ -119,7 +125,6 @@ def record(md: ProjectMetadata, models: str, current: dict[Key, str], tables: Se
             con.execute("DELETE FROM built")  # built with other models: nothing recorded still holds
         con.execute("INSERT OR REPLACE INTO models (id, signature) VALUES (1, ?)", (models,))
         gone = set(_recorded(con, list(tables), start, end, symbols)) - set(current)
-        con.executemany("DELETE FROM built WHERE tbl = ? AND symbol = ? AND first_day = ?",
-                        sorted(key[:3] for key in gone))
-        con.executemany("INSERT OR REPLACE INTO built VALUES (?, ?, ?, ?, ?)",
+        con.executemany("DELETE FROM built WHERE tbl = ? AND symbol = ? AND day = ?", sorted(gone))
+        con.executemany("INSERT OR REPLACE INTO built VALUES (?, ?, ?, ?)",
                         [(*key, sig) for key, sig in sorted(current.items())])

@@ -197,3 +197,30 @@ def test_ray_executor_gives_the_same_tables(project, tmp_path):
     on_ray = read_all(other, tables)
     for table in tables:
         assert_frame_equal(local[table], on_ray[table])
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_a_day_whose_trades_left_the_cdm_leaves_every_state_engine_table(project, mode):
+    md = get_metadata_manager(project).load_all()
+    runner.run(md, window(md, START, END, ["AAA"]))
+    lake = project_lake(md)
+    gone = dt.date(2024, 3, 6)
+    for table in ("cdm_trades", "cdm_quotes"):
+        lake.drop_day(table, "AAA", gone)
+    result = runner.run(md, window(md, START, END, ["AAA"], mode))
+    for table in se_tables.tick_tables(md.project.state_engine):
+        assert gone not in lake.read(table, ["AAA"], START, END)["date"].to_list(), table
+        assert result.tables[table].days_deleted == 1, table
+    assert lake.read("cdm_trade_enriched", ["AAA"], START, END)["date"].n_unique() == 9
+
+
+def test_a_bar_type_added_later_is_built_for_the_stored_days(project):
+    md = get_metadata_manager(project).load_all()
+    runner.run(md, window(md, START, END, ["AAA"]))
+    yaml = project / "project_metadata" / "project.yaml"
+    yaml.write_text(yaml.read_text().replace("      - {type: time, every: 5m}",
+                                             "      - {type: time, every: 5m}\n      - {type: tick, threshold: 20}"))
+    md = get_metadata_manager(project).load_all()
+    again = runner.run(md, window(md, START, END, ["AAA"]))
+    assert again.shards_skipped == 0 and again.tables["cdm_tick_20_bars"].days_written == 10
+    assert runner.run(md, window(md, START, END, ["AAA"])).shards_skipped == 10

@@ -10,6 +10,7 @@ from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel
 
 BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance")
 CALENDAR_EVERY = ("1w", "1mo", "1q", "1y")  # time bars built from daily bars, not from ticks
+EVERY_RE = DURATION_RE[:-2] + r"|1mo|1q|1y)$"  # a duration, or one of the calendar periods
 
 
 def _compact(x: float) -> str:
@@ -37,7 +38,8 @@ class BarTypeConfig(MetadataModel):
     """One bar type built by the state engine (table ``cdm_<type>_<label>_bars``, or ``cdm_<name>_bars``)."""
 
     type: Literal[BAR_TYPES]
-    every: str | None = Field(None, pattern=DURATION_RE, description="time bars: 100ms, 1s, 1m, 1h, 1d, 1w")
+    every: str | None = Field(None, pattern=EVERY_RE,
+                              description="time bars: 100ms, 1s, 1m, 1h, 1d; calendar bars 1w, 1mo, 1q, 1y")
     offset: str = Field("0s", pattern=DURATION_RE)
     threshold: float | None = Field(None, gt=0, description="tick/volume/dollar bars: fixed threshold")
     expected_daily: float | None = Field(None, gt=0, description="tick/volume/dollar bars: expected per day")
