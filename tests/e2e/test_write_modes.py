@@ -39,6 +39,7 @@ project:
       - {type: dollar, threshold: 500000}
       - {type: tick_imbalance, expected_ticks: 40}
       - {type: time, every: 1w}
+      - {type: time, every: 1mo}
 """
 # Wed 3 .. Wed 10 Jan cuts the week of the 8th; the second window overlaps it and ends on a Friday; the
 # third lies inside the first.

@@ -327,3 +327,11 @@ def test_bars_may_drop_incomplete_bars(tmp_path):
     assert engine_spec(md.project.state_engine).bars[0].incomplete == "drop"
     [issue] = _issues(write_project(tmp_path / "bad", yaml % "sometimes"))
     assert issue.field == "project.state_engine.bars.0.incomplete" and issue.line == 6
+
+
+def test_calendar_bars_of_every_period_are_accepted(tmp_path):
+    yaml = "project:\n  name: p\n  symbols: [AAA]\n  state_engine:\n    bars:\n" + "".join(
+        f"      - {{type: time, every: {e}}}\n" for e in ("1w", "1mo", "1q", "1y"))
+    md = get_metadata_manager(write_project(tmp_path, yaml)).load_all()
+    assert [b.table for b in md.project.state_engine.bars if b.is_calendar] == [
+        "cdm_time_1w_bars", "cdm_time_1mo_bars", "cdm_time_1q_bars", "cdm_time_1y_bars"]

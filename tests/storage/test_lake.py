@@ -233,3 +233,42 @@ def test_qf_lake_upgrade_and_tables(small_project):
     assert upgraded.returncode == 0 and "1 partitions converted" in upgraded.stdout
     listed = qf("tables")
     assert listed.returncode == 0 and listed.stdout.startswith("raw_sample_trades: 1 partitions (day)")
+
+
+def test_append_stores_a_key_once_even_within_one_frame(lake):
+    doubled = pl.concat([trades(D1, 2), trades(D1, 2)])
+    assert lake.write(TRADES, trades(D1, 1)).rows_written == 1
+    assert lake.write(TRADES, doubled, "append").rows_written == 1
+    assert lake.read("raw_t_trades")["trade_id"].to_list() == [0, 1]
+
+
+def test_partitions_written_before_a_column_existed_still_read(lake, tmp_path):
+    """A bar table gained ``complete``: old month files lack it, and every reader fills it with null."""
+    import quantflow.lake as qlake
+    from quantflow.storage.schemas import TableSpec
+
+    old = pl.DataFrame({"symbol": ["AAA"], "date": [D1], "ts_first": [1], "volume": [1.0]})
+    new = pl.DataFrame({"symbol": ["AAA"], "date": [dt.date(2024, 2, 1)], "ts_first": [2], "volume": [2.0],
+                        "complete": [True]})
+    lake.write(TableSpec("cdm_x_bars", dict(old.schema), "month", ("symbol", "date")), old)
+    lake.write(TableSpec("cdm_x_bars", dict(new.schema), "month", ("symbol", "date")), new)
+    for got in (lake.read("cdm_x_bars"), qlake.read("cdm_x_bars", lake=lake)):
+        assert got.sort("date")["complete"].to_list() == [None, True]
+
+
+def test_an_interrupted_upgrade_run_again_keeps_every_row(tmp_path):
+    root = tmp_path / "lake"
+    for day in (D1, D2):  # two old day folders of one month of a bar table
+        folder = root / "cdm_x_bars" / "symbol=AAA" / f"date={day}"
+        folder.mkdir(parents=True)
+        pl.DataFrame({"symbol": ["AAA"], "date": [day], "v": [1.0]}).write_parquet(folder / "data.parquet")
+    lake = Lake(Store(str(root)))
+    # the first upgrade wrote the month file, then died after removing one old folder
+    month = root / "cdm_x_bars" / "symbol=AAA" / "month=2024-01"
+    month.mkdir(parents=True)
+    pl.DataFrame({"date": [D1, D2], "v": [1.0, 1.0]}).write_parquet(month / "data.parquet")
+    import shutil
+
+    shutil.rmtree(root / "cdm_x_bars" / "symbol=AAA" / f"date={D1}")
+    assert lake.upgrade_layout() == 1
+    assert lake.read("cdm_x_bars")["date"].to_list() == [D1, D2]

@@ -72,3 +72,30 @@ def test_duckdb_catalog_reads_s3_lake_through_fsspec(options, request):
     con = connect_catalog(lake)
     assert con.execute("select symbol, count(*) from lake.raw_t_trades group by 1 order by 1").fetchall() == [
         ("AAA", 3), ("BBB", 5)]
+
+
+def test_s3_listings_see_what_other_processes_wrote(options, request):
+    """No listings cache: a partition another process PUT is seen at once (here: written with boto3)."""
+    import io
+
+    prefix = f"{request.node.name}/lake"
+    lake = Lake(Store(f"s3://research/{prefix}", options))
+    lake.write(TRADES, trades(D1, 3))
+    assert len(lake.partitions("raw_t_trades")) == 1
+    buf = io.BytesIO()
+    trades(D2, 2).drop("symbol").write_parquet(buf)
+    boto3.client("s3", endpoint_url=options.endpoint_url, aws_access_key_id="test", aws_secret_access_key="test",
+                 region_name="us-east-1").put_object(
+        Bucket="research", Key=f"{prefix}/raw_t_trades/symbol=AAA/day={D2}/data.parquet", Body=buf.getvalue())
+    assert len(lake.partitions("raw_t_trades")) == 2 and lake.read("raw_t_trades").height == 5
+
+
+def test_s3_month_partition_emptied_by_compare_and_swap_not_deleted(options, request):
+    from quantflow.storage.schemas import TableSpec
+
+    lake = Lake(Store(f"s3://research/{request.node.name}/lake", options))
+    bars_ = pl.DataFrame({"symbol": ["AAA"], "date": [D1], "ts_first": [1], "volume": [1.0]})
+    spec = TableSpec("cdm_x_bars", dict(bars_.schema), "month", ("symbol", "date"))
+    lake.write(spec, bars_)
+    assert lake.drop_day("cdm_x_bars", "AAA", D1).days_deleted == 1
+    assert len(lake.partitions("cdm_x_bars")) == 1 and lake.read("cdm_x_bars").height == 0

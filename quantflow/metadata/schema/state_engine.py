@@ -10,7 +10,7 @@ from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel
 
 BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance")
 CALENDAR_EVERY = ("1w", "1mo", "1q", "1y")  # time bars built from daily bars, not from ticks
-EVERY_RE = DURATION_RE[:-2] + r"|1mo|1q|1y)$"  # a duration, or one of the calendar periods
+EVERY_RE = r"^(\d+(ns|us|ms|s|m|h|d|w)|1mo|1q|1y)$"  # a duration (DURATION_RE), or a calendar period
 
 
 def _compact(x: float) -> str:
