@@ -30,10 +30,7 @@ from quantflow.compute.executors import ExecutionReport, ShardOutcome, make_exec
 from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema import StateEngineConfig
-from quantflow.state_engine.tables import (
-    tick_tables,
-    uses_messages,
-)
+from quantflow.state_engine.tables import tick_tables, uses_messages
 from quantflow.storage.filesystem import StorageOptions, Store
 from quantflow.storage.lake import Lake
 from quantflow.storage.project import project_lake
@@ -76,9 +73,6 @@ def engine_spec(cfg: StateEngineConfig):
         "tie_break": cfg.tie_break,
         "timezone": cfg.timezone,
     })
-
-
-
 
 
 @dataclass(frozen=True)
