@@ -1,0 +1,192 @@
+"""The state-engine stage as a user runs it, against a polars script that makes the same tables from the same lake.
+
+Both start from a lake of CDM trades and quotes (``symbol=/day=`` partitions) and write enriched trades and
+1-minute, tick, volume and dollar bars as hive partitions per (symbol, day):
+
+- ``stage``: ``quantflow.state_engine.runner.run`` in ``overwrite`` mode, on the in-process executor and on
+  a local Ray (``--executors``), timed end to end (planning, reads, kernels, writes).
+- ``polars script``: read every trade and quote with ``pl.scan_parquet(hive_partitioning=True)``,
+  ``join_asof`` per symbol for the prevailing quote, mid / spread / Lee-Ready (quote rule, tick rule), the
+  bars (``group_by_dynamic`` for time bars, cumulative-measure bucketing for tick, volume and dollar bars,
+  per (symbol, day)), then ``write_parquet(partition_by=...)``.
+
+Each side runs ``--repeat`` times (a fresh output folder each time); the table prints the median and the
+spread of the ratio ``polars script / stage`` (above 1: the stage is faster). Issue target: at least 2x on
+the sample project and on a large one (``--symbols 20 --days 20 --trades-per-day 125000``: 50M trades).
+Row counts of the enriched trades and the 1-minute bars are checked equal before anything is timed.
+
+    python benchmarks/bench_stage.py                       # the sample project's size: 5 symbols x 63 days
+    python benchmarks/bench_stage.py --symbols 20 --days 20 --trades-per-day 125000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_state_engine import polars_enrich, polars_time_bars  # noqa: E402
+
+from quantflow.compute.stage import RunWindow  # noqa: E402
+from quantflow.ingest.feeds.synthetic import SyntheticFeed  # noqa: E402
+from quantflow.metadata import get_metadata_manager  # noqa: E402
+from quantflow.state_engine import runner  # noqa: E402
+from quantflow.storage.project import project_lake  # noqa: E402
+from quantflow.storage.schemas import spec_for_kind  # noqa: E402
+
+TICK, VOLUME, DOLLAR = 100, 20_000.0, 1_000_000.0
+PROJECT = """\
+project:
+  name: bench_stage
+  symbols: [{symbols}]
+  state_engine:
+    executor: local
+    lob: {{interval: null}}
+    bars:
+      - {{type: time, every: 1m}}
+      - {{type: tick, threshold: {tick}}}
+      - {{type: volume, threshold: {volume}}}
+      - {{type: dollar, threshold: {dollar}}}
+"""
+
+
+def make_project(root: Path, n_symbols: int, n_days: int, trades_per_day: int) -> tuple[object, RunWindow]:
+    symbols = [f"S{i:02d}" for i in range(n_symbols)]
+    meta = root / "project_metadata"
+    meta.mkdir(parents=True)
+    (meta / "project.yaml").write_text(textwrap.dedent(PROJECT.format(
+        symbols=", ".join(symbols), tick=TICK, volume=VOLUME, dollar=DOLLAR)))
+    md = get_metadata_manager(root).load_all()
+    lake = project_lake(md)
+    feed = SyntheticFeed("sim", {"seed": 3, "trades_per_day": trades_per_day, "quotes_per_trade": 3,
+                                 "daily_bars": False}, root)
+    start = dt.date(2024, 1, 2)
+    days = [d for d in (start + dt.timedelta(days=i) for i in range(n_days * 2)) if d.weekday() < 5][:n_days]
+    for batch in feed.iter_batches(symbols, days[0], days[-1]):
+        for kind, df in batch.tables.items():
+            lake.write(spec_for_kind(f"cdm_{kind}", kind), df, "overwrite")
+    return md, RunWindow.resolve(symbols, days[0], days[-1], write_mode="overwrite")
+
+
+def threshold_bars(df: pl.DataFrame, measure: pl.Expr, threshold: float, keys: list[str]) -> pl.DataFrame:
+    """Per (symbol, day): a bar ends where the day's cumulative measure crosses a multiple of the threshold
+    (the vectorised polars formulation; see bench_state_engine's ``polars_cumsum_bars``)."""
+    dollar = pl.col("price") * pl.col("size")
+    bar_id = ((measure.cum_sum().over(keys) - measure) // threshold).cast(pl.Int64).alias("bar_id")
+    return (
+        df.with_columns(bar_id)
+        .group_by([*keys, "bar_id"], maintain_order=True)
+        .agg(
+            pl.col("ts").first().alias("ts_first"),
+            pl.col("ts").last().alias("ts_last"),
+            pl.col("price").first().alias("open"),
+            pl.col("price").max().alias("high"),
+            pl.col("price").min().alias("low"),
+            pl.col("price").last().alias("close"),
+            pl.col("size").sum().alias("volume"),
+            dollar.sum().alias("dollar_volume"),
+            pl.len().alias("n_trades"),
+            pl.col("size").filter(pl.col("direction") > 0).sum().alias("buy_volume"),
+            pl.col("size").filter(pl.col("direction") < 0).sum().alias("sell_volume"),
+        )
+        .with_columns((pl.col("dollar_volume") / pl.col("volume")).alias("vwap"))
+    )
+
+
+def polars_script(lake_root: Path, out: Path) -> dict[str, int]:
+    """What a researcher would write with polars alone: the same tables, hive partitions per (symbol, day)."""
+    trades = pl.scan_parquet(lake_root / "cdm_trades", hive_partitioning=True).drop("day").collect()
+    quotes = pl.scan_parquet(lake_root / "cdm_quotes", hive_partitioning=True).drop("day").collect()
+    trades = trades.sort("symbol", "ts", "trade_id")
+    quotes = quotes.sort("symbol", "ts", "quote_id")
+    enriched = polars_enrich(trades, quotes, by_symbol=True)
+    keys = ["symbol", "date"]
+    tables = {"cdm_trade_enriched": enriched}
+    tables["cdm_time_1m_bars"] = polars_time_bars(enriched.sort(["symbol", "date", "ts"]),
+                                                  by=keys).sort("symbol", "ts")  # type: ignore[arg-type]
+    for name, measure, threshold in (("cdm_tick_100_bars", pl.col("price").is_not_null().cast(pl.Float64), TICK),
+                                     ("cdm_volume_20000_bars", pl.col("size"), VOLUME),
+                                     ("cdm_dollar_1000000_bars", pl.col("price") * pl.col("size"), DOLLAR)):
+        tables[name] = threshold_bars(enriched, measure, threshold, keys)
+    rows = {}
+    for name, df in tables.items():
+        target = out / name
+        target.mkdir(parents=True)
+        df.write_parquet(target, partition_by=keys)
+        rows[name] = df.height
+    return rows
+
+
+def run_stage(md, window: RunWindow, executor: str) -> dict[str, int]:
+    result = runner.run(md, window, executor=executor, max_concurrency=2)
+    return {t: w.rows_written for t, w in result.tables.items()}
+
+
+def timed(fn) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--symbols", type=int, default=5)
+    parser.add_argument("--days", type=int, default=63)
+    parser.add_argument("--trades-per-day", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--executors", default="local,ray")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_stage_"))
+    try:
+        began = time.perf_counter()
+        md, window = make_project(tmp / "project", args.symbols, args.days, args.trades_per_day)
+        lake_root = tmp / "project" / ".quantflow" / "lake"
+        n_trades = pl.scan_parquet(lake_root / "cdm_trades", hive_partitioning=True).select(pl.len()).collect().item()
+        print(f"  {args.symbols} symbols x {args.days} days, {n_trades:,} trades; lake written in "
+              f"{time.perf_counter() - began:.1f} s", flush=True)
+        script_rows = polars_script(lake_root, tmp / "check")  # also warms the page cache
+        first: dict[str, float] = {}
+        for executor in args.executors.split(","):
+            began = time.perf_counter()
+            stage_rows = run_stage(md, window, executor)  # also compiles / loads the kernels, starts Ray
+            first[executor] = time.perf_counter() - began
+            for table in ("cdm_trade_enriched", "cdm_time_1m_bars", "cdm_tick_100_bars"):
+                if stage_rows[table] != script_rows[table]:
+                    raise SystemExit(f"{table}: the stage wrote {stage_rows[table]} rows, the script "
+                                     f"{script_rows[table]}: not the same tables")
+        script_s, stage_s = [], {e: [] for e in args.executors.split(",")}
+        for i in range(args.repeat):
+            out = tmp / f"script_{i}"
+            script_s.append(timed(lambda out=out: polars_script(lake_root, out)))
+            shutil.rmtree(out)
+            for executor in stage_s:
+                stage_s[executor].append(timed(lambda e=executor: run_stage(md, window, e)))
+        print(f"  {'case':<34}{'stage s':>10}{'script s':>10}{'script/stage':>14}{'spread':>16}{'target':>8}")
+        for executor, times in stage_s.items():
+            ratios = [s / t for s, t in zip(script_s, times)]
+            print(f"  {'whole stage, ' + executor + ' executor':<34}{statistics.median(times):>10.2f}"
+                  f"{statistics.median(script_s):>10.2f}{statistics.median(ratios):>13.2f}x"
+                  f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>16}{'2.0x':>8}")
+        print("  first run of the stage in this process (kernels from the on-disk cache; Ray started): " + ", ".join(
+            f"{e} {t:.2f} s" for e, t in first.items()) + "; the timed runs reuse that Ray")
+        print("  trades per second, stage: " + ", ".join(
+            f"{e} {n_trades / statistics.median(t):,.0f}" for e, t in stage_s.items()))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
