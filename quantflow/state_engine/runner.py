@@ -135,6 +135,111 @@ def run_shard(task: ShardTask) -> ShardResult:
     return ShardResult(written, n_trades, time.perf_counter() - began)
 
 
+@dataclass(frozen=True)
+class TaskPack:
+    """Several (symbol, time shard) units done as one task: (symbol, day) stays the unit of idempotency and
+    write modes, not the unit of work. The units' partitions are read in one call, the kernels run over all
+    their segments in one pass, and each table is written once per partition the units touch."""
+
+    units: tuple[ShardTask, ...]
+    trades: int  # input rows, from the Parquet footers: what the pack was sized by
+
+    def __str__(self) -> str:
+        first, last = self.units[0], self.units[-1]
+        return first.__str__() if len(self.units) == 1 else f"{first}..{last} ({len(self.units)} shards)"
+
+
+def run_task(task: ShardTask | TaskPack) -> ShardResult:
+    """One executor task: a pack of independent units in one pass, a carried chain (or a lone unit) by
+    ``run_shard``."""
+    if isinstance(task, ShardTask):
+        return run_shard(task)
+    if task.units[0].config.carry_state or len(task.units) == 1:
+        results = [run_shard(u) for u in task.units]
+        written: dict[str, WriteResult] = {}
+        for r in results:
+            for table, w in r.written.items():
+                written.setdefault(table, WriteResult(table)).merge(w)
+        return ShardResult(written, sum(r.trades for r in results), sum(r.seconds for r in results))
+    return run_pack(task)
+
+
+def run_pack(pack: TaskPack) -> ShardResult:
+    """The units of ``pack`` (carry-state off: each (symbol, day) is its own segment) in one engine pass."""
+    from quantflow.state_engine.engine import process_shard
+
+    began = time.perf_counter()
+    first = pack.units[0]
+    lake = Lake(Store(first.lake_root, first.storage))
+    cfg, mode = first.config, first.write_mode
+    tables = tick_tables(cfg)
+
+    def paths(attr: str) -> list[str]:
+        return [p for u in pack.units for p in getattr(u, attr) if p is not None]
+
+    trades, quotes, messages = (_read_many(lake, paths(a)) for a in ("trade_paths", "quote_paths", "message_paths"))
+    written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
+    if trades is None and messages is None:
+        return ShardResult(written, 0, time.perf_counter() - began)
+    out, _ = process_shard(trades, quotes, engine_spec(cfg), None, messages)
+    units = {(u.symbol, d) for u in pack.units for d in u.dates}
+    # the done marker last (see the module docstring): the book before it, the bars first
+    for table in sorted(tables, key=lambda t: (t == ENRICHED_TABLE, t == LOB_TABLE)):
+        df = out.get(table)
+        have: set = set()
+        if df is not None and df.height:
+            spec = TableSpec(table, dict(df.schema), partition_width(table),
+                             SORT_KEYS.get(table, ("symbol", "date", "ts_first")))
+            written[table].merge(lake.write(spec, df, "skip_if_exists" if mode == "skip_if_exists" else "overwrite"))
+            have = set(df.select("symbol", "date").unique().iter_rows())
+        if mode != "skip_if_exists":  # a unit with no rows in the table this time loses what it had
+            for symbol, day in sorted(units - have):
+                written[table].merge(lake.drop_day(table, symbol, day))
+    return ShardResult(written, trades.height if trades is not None else 0, time.perf_counter() - began)
+
+
+def _read_many(lake: Lake, paths: list[str]) -> pl.DataFrame | None:
+    """Many partitions in one read (polars reads the files in parallel); ``symbol`` from the paths."""
+    if not paths:
+        return None
+    if lake.store.remote:
+        df = pl.concat([lake.read_partition(p) for p in paths], how="vertical_relaxed")
+    else:
+        df = pl.read_parquet(paths, hive_partitioning=True)
+        df = df.select(pl.col("symbol").cast(pl.Utf8), pl.all().exclude("symbol", "day", "month", "year"))
+    return df if df.height else None
+
+
+def pack_tasks(units: list[ShardTask], workers: int, max_trades: int) -> list[TaskPack]:
+    """Units in (symbol, date) order, cut into packs of about ``total / (2 * workers)`` trades (at least one
+    unit, at most ``max_trades``), so every worker gets work and none holds too much in memory."""
+    import pyarrow.parquet as pq
+
+    def rows(path: str) -> int:
+        try:  # the footer only; an unreadable file counts 1 and fails in its task, where it is reported
+            return pq.read_metadata(path).num_rows
+        except (OSError, ValueError):
+            return 1
+
+    def unit_rows(unit: ShardTask) -> int:
+        remote = unit.lake_root.startswith(("s3://", "s3a://"))
+        return sum(1 if remote else rows(p) for p in unit.trade_paths if p is not None)
+
+    sized = [(u, unit_rows(u)) for u in units]
+    total = sum(n for _, n in sized)
+    target = max(1, min(max_trades, -(-total // max(1, 2 * workers)) if workers > 1 else max_trades))
+    packs, current, count = [], [], 0
+    for unit, n in sized:
+        if current and count + n > target:
+            packs.append(TaskPack(tuple(current), count))
+            current, count = [], 0
+        current.append(unit)
+        count += n
+    if current:
+        packs.append(TaskPack(tuple(current), count))
+    return packs
+
+
 def _done_marker(has_trades: bool) -> str:
     """The table a shard writes last on a day: enriched trades, or the book on a day of messages only."""
     return ENRICHED_TABLE if has_trades else LOB_TABLE
@@ -173,6 +278,7 @@ class StateEngineResult(StageResult):
     shards: int = 0
     shards_skipped: int = 0
     shards_failed: list[str] = field(default_factory=list)
+    plan: str = ""  # how the shards were run: tasks, trades, executor (and why)
     trades: int = 0
     skipped_tables: dict[str, str] = field(default_factory=dict)  # table -> why it was not built
 
@@ -190,8 +296,9 @@ class StateEngineResult(StageResult):
                 f"({self.trades_per_second:,.0f} trades/s)")
 
     def key_figures(self) -> dict[str, Any]:
-        return {"executor": self.executor, "shards": self.shards, "shards_skipped": self.shards_skipped,
-                "trades": self.trades, "trades_per_second": round(self.trades_per_second, 1)}
+        figures = {"executor": self.executor, "shards": self.shards, "shards_skipped": self.shards_skipped,
+                   "trades": self.trades, "trades_per_second": round(self.trades_per_second, 1)}
+        return {**figures, "task_plan": self.plan} if self.plan else figures
 
 
 def _shard_groups(days: list[dt.date], granularity: str) -> list[list[dt.date]]:
@@ -332,6 +439,31 @@ def drop_days_without_input(lake: Lake, cfg: StateEngineConfig, tasks: list[Shar
             result.record_write(table, lake.drop_day(table, symbol, day))
 
 
+PACK_MAX_TRADES = 4_000_000  # a pack's trades (and its quotes) stay a few hundred MB in memory
+
+
+def plan_work(cfg: StateEngineConfig, units: list[ShardTask], kind: str, max_concurrency: int,
+              result: StateEngineResult) -> tuple[list, str]:
+    """The tasks and the executor for ``units``: packs sized by trades (chains of carried state stay one task
+    each), in process when the job is small and no cluster is named (``RAY_ADDRESS``). Recorded in
+    ``result.plan`` for the log and the materialization metadata."""
+    if cfg.carry_state:
+        work: list = list(units)
+        total = None
+    else:
+        workers = max_concurrency if kind == "ray" else 1
+        work = pack_tasks(units, workers, PACK_MAX_TRADES)
+        total = sum(p.trades for p in work)
+        if kind == "ray" and total < cfg.ray_min_trades and not os.environ.get("RAY_ADDRESS"):
+            kind = "local"
+            work = pack_tasks(units, 1, PACK_MAX_TRADES)
+    size = f", {total:,} trades" if total is not None else ""
+    why = " (a small job: in process)" if kind == "local" and result.executor == "ray" else ""
+    result.executor = kind
+    result.plan = f"{len(units)} shards in {len(work)} tasks{size} on {kind}{why}"
+    return work, kind
+
+
 def run(
     md: ProjectMetadata,
     window: RunWindow,
@@ -369,23 +501,32 @@ def run(
         else:
             progress.detail(f"state engine: {len(pending)} shards ({shard_granularity}) for {len(symbols)} symbols "
                             f"on {kind}, {len(stored)} stored")
-            tasks = pending
-            if uses_messages(cfg) and not any(p for t in tasks for p in t.message_paths):
+            if uses_messages(cfg) and not any(p for t in pending for p in t.message_paths):
                 result.skip([LOB_TABLE], f"lob.source is messages and there are no {MESSAGES_TABLE} in the window")
+            work, kind = plan_work(cfg, pending, kind, max_concurrency, result)
+            progress.detail(f"state engine: {result.plan}")
             env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
             runner = make_executor(kind, max_concurrency, cfg.retries, env)
 
+            def units(task) -> int:
+                return len(task.units) if isinstance(task, TaskPack) else 1
+
             def on_done(done: int, total: int, outcome: ShardOutcome) -> None:
                 if outcome.ok:
-                    what = f"{outcome.result.trades} trades"
-                    progress.detail(f"shard {done}/{total} {outcome.shard}: {what} in {outcome.seconds:.2f}s")
-                    progress.advance(1, outcome.result.trades)
+                    progress.detail(f"task {done}/{total} {outcome.shard}: {outcome.result.trades} trades in "
+                                    f"{outcome.seconds:.2f}s")
+                    progress.advance(units(outcome.shard), outcome.result.trades)
                 else:
-                    progress.detail(f"shard {done}/{total} {outcome.shard} FAILED after {outcome.attempts} attempts: "
+                    progress.detail(f"task {done}/{total} {outcome.shard} FAILED after {outcome.attempts} attempts: "
                                     f"{outcome.error}")
-                    progress.advance(1)
+                    progress.advance(units(outcome.shard))
 
-            report: ExecutionReport = runner.map(run_shard, tasks, on_done)
+            report: ExecutionReport = runner.map(run_task, work, on_done)
+            failed_packs = [o for o in report.outcomes if not o.ok and isinstance(o.shard, TaskPack)]
+            if failed_packs:  # run those units one by one, so a bad shard fails alone and the others are written
+                progress.detail(f"state engine: {len(failed_packs)} tasks failed; running their shards one by one")
+                retry = runner.map(run_task, [u for o in failed_packs for u in o.shard.units])
+                report.outcomes = [o for o in report.outcomes if o not in failed_packs] + retry.outcomes
             for outcome in report.outcomes:
                 if not outcome.ok:
                     result.shards_failed.append(f"{outcome.shard}: {outcome.error}")

@@ -190,6 +190,7 @@ def test_ray_executor_gives_the_same_tables(project, tmp_path):
     other = make_project(tmp_path / "ray")
     try:
         other_md = get_metadata_manager(other).load_all()
+        other_md.project.state_engine.ray_min_trades = 0  # a small job: Ray only because it is asked for
         res = runner.run(other_md, window(other_md, START, END), executor="ray", max_concurrency=2)
     finally:
         ray.shutdown()
@@ -224,3 +225,27 @@ def test_a_bar_type_added_later_is_built_for_the_stored_days(project):
     again = runner.run(md, window(md, START, END, ["AAA"]))
     assert again.shards_skipped == 0 and again.tables["cdm_tick_20_bars"].days_written == 10
     assert runner.run(md, window(md, START, END, ["AAA"])).shards_skipped == 10
+
+
+def test_packed_tasks_write_what_one_task_per_shard_writes(project, tmp_path, monkeypatch):
+    """(symbol, day)s packed into one engine pass give the tables that one task per (symbol, day) gives,
+    in every write mode; the plan says how the work was cut and where it ran."""
+    md = get_metadata_manager(project).load_all()
+    tables = se_tables.tick_tables(md.project.state_engine)
+    packed = runner.run(md, window(md, START, END), executor="ray")
+    assert packed.plan.startswith("20 shards in 1 tasks, ") and packed.plan.endswith(
+        " trades on local (a small job: in process)")
+    assert packed.executor == "local" and packed.key_figures()["task_plan"] == packed.plan
+    together = read_all(project, tables)
+    monkeypatch.setattr(runner, "PACK_MAX_TRADES", 1)
+    other = make_project(tmp_path / "apart")
+    other_md = get_metadata_manager(other).load_all()
+    apart = runner.run(other_md, window(other_md, START, END))
+    assert apart.plan.startswith("20 shards in 20 tasks")
+    for table in tables:
+        assert_frame_equal(together[table], read_all(other, tables)[table])
+    for mode in ("overwrite", "append"):
+        again = runner.run(md, window(md, START, END, write_mode=mode))
+        assert again.plan.startswith("20 shards in 20 tasks")  # PACK_MAX_TRADES is still 1 here
+        for table in tables:
+            assert_frame_equal(together[table], read_all(project, tables)[table])

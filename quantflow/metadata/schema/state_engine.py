@@ -93,6 +93,8 @@ class StateEngineConfig(MetadataModel):
     tie_break: Literal["quotes_first", "sequence"] = "quotes_first"
     timezone: str = "America/New_York"
     retries: int = Field(1, ge=0, le=10)
+    ray_min_trades: int = Field(2_000_000, ge=0, description="executor ray: a run with fewer trades runs in "
+                                "process (starting Ray would cost more than it saves); 0: always Ray")
     lob: LobConfig = LobConfig()
     bars: list[BarTypeConfig] = [BarTypeConfig(type="time", every="1m")]
 
