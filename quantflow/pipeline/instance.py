@@ -50,10 +50,18 @@ def ensure_dagster_home(root: Path) -> Path:
 
 def project_instance(root: Path):
     """The project's instance, opened from its folder: a notebook with two projects keeps each one's runs
-    with that project (nothing process-wide is set)."""
+    with that project (nothing process-wide is set). Opening it creates and migrates its SQLite storage on
+    first use; two runs starting together on a new project would race on that (a UNIQUE constraint on
+    alembic's version table), so they open it one at a time."""
     import dagster as dg
 
-    return dg.DagsterInstance.from_config(str(dagster_home(root)))
+    from quantflow.storage.locks import exclusive
+
+    home = dagster_home(root)
+    with exclusive(home / ".instance.lock", f"the Dagster instance {home}", timeout_s=300):
+        instance = dg.DagsterInstance.from_config(str(home))
+        instance.get_runs(limit=1)  # touches the run storage, so its tables exist before the lock is released
+    return instance
 
 
 def _start_time(pid: int) -> str | None:

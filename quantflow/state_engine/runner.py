@@ -210,20 +210,22 @@ def _read_many(lake: Lake, paths: list[str]) -> pl.DataFrame | None:
     return df if df.height else None
 
 
-def pack_tasks(units: list[ShardTask], workers: int, max_trades: int) -> list[TaskPack]:
+def pack_tasks(lake: Lake, units: list[ShardTask], workers: int, max_trades: int) -> list[TaskPack]:
     """Units in (symbol, date) order, cut into packs of about ``total / (2 * workers)`` trades (at least one
     unit, at most ``max_trades``), so every worker gets work and none holds too much in memory."""
     import pyarrow.parquet as pq
 
     def rows(path: str) -> int:
         try:  # the footer only; an unreadable file counts 1 and fails in its task, where it is reported
+            if lake.store.remote:
+                with lake.store.fs.open(path, "rb") as fh:
+                    return pq.read_metadata(fh).num_rows
             return pq.read_metadata(path).num_rows
         except (OSError, ValueError):
             return 1
 
     def unit_rows(unit: ShardTask) -> int:
-        remote = unit.lake_root.startswith(("s3://", "s3a://"))
-        return sum(1 if remote else rows(p) for p in unit.trade_paths if p is not None)
+        return sum(rows(p) for p in unit.trade_paths if p is not None)
 
     sized = [(u, unit_rows(u)) for u in units]
     total = sum(n for _, n in sized)
@@ -442,7 +444,7 @@ def drop_days_without_input(lake: Lake, cfg: StateEngineConfig, tasks: list[Shar
 PACK_MAX_TRADES = 4_000_000  # a pack's trades (and its quotes) stay a few hundred MB in memory
 
 
-def plan_work(cfg: StateEngineConfig, units: list[ShardTask], kind: str, max_concurrency: int,
+def plan_work(lake: Lake, cfg: StateEngineConfig, units: list[ShardTask], kind: str, max_concurrency: int,
               result: StateEngineResult) -> tuple[list, str]:
     """The tasks and the executor for ``units``: packs sized by trades (chains of carried state stay one task
     each), in process when the job is small and no cluster is named (``RAY_ADDRESS``). Recorded in
@@ -452,11 +454,11 @@ def plan_work(cfg: StateEngineConfig, units: list[ShardTask], kind: str, max_con
         total = None
     else:
         workers = max_concurrency if kind == "ray" else 1
-        work = pack_tasks(units, workers, PACK_MAX_TRADES)
+        work = pack_tasks(lake, units, workers, PACK_MAX_TRADES)
         total = sum(p.trades for p in work)
         if kind == "ray" and total < cfg.ray_min_trades and not os.environ.get("RAY_ADDRESS"):
             kind = "local"
-            work = pack_tasks(units, 1, PACK_MAX_TRADES)
+            work = pack_tasks(lake, units, 1, PACK_MAX_TRADES)
     size = f", {total:,} trades" if total is not None else ""
     why = " (a small job: in process)" if kind == "local" and result.executor == "ray" else ""
     result.executor = kind
@@ -503,7 +505,7 @@ def run(
                             f"on {kind}, {len(stored)} stored")
             if uses_messages(cfg) and not any(p for t in pending for p in t.message_paths):
                 result.skip([LOB_TABLE], f"lob.source is messages and there are no {MESSAGES_TABLE} in the window")
-            work, kind = plan_work(cfg, pending, kind, max_concurrency, result)
+            work, kind = plan_work(lake, cfg, pending, kind, max_concurrency, result)
             progress.detail(f"state engine: {result.plan}")
             env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
             runner = make_executor(kind, max_concurrency, cfg.retries, env)
