@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_state_engine import polars_enrich, polars_time_bars  # noqa: E402
+from bench_state_engine import bar_aggregations, polars_enrich, polars_time_bars  # noqa: E402
 
 from quantflow.compute.stage import RunWindow  # noqa: E402
 from quantflow.ingest.feeds.synthetic import SyntheticFeed  # noqa: E402
@@ -83,24 +83,11 @@ def make_project(root: Path, n_symbols: int, n_days: int, trades_per_day: int) -
 def threshold_bars(df: pl.DataFrame, measure: pl.Expr, threshold: float, keys: list[str]) -> pl.DataFrame:
     """Per (symbol, day): a bar ends where the day's cumulative measure crosses a multiple of the threshold
     (the vectorised polars formulation; see bench_state_engine's ``polars_cumsum_bars``)."""
-    dollar = pl.col("price") * pl.col("size")
     bar_id = ((measure.cum_sum().over(keys) - measure) // threshold).cast(pl.Int64).alias("bar_id")
     return (
         df.with_columns(bar_id)
         .group_by([*keys, "bar_id"], maintain_order=True)
-        .agg(
-            pl.col("ts").first().alias("ts_first"),
-            pl.col("ts").last().alias("ts_last"),
-            pl.col("price").first().alias("open"),
-            pl.col("price").max().alias("high"),
-            pl.col("price").min().alias("low"),
-            pl.col("price").last().alias("close"),
-            pl.col("size").sum().alias("volume"),
-            dollar.sum().alias("dollar_volume"),
-            pl.len().alias("n_trades"),
-            pl.col("size").filter(pl.col("direction") > 0).sum().alias("buy_volume"),
-            pl.col("size").filter(pl.col("direction") < 0).sum().alias("sell_volume"),
-        )
+        .agg(bar_aggregations())
         .with_columns((pl.col("dollar_volume") / pl.col("volume")).alias("vwap"))
     )
 

@@ -167,23 +167,28 @@ def kernel_threshold_bars(t, kind, threshold):
     )  # fmt: skip
 
 
-def polars_time_bars(df: pl.DataFrame, by: str | None = None) -> pl.DataFrame:
+def bar_aggregations() -> list[pl.Expr]:
+    """The columns of a bar from its trades, as the polars peers compute them."""
     dollar = pl.col("price") * pl.col("size")
+    return [
+        pl.col("ts").first().alias("ts_first"),
+        pl.col("ts").last().alias("ts_last"),
+        pl.col("price").first().alias("open"),
+        pl.col("price").max().alias("high"),
+        pl.col("price").min().alias("low"),
+        pl.col("price").last().alias("close"),
+        pl.col("size").sum().alias("volume"),
+        dollar.sum().alias("dollar_volume"),
+        pl.len().alias("n_trades"),
+        pl.col("size").filter(pl.col("direction") > 0).sum().alias("buy_volume"),
+        pl.col("size").filter(pl.col("direction") < 0).sum().alias("sell_volume"),
+    ]
+
+
+def polars_time_bars(df: pl.DataFrame, by: str | None = None) -> pl.DataFrame:
     return (
         df.group_by_dynamic("ts", every="1m", group_by=by, label="left")
-        .agg(
-            pl.col("ts").first().alias("ts_first"),
-            pl.col("ts").last().alias("ts_last"),
-            pl.col("price").first().alias("open"),
-            pl.col("price").max().alias("high"),
-            pl.col("price").min().alias("low"),
-            pl.col("price").last().alias("close"),
-            pl.col("size").sum().alias("volume"),
-            dollar.sum().alias("dollar_volume"),
-            pl.len().alias("n_trades"),
-            pl.col("size").filter(pl.col("direction") > 0).sum().alias("buy_volume"),
-            pl.col("size").filter(pl.col("direction") < 0).sum().alias("sell_volume"),
-        )
+        .agg(bar_aggregations())
         .with_columns((pl.col("dollar_volume") / pl.col("volume")).alias("vwap"))
     )
 
@@ -231,22 +236,8 @@ def pandas_time_bars_variants(pdf: pd.DataFrame):
 
 def polars_cumsum_bars(df: pl.DataFrame, measure: pl.Expr, threshold: float, maintain_order: bool):
     """Vectorised threshold bars: cut where the cumulative measure crosses a multiple of the threshold."""
-    dollar = pl.col("price") * pl.col("size")
     bar_id = ((measure.cum_sum() - measure) // threshold).cast(pl.Int64).alias("bar_id")
-    grouped = df.with_columns(bar_id).group_by("bar_id", maintain_order=maintain_order)
-    out = grouped.agg(
-        pl.col("ts").first().alias("ts_first"),
-        pl.col("ts").last().alias("ts_last"),
-        pl.col("price").first().alias("open"),
-        pl.col("price").max().alias("high"),
-        pl.col("price").min().alias("low"),
-        pl.col("price").last().alias("close"),
-        pl.col("size").sum().alias("volume"),
-        dollar.sum().alias("dollar_volume"),
-        pl.len().alias("n_trades"),
-        pl.col("size").filter(pl.col("direction") > 0).sum().alias("buy_volume"),
-        pl.col("size").filter(pl.col("direction") < 0).sum().alias("sell_volume"),
-    )
+    out = df.with_columns(bar_id).group_by("bar_id", maintain_order=maintain_order).agg(bar_aggregations())
     out = out.with_columns((pl.col("dollar_volume") / pl.col("volume")).alias("vwap"))
     return out if maintain_order else out.sort("bar_id")
 
