@@ -84,6 +84,7 @@ def plan_requests(lake: Lake, source, specs: dict, window: RunWindow) -> tuple[l
     if window.write_mode != "skip_if_exists":
         return [(symbols, start, end)], 0
     days = weekdays(start, end)
+    position = {day: i for i, day in enumerate(days)}
     per_day = any(k in TICK_KINDS for k in source.kinds)
     requests, kept, untouched = [], 0, []
     for symbol in symbols:
@@ -95,7 +96,7 @@ def plan_requests(lake: Lake, source, specs: dict, window: RunWindow) -> tuple[l
         elif missing and per_day:
             run = [missing[0]]
             for day in missing[1:]:
-                if days.index(day) == days.index(run[-1]) + 1:
+                if position[day] == position[run[-1]] + 1:
                     run.append(day)
                 else:
                     requests.append(([symbol], run[0], run[-1]))

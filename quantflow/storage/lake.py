@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -300,15 +301,21 @@ class Lake:
         partition's lock or compare-and-swap, like every write)."""
         width = self.partition_width(table)
         path = self.partition_path(table, symbol, period_start(day, width), width)
+        if width == "day":  # the whole file goes: nothing to read first
+            with self.store.lock(path):
+                if not self.store.exists(path):
+                    return WriteResult(table)
+                if self.store.remote:
+                    self.store.fs.rm_file(path)  # S3: an unconditional DELETE (see README, Storage)
+                else:
+                    os.unlink(path)
+            return WriteResult(table, days_deleted=1)
         removed = []
 
         def change(current: bytes | None):
             removed.clear()
             if current is None:
                 return None
-            if width == "day":
-                removed.append(day)
-                return DELETE
             old = pl.read_parquet(io.BytesIO(current))
             kept = old.filter(pl.col("date") != day)
             if kept.height == old.height:
