@@ -39,6 +39,7 @@ from quantflow.pipeline.config import TransformRunConfig
 from quantflow.pipeline.dagster.metadata import stage_metadata
 from quantflow.pipeline.dagster.reporting import StageFailed, StageReporter, call_stage, reporter_of
 from quantflow.storage.tables import CDM_TABLES, RAW_KIND_NAMES
+from quantflow.transform.environment import dbt_environment  # light: the environment, not the warehouse code
 from quantflow.transform.generator import DBTProjectGenerator, dbt_project_dir
 from quantflow.transform.sources import cdm_tables
 
@@ -136,8 +137,6 @@ def dbt_project_for(md: ProjectMetadata) -> DbtProject:
         project = _PROJECTS.get(key)
         if project is None:
             project = DbtProject(project_dir=dbt_dir, profiles_dir=dbt_dir, target=md.engine)
-            from quantflow.transform.environment import dbt_environment
-
             _put_dbt_on_path()  # prepare_if_dev runs `dbt parse` through a DbtCliResource looking up PATH
             with dbt_environment(md):
                 project.prepare_if_dev()
@@ -199,8 +198,6 @@ class _DagsterDbt:
         self.other: list = []
 
     def __call__(self, args: list[str], node_done) -> "DbtOutcome":
-        from quantflow.transform.environment import dbt_environment
-
         with dbt_environment(self.md):  # the dbt subprocess starts inside cli() and inherits these variables
             invocation = self.dbt.cli(args, context=self.context, raise_on_error=False)
         try:
