@@ -163,7 +163,7 @@ def kernel_threshold_bars(t, kind, threshold):
     si, sf = bk.bar_fresh_state(BarSpec("tick", threshold=1))
     return bk.threshold_bars(
         t["ts"], t["price"], t["size"], t["direction"], np.array([0, n], np.int64), np.zeros(1, np.int64),
-        np.zeros(1, np.bool_), kind, threshold, np.ones(1, np.bool_), si[None], sf[None], 1024,
+        np.zeros(1, np.bool_), kind, np.full(1, threshold), np.ones(1, np.bool_), si[None], sf[None], 1024,
     )  # fmt: skip
 
 

@@ -1,9 +1,10 @@
-"""Bar specifications and the Numba bar kernels: time, tick, volume, dollar and imbalance bars.
+"""Bar specifications and the Numba bar kernels: time, tick, volume, dollar, imbalance and run bars.
 
 Every bar carries open, high, low, close, volume, dollar volume, VWAP, trade count, buy and sell volume
 (from the Lee-Ready direction of ``kernels.enrich_trades``) and the timestamps of its first and last
-trade. Time bars add their bucket ``[bar_start, bar_end)``; imbalance bars add the signed imbalance the bar
-reached and the threshold it had to reach.
+trade. Time bars add their bucket ``[bar_start, bar_end)``; imbalance and run bars add the imbalance (or
+run) the bar reached and the threshold it had to reach; tick, volume and dollar bars with thresholds from
+trailing daily volume add their day's threshold.
 
 How the kernels are built, and why (each choice measured on this project's 2-core machine):
 
@@ -41,14 +42,14 @@ from quantflow.state_engine.kernels import NO_TS
 KIND_TICK = 0
 KIND_VOLUME = 1
 KIND_DOLLAR = 2
-KIND_TICK_IMBALANCE = 0
-KIND_VOLUME_IMBALANCE = 1
 
 # State of the bar being built, shared by all bar kernels.
 # int64:   [n_trades, ts_first, ts_last, date, bucket_start]
-# float64: [open, high, low, close, volume, dollar, buy, sell, imbalance, expected_ticks, expected_imbalance]
+# float64: [open, high, low, close, volume, dollar, buy, sell, then for information bars: theta (the buy run
+#           for run bars), E[T], threshold of the open bar (NaN: warm-up), EWMA numerator of b*m (of b+ m),
+#           EWMA denominator, sell run, EWMA numerator of b- m]
 BAR_STATE_I = 5
-BAR_STATE_F = 11
+BAR_STATE_F = 15
 
 # Emitted rows. int64: [bar_start, ts_first, ts_last, n_trades, segment, date (days since epoch), complete]
 # (complete: 1 when the bar's own rule closed it, 0 when the end of the segment cut it)
@@ -91,20 +92,32 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _DURATION_NS[m.group(2)]
 
 
+INFORMATION_TYPES = ("tick_imbalance", "volume_imbalance", "dollar_imbalance", "tick_run", "volume_run",
+                     "dollar_run")
+DAILY_MEASURES = {"tick": "n_trades", "volume": "volume", "dollar": "dollar_volume"}
+
+
 @dataclass(frozen=True)
 class BarSpec:
-    """One configured bar type.
+    """One configured bar type. Conventions shared by all: trades are never split, a bar closes on the
+    trade that reaches its rule (``>=``), the running measure restarts at zero for the next bar.
 
     - ``time``: ``every`` (``"1m"``, ``"100ms"``...) on the grid ``offset + k * every`` (UTC epoch based).
     - ``tick`` / ``volume`` / ``dollar``: a bar closes on the trade that brings its trade count, volume or
-      dollar volume to ``threshold`` or above (trades are never split). Instead of ``threshold``, give
-      ``expected_daily`` (trades, shares or dollars per day) and ``bars_per_day``.
-    - ``tick_imbalance`` / ``volume_imbalance`` (AFML ch. 2): a bar closes when the absolute running
-      imbalance (sum of directions, or of signed volumes) reaches ``E[T] * |E[b]|``, where ``E[T]`` is an
-      EWMA of past bar lengths (starting at ``expected_ticks``, kept in ``[min_expected_ticks,
-      max_expected_ticks]`` so the bars cannot collapse to one trade or grow without bound) and ``E[b]``
-      an EWMA of past bars' mean imbalance per trade. Both EWMAs use ``span`` bars. The first bar of a
-      fresh state is a tick bar of ``expected_ticks`` trades that seeds ``E[b]``.
+      dollar volume to the threshold. The threshold is ``threshold``, or ``expected_daily / bars_per_day``,
+      or, with ``trailing_days`` N, one per (symbol, day): the mean daily trade count, volume or dollar
+      volume of the symbol's N previous trading days (fewer at the start of its history; days with trades
+      only, the day itself never) over ``bars_per_day``; ``expected_daily`` seeds the days with no
+      earlier day.
+    - Information-driven bars (AFML 2.3.2), over the trade's measure ``m`` (1, its size, or price * size)
+      and Lee-Ready direction ``b``: ``tick_imbalance`` / ``volume_imbalance`` / ``dollar_imbalance`` close
+      when ``|sum b m| >= E[T] * |E[b m]|``; ``tick_run`` / ``volume_run`` / ``dollar_run`` when ``max(sum
+      of m over buys, over sells) >= E[T] * max(E[b+ m], E[b- m])``. ``E[T]``: EWMA of prior bars' lengths
+      over ``span`` bars, starting at ``expected_ticks``, clamped to ``[min_expected_ticks,
+      max_expected_ticks]`` (default: a tenth and ten times ``expected_ticks``). ``E[b m]`` and the run
+      expectations: EWMAs over all prior trades with ``imbalance_span`` trades (default ten
+      ``expected_ticks``). Both are taken when the bar opens. The first bar of a fresh state is a warm-up
+      bar of ``expected_ticks`` trades (threshold null). See ``information_bars``.
     """
 
     type: str
@@ -113,8 +126,10 @@ class BarSpec:
     threshold: float | None = None
     expected_daily: float | None = None
     bars_per_day: float | None = None
+    trailing_days: int | None = None
     expected_ticks: float | None = None
     span: float = 20.0
+    imbalance_span: float | None = None
     min_expected_ticks: float | None = None
     max_expected_ticks: float | None = None
     name: str | None = None
@@ -125,35 +140,52 @@ class BarSpec:
             raise ValueError(f"incomplete must be 'keep' or 'drop', got {self.incomplete!r}")
         if self.type not in BAR_TYPES:
             raise ValueError(f"bar type {self.type!r} is not one of {', '.join(BAR_TYPES)}")
+        if self.trailing_days is not None and (self.type not in DAILY_MEASURES or self.expected_daily is None):
+            raise ValueError("'trailing_days' is for tick, volume and dollar bars with 'expected_daily' (the "
+                             "seed for days with no earlier day) and 'bars_per_day'")
         if self.type == "time":
             if not self.every:
                 raise ValueError("time bars need 'every' (e.g. '1m', '100ms')")
             if parse_duration(self.every) <= 0:
                 raise ValueError(f"time bars need a positive 'every', got {self.every!r}")
             parse_duration(self.offset)
-        elif self.type in ("tick", "volume", "dollar"):
+        elif self.type in DAILY_MEASURES:
             if (self.threshold is None) == (self.expected_daily is None):
                 raise ValueError(f"{self.type} bars need exactly one of 'threshold' or 'expected_daily'")
             if self.expected_daily is not None and not self.bars_per_day:
                 raise ValueError(f"{self.type} bars with 'expected_daily' also need 'bars_per_day'")
             if self.bar_threshold <= 0:
                 raise ValueError(f"{self.type} bars need a positive threshold")
+            if self.trailing_days is not None and self.trailing_days < 1:
+                raise ValueError("'trailing_days' must be >= 1")
         else:
             if not self.expected_ticks or self.expected_ticks < 1:
                 raise ValueError(f"{self.type} bars need 'expected_ticks' >= 1")
             if self.span < 1:
-                raise ValueError("imbalance bars need 'span' >= 1 (bars)")
+                raise ValueError(f"{self.type} bars need 'span' >= 1 (bars)")
+            if self.imbalance_span is not None and self.imbalance_span < 1:
+                raise ValueError(f"{self.type} bars need 'imbalance_span' >= 1 (trades)")
             lo, hi = self.ticks_bounds
             if not 1 <= lo <= self.expected_ticks <= hi:
                 raise ValueError(
-                    "imbalance bars need 1 <= min_expected_ticks <= expected_ticks <= max_expected_ticks"
+                    f"{self.type} bars need 1 <= min_expected_ticks <= expected_ticks <= max_expected_ticks"
                 )
 
     @property
+    def is_information(self) -> bool:
+        return self.type in INFORMATION_TYPES
+
+    @property
     def bar_threshold(self) -> float:
+        """The constant threshold (with ``trailing_days``: the seed for days with no history)."""
         if self.threshold is not None:
             return float(self.threshold)
         return float(self.expected_daily) / float(self.bars_per_day)
+
+    @property
+    def trade_span(self) -> float:
+        """Span in trades of the per-trade EWMAs of information bars."""
+        return float(self.imbalance_span) if self.imbalance_span is not None else 10.0 * self.expected_ticks
 
     @property
     def ticks_bounds(self) -> tuple[float, float]:
@@ -169,14 +201,53 @@ class BarSpec:
     def key(self) -> str:
         """Table name, e.g. ``cdm_time_1m_bars``, ``cdm_volume_50000_bars``, ``cdm_tick_imbalance_100_bars``."""
         return bar_table_name(self.type, self.every, self.offset, self.threshold, self.bars_per_day,
-                              self.expected_ticks, self.name)
+                              self.expected_ticks, self.name, self.trailing_days)
+
+
+def daily_thresholds(daily: pl.DataFrame, spec: BarSpec) -> pl.DataFrame:
+    """The threshold of each (symbol, date) of ``daily`` for a bar spec with ``trailing_days``.
+
+    ``daily`` has one row per (symbol, date) with trades: ``n_trades``, ``volume``, ``dollar_volume``
+    (``daily_measures``). A day's threshold is the mean of the measure over the symbol's ``trailing_days``
+    previous rows, over ``bars_per_day``: only earlier days, so no bar depends on its own day's volume.
+    Days with no earlier row (or a non-positive mean) take the seed ``expected_daily / bars_per_day``.
+    """
+    measure = DAILY_MEASURES[spec.type]
+    trailing = (
+        pl.col(measure).cast(pl.Float64).shift(1).rolling_mean(spec.trailing_days, min_samples=1).over("symbol")
+    )
+    return (
+        daily.sort("symbol", "date")
+        .with_columns(trailing.alias("__mean"))
+        .select(
+            "symbol",
+            "date",
+            pl.when(pl.col("__mean") > 0)
+            .then(pl.col("__mean") / spec.bars_per_day)
+            .otherwise(spec.bar_threshold)
+            .alias("threshold"),
+        )
+    )
+
+
+def daily_measures(trades: pl.DataFrame) -> pl.DataFrame:
+    """Per (symbol, date): trade count, volume and dollar volume, the inputs of ``daily_thresholds``."""
+    return (
+        trades.group_by("symbol", "date")
+        .agg(
+            pl.len().cast(pl.Int64).alias("n_trades"),
+            pl.col("size").cast(pl.Float64).sum().alias("volume"),
+            (pl.col("price") * pl.col("size")).cast(pl.Float64).sum().alias("dollar_volume"),
+        )
+        .sort("symbol", "date")
+    )
 
 
 def bar_fresh_state(spec: BarSpec) -> tuple[np.ndarray, np.ndarray]:
     """State with no open bar (and, for imbalance bars, the initial expectations)."""
     si = np.zeros(BAR_STATE_I, np.int64)
     sf = np.zeros(BAR_STATE_F, np.float64)
-    if spec.type in ("tick_imbalance", "volume_imbalance"):
+    if spec.is_information:
         sf[9] = float(spec.expected_ticks)
         sf[10] = np.nan
     return si, sf
@@ -239,9 +310,10 @@ def _accumulate(price, size, direction, i, e, h, lo, v, dv, buy, sell):
 
 @njit(cache=True)
 def _take_ticks(price, size, direction, i, e, n, threshold, h, lo, v, dv, buy, sell, theta):
-    """Tick bars: the bar's length is known, so this is a counted loop."""
+    """Tick bars: the bar's length is known, so this is a counted loop. A bar carried into a day whose
+    threshold it already exceeds closes on that day's first trade, as volume and dollar bars do."""
     length = int64(np.ceil(threshold))
-    k = min(e, i + length - n)
+    k = min(e, i + max(1, length - n))
     h, lo, v, dv, buy, sell = _accumulate(price, size, direction, i, k, h, lo, v, dv, buy, sell)
     return k, n + (k - i) >= length, h, lo, v, dv, buy, sell, theta
 
@@ -282,48 +354,6 @@ def _take_dollars(price, size, direction, i, e, n, threshold, h, lo, v, dv, buy,
             k = int64(j) + 1
             break
     return k, dv >= threshold, h, lo, v, dv, buy, sell, theta
-
-
-@njit(cache=True)
-def _take_tick_imbalance(price, size, direction, i, e, n, threshold, h, lo, v, dv, buy, sell, theta):
-    """Running imbalance = sum of directions; closes once ``|theta| >= threshold``."""
-    k = e
-    for j in range(uint64(i), uint64(e)):
-        p = price[j]
-        q = size[j]
-        d = direction[j]
-        h = max(h, p)
-        lo = min(lo, p)
-        v += q
-        dv += p * q
-        buy += q * (d > 0)
-        sell += q * (d < 0)
-        theta += float(d)
-        if abs(theta) >= threshold:
-            k = int64(j) + 1
-            break
-    return k, abs(theta) >= threshold, h, lo, v, dv, buy, sell, theta
-
-
-@njit(cache=True)
-def _take_volume_imbalance(price, size, direction, i, e, n, threshold, h, lo, v, dv, buy, sell, theta):
-    """Running imbalance = sum of direction * size; closes once ``|theta| >= threshold``."""
-    k = e
-    for j in range(uint64(i), uint64(e)):
-        p = price[j]
-        q = size[j]
-        d = direction[j]
-        h = max(h, p)
-        lo = min(lo, p)
-        v += q
-        dv += p * q
-        buy += q * (d > 0)
-        sell += q * (d < 0)
-        theta += d * q
-        if abs(theta) >= threshold:
-            k = int64(j) + 1
-            break
-    return k, abs(theta) >= threshold, h, lo, v, dv, buy, sell, theta
 
 
 @njit(cache=True)
@@ -489,16 +519,17 @@ def time_bars(
         st_f[s, 5] = dv
         st_f[s, 6] = buy
         st_f[s, 7] = sell
-        st_f[s, 8] = 0.0
-        st_f[s, 9] = 0.0
-        st_f[s, 10] = 0.0
+        st_f[s, 8:] = 0.0
     return out_i[:nb], out_f[:nb], st_i, st_f
 
 
 def threshold_bars(
-    ts, price, size, direction, off, seg_date, keep_open, kind, threshold, load, st_i_in, st_f_in, capacity
+    ts, price, size, direction, off, seg_date, keep_open, kind, thresholds, load, st_i_in, st_f_in, capacity
 ):
-    """Tick (``kind`` 0), volume (1) or dollar (2) bars: close on the trade that reaches ``threshold``.
+    """Tick (``kind`` 0), volume (1) or dollar (2) bars: close on the trade that reaches the threshold.
+
+    ``thresholds`` holds one threshold per segment (a constant, or one per day from trailing daily volume,
+    see ``daily_thresholds``); a bar carried into the next segment is measured against that segment's.
 
     The running measure restarts at zero after each bar (the overshoot of the closing trade is not carried
     into the next bar), the usual definition; a cumulative-sum formulation that cuts at multiples of the
@@ -506,13 +537,13 @@ def threshold_bars(
     """
     kernel = {KIND_TICK: _tick_bars, KIND_VOLUME: _volume_bars, KIND_DOLLAR: _dollar_bars}[kind]
     return kernel(
-        ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+        ts, price, size, direction, off, seg_date, keep_open, thresholds, load, st_i_in, st_f_in, capacity
     )
 
 
 @njit(cache=True)
 def _tick_bars(
-    ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+    ts, price, size, direction, off, seg_date, keep_open, thresholds, load, st_i_in, st_f_in, capacity
 ):
     return _threshold_impl(
         KIND_TICK,
@@ -523,7 +554,7 @@ def _tick_bars(
         off,
         seg_date,
         keep_open,
-        threshold,
+        thresholds,
         load,
         st_i_in,
         st_f_in,
@@ -533,7 +564,7 @@ def _tick_bars(
 
 @njit(cache=True)
 def _volume_bars(
-    ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+    ts, price, size, direction, off, seg_date, keep_open, thresholds, load, st_i_in, st_f_in, capacity
 ):
     return _threshold_impl(
         KIND_VOLUME,
@@ -544,7 +575,7 @@ def _volume_bars(
         off,
         seg_date,
         keep_open,
-        threshold,
+        thresholds,
         load,
         st_i_in,
         st_f_in,
@@ -554,7 +585,7 @@ def _volume_bars(
 
 @njit(cache=True)
 def _dollar_bars(
-    ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+    ts, price, size, direction, off, seg_date, keep_open, thresholds, load, st_i_in, st_f_in, capacity
 ):
     return _threshold_impl(
         KIND_DOLLAR,
@@ -565,7 +596,7 @@ def _dollar_bars(
         off,
         seg_date,
         keep_open,
-        threshold,
+        thresholds,
         load,
         st_i_in,
         st_f_in,
@@ -575,7 +606,7 @@ def _dollar_bars(
 
 @njit(cache=True, inline="always")
 def _threshold_impl(
-    kind, ts, price, size, direction, off, seg_date, keep_open, threshold, load, st_i_in, st_f_in, capacity
+    kind, ts, price, size, direction, off, seg_date, keep_open, thresholds, load, st_i_in, st_f_in, capacity
 ):
     """The bar loop of ``threshold_bars``. Inlined into one wrapper per bar type, where ``kind`` is a
     constant and the compiler drops the other bar types' code."""
@@ -613,6 +644,7 @@ def _threshold_impl(
             sell = st_f_in[s, 7]
         i = off[s]
         b = off[s + 1]
+        threshold = thresholds[s]
         in_seg = False
         while i < b:
             if n == 0:
@@ -645,7 +677,7 @@ def _threshold_impl(
                     out_f,
                     nb,
                     (ts_first, ts_first, ts_last, n, s, seg_date[s], 1),
-                    (o, h, lo, c, v, dv, buy, sell, np.nan, np.nan),
+                    (o, h, lo, c, v, dv, buy, sell, np.nan, threshold),
                 )
                 nb += 1
                 n = 0
@@ -664,7 +696,7 @@ def _threshold_impl(
                 out_f,
                 nb,
                 (ts_first, ts_first, ts_last, n, s, bar_date, 0),
-                (o, h, lo, c, v, dv, buy, sell, np.nan, np.nan),
+                (o, h, lo, c, v, dv, buy, sell, np.nan, threshold),
             )
             nb += 1
             n = 0
@@ -685,13 +717,29 @@ def _threshold_impl(
         st_f[s, 5] = dv
         st_f[s, 6] = buy
         st_f[s, 7] = sell
-        st_f[s, 8] = 0.0
-        st_f[s, 9] = 0.0
-        st_f[s, 10] = 0.0
+        st_f[s, 8:] = 0.0
+        st_f[s, 10] = threshold  # the open bar's, for ``flush_state``
     return out_i[:nb], out_f[:nb], st_i, st_f
 
 
-def imbalance_bars(
+# Information-driven bars (AFML 2.3.2): ``kind`` = family * 3 + measure, measure 0 tick, 1 volume, 2 dollar.
+KIND_TICK_IMBALANCE = 0
+KIND_VOLUME_IMBALANCE = 1
+KIND_DOLLAR_IMBALANCE = 2
+KIND_TICK_RUN = 3
+KIND_VOLUME_RUN = 4
+KIND_DOLLAR_RUN = 5
+INFORMATION_KINDS = {
+    "tick_imbalance": KIND_TICK_IMBALANCE,
+    "volume_imbalance": KIND_VOLUME_IMBALANCE,
+    "dollar_imbalance": KIND_DOLLAR_IMBALANCE,
+    "tick_run": KIND_TICK_RUN,
+    "volume_run": KIND_VOLUME_RUN,
+    "dollar_run": KIND_DOLLAR_RUN,
+}
+
+
+def information_bars(
     ts,
     price,
     size,
@@ -700,7 +748,8 @@ def imbalance_bars(
     seg_date,
     keep_open,
     kind,
-    alpha,
+    bar_alpha,
+    trade_decay,
     min_ticks,
     max_ticks,
     load,
@@ -708,45 +757,146 @@ def imbalance_bars(
     st_f_in,
     capacity,
 ):
-    """Tick (``kind`` 0) or volume (1) imbalance bars with EWMA expectations (AFML ch. 2).
+    """Imbalance and run bars (AFML 2.3.2.1-2.3.2.4) with EWMA expectations; see ``BarSpec``.
 
-    ``theta`` sums ``b_t`` (tick) or ``b_t * v_t`` (volume), ``b_t`` the Lee-Ready direction. The bar closes
-    when ``|theta| >= E[T] * |E[b]|``; the threshold is fixed when the bar opens, from bars already closed,
-    so a bar never depends on its own or later trades. After each bar: ``E[T] += alpha * (T - E[T])``
-    (then clamped to ``[min_ticks, max_ticks]``) and ``E[b] += alpha * (theta / T - E[b])``. While
-    ``E[b]`` is NaN (fresh state) the bar is a warm-up tick bar of ``ceil(E[T])`` trades and seeds ``E[b]``.
+    ``m_t`` is the trade's measure (1, its size, or its price * size) and ``b_t`` its Lee-Ready direction.
+    Imbalance bars (``kind`` 0-2): ``theta = sum b_t m_t`` over the bar; the bar closes on the first trade
+    where ``|theta| >= E[T] * |E[b m]|``. Run bars (3-5): ``theta = max(sum of m_t over buys, sum over
+    sells)``; it closes where ``theta >= E[T] * max(E[b+ m], E[b- m])`` (``b+ = 1`` on a buy, else 0).
+    Either way ``theta`` must also be non-zero, so a zero threshold does not cut one-trade bars of unsigned
+    trades.
+
+    The threshold is fixed when the bar opens, from trades and bars before it (never its own or later
+    ones): ``E[T]`` is an EWMA of the lengths of prior bars (``bar_alpha``, starting at the spec's
+    ``expected_ticks``, clamped to ``[min_ticks, max_ticks]``); ``E[b m]`` (``E[b+ m]``, ``E[b- m]``) is an
+    EWMA of that quantity over all prior trades, bias-corrected like pandas' ``adjust=True``: ``num =
+    decay * num + x``, ``den = decay * den + 1``, estimate ``num / den``, ``decay = 1 - 2 / (span + 1)``.
+    With no prior trade (a fresh state) the bar is a warm-up bar of ``ceil(E[T])`` trades, with a NaN
+    threshold. Dispatches to one compiled kernel per kind.
     """
-    kernel = _tick_imbalance_bars if kind == KIND_TICK_IMBALANCE else _volume_imbalance_bars
+    kernel = _INFORMATION_KERNELS[kind]
     return kernel(
-        ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks, load, st_i_in, st_f_in,
-        capacity,
+        ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks, max_ticks, load,
+        st_i_in, st_f_in, capacity,
     )  # fmt: skip
 
 
 @njit(cache=True)
 def _tick_imbalance_bars(
-    ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks, load, st_i_in, st_f_in,
-    capacity,
+    ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks, max_ticks, load,
+    st_i_in, st_f_in, capacity,
 ):  # fmt: skip
-    return _imbalance_impl(
-        KIND_TICK_IMBALANCE, ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks,
-        load, st_i_in, st_f_in, capacity,
+    return _information_impl(
+        KIND_TICK_IMBALANCE, ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks,
+        max_ticks, load, st_i_in, st_f_in, capacity,
     )  # fmt: skip
 
 
 @njit(cache=True)
 def _volume_imbalance_bars(
-    ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks, load, st_i_in, st_f_in,
-    capacity,
+    ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks, max_ticks, load,
+    st_i_in, st_f_in, capacity,
 ):  # fmt: skip
-    return _imbalance_impl(
-        KIND_VOLUME_IMBALANCE, ts, price, size, direction, off, seg_date, keep_open, alpha, min_ticks, max_ticks,
-        load, st_i_in, st_f_in, capacity,
+    return _information_impl(
+        KIND_VOLUME_IMBALANCE, ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks,
+        max_ticks, load, st_i_in, st_f_in, capacity,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _dollar_imbalance_bars(
+    ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks, max_ticks, load,
+    st_i_in, st_f_in, capacity,
+):  # fmt: skip
+    return _information_impl(
+        KIND_DOLLAR_IMBALANCE, ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks,
+        max_ticks, load, st_i_in, st_f_in, capacity,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _tick_run_bars(
+    ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks, max_ticks, load,
+    st_i_in, st_f_in, capacity,
+):  # fmt: skip
+    return _information_impl(
+        KIND_TICK_RUN, ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks,
+        max_ticks, load, st_i_in, st_f_in, capacity,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _volume_run_bars(
+    ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks, max_ticks, load,
+    st_i_in, st_f_in, capacity,
+):  # fmt: skip
+    return _information_impl(
+        KIND_VOLUME_RUN, ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks,
+        max_ticks, load, st_i_in, st_f_in, capacity,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _dollar_run_bars(
+    ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks, max_ticks, load,
+    st_i_in, st_f_in, capacity,
+):  # fmt: skip
+    return _information_impl(
+        KIND_DOLLAR_RUN, ts, price, size, direction, off, seg_date, keep_open, bar_alpha, trade_decay, min_ticks,
+        max_ticks, load, st_i_in, st_f_in, capacity,
     )  # fmt: skip
 
 
 @njit(cache=True, inline="always")
-def _imbalance_impl(
+def _take_information(kind, price, size, direction, i, e, thr, h, lo, v, dv, buy, sell, th_a, th_b, num_a, num_b,
+                      den, decay):  # fmt: skip
+    """Trades from ``i`` (up to ``e``) into an information bar, stopping after the one that reaches ``thr``.
+
+    Per trade, besides the bar's sums: the running ``theta`` (``th_a``; for runs the buy run ``th_a`` and the
+    sell run ``th_b``) and the per-trade EWMA numerators and denominator. Returns (end, closed, h, lo, v, dv,
+    buy, sell, th_a, th_b, num_a, num_b, den).
+    """
+    k = e
+    closed = False
+    for j in range(uint64(i), uint64(e)):
+        p = price[j]
+        q = size[j]
+        d = direction[j]
+        h = max(h, p)
+        lo = min(lo, p)
+        v += q
+        dv += p * q
+        buy += q * (d > 0)
+        sell += q * (d < 0)
+        if kind % 3 == 0:
+            m = 1.0
+        elif kind % 3 == 1:
+            m = q
+        else:
+            m = p * q
+        den = den * decay + 1.0
+        if kind < 3:
+            x = d * m
+            th_a += x
+            num_a = num_a * decay + x
+            reached = abs(th_a)
+        else:
+            mb = m * (d > 0)
+            ms = m * (d < 0)
+            th_a += mb
+            th_b += ms
+            num_a = num_a * decay + mb
+            num_b = num_b * decay + ms
+            reached = max(th_a, th_b)
+        if reached >= thr and reached > 0.0:
+            k = int64(j) + 1
+            closed = True
+            break
+    return k, closed, h, lo, v, dv, buy, sell, th_a, th_b, num_a, num_b, den
+
+
+@njit(cache=True, inline="always")
+def _information_impl(
     kind,
     ts,
     price,
@@ -755,7 +905,8 @@ def _imbalance_impl(
     off,
     seg_date,
     keep_open,
-    alpha,
+    bar_alpha,
+    trade_decay,
     min_ticks,
     max_ticks,
     load,
@@ -763,7 +914,7 @@ def _imbalance_impl(
     st_f_in,
     capacity,
 ):
-    """The bar loop of ``imbalance_bars``, inlined into one wrapper per kind (see ``_threshold_impl``)."""
+    """The bar loop of ``information_bars``, inlined into one wrapper per kind (see ``_threshold_impl``)."""
     n_seg = off.shape[0] - 1
     out_i = np.empty((capacity, OUT_I), np.int64)
     out_f = np.empty((capacity, OUT_F), np.float64)
@@ -782,9 +933,13 @@ def _imbalance_impl(
     dv = 0.0
     buy = 0.0
     sell = 0.0
-    theta = 0.0
+    th_a = 0.0
+    th_b = 0.0
     e_t = 1.0
-    e_b = np.nan
+    thr = np.nan
+    num_a = 0.0
+    num_b = 0.0
+    den = 0.0
     for s in range(n_seg):
         if load[s]:
             n = st_i_in[s, 0]
@@ -799,40 +954,40 @@ def _imbalance_impl(
             dv = st_f_in[s, 5]
             buy = st_f_in[s, 6]
             sell = st_f_in[s, 7]
-            theta = st_f_in[s, 8]
+            th_a = st_f_in[s, 8]
             e_t = st_f_in[s, 9]
-            e_b = st_f_in[s, 10]
+            thr = st_f_in[s, 10]
+            num_a = st_f_in[s, 11]
+            den = st_f_in[s, 12]
+            th_b = st_f_in[s, 13]
+            num_b = st_f_in[s, 14]
         i = off[s]
         b = off[s + 1]
         in_seg = False
         while i < b:
-            warm = np.isnan(e_b)
-            thr = e_t * abs(e_b)
             if n == 0:
                 o = price[i]
                 h = o
                 lo = o
                 ts_first = ts[i]
-            if warm:  # a tick bar of ceil(E[T]) trades; the imbalance is only summed
-                length = int64(np.ceil(e_t))
-                end = min(b, i + length - n)
-                if kind == KIND_TICK_IMBALANCE:
-                    e, _, h, lo, v, dv, buy, sell, theta = _take_tick_imbalance(
-                        price, size, direction, i, end, n, np.inf, h, lo, v, dv, buy, sell, theta
-                    )
+                if den == 0.0:  # no prior trade: a warm-up bar
+                    thr = np.nan
+                elif kind < 3:
+                    thr = e_t * abs(num_a / den)
                 else:
-                    e, _, h, lo, v, dv, buy, sell, theta = _take_volume_imbalance(
-                        price, size, direction, i, end, n, np.inf, h, lo, v, dv, buy, sell, theta
-                    )
+                    thr = e_t * max(num_a, num_b) / den
+            if np.isnan(thr):  # warm-up: a tick bar of ceil(E[T]) trades
+                length = int64(np.ceil(e_t))
+                e, _, h, lo, v, dv, buy, sell, th_a, th_b, num_a, num_b, den = _take_information(
+                    kind, price, size, direction, i, min(b, i + length - n), np.inf, h, lo, v, dv, buy, sell,
+                    th_a, th_b, num_a, num_b, den, trade_decay,
+                )  # fmt: skip
                 closed = n + (e - i) >= length
-            elif kind == KIND_TICK_IMBALANCE:
-                e, closed, h, lo, v, dv, buy, sell, theta = _take_tick_imbalance(
-                    price, size, direction, i, b, n, thr, h, lo, v, dv, buy, sell, theta
-                )
             else:
-                e, closed, h, lo, v, dv, buy, sell, theta = _take_volume_imbalance(
-                    price, size, direction, i, b, n, thr, h, lo, v, dv, buy, sell, theta
-                )
+                e, closed, h, lo, v, dv, buy, sell, th_a, th_b, num_a, num_b, den = _take_information(
+                    kind, price, size, direction, i, b, thr, h, lo, v, dv, buy, sell, th_a, th_b, num_a, num_b,
+                    den, trade_decay,
+                )  # fmt: skip
             n += e - i
             c = price[e - 1]
             ts_last = ts[e - 1]
@@ -841,35 +996,36 @@ def _imbalance_impl(
             if closed:
                 if nb == out_i.shape[0]:
                     out_i, out_f = _grow(out_i, out_f)
+                theta = th_a if kind < 3 else max(th_a, th_b)
                 _emit(
                     out_i,
                     out_f,
                     nb,
                     (ts_first, ts_first, ts_last, n, s, seg_date[s], 1),
-                    (o, h, lo, c, v, dv, buy, sell, theta, np.nan if warm else thr),
+                    (o, h, lo, c, v, dv, buy, sell, theta, thr),
                 )
                 nb += 1
-                mean_b = theta / n
-                e_b = mean_b if warm else e_b + alpha * (mean_b - e_b)
-                e_t = min(max(e_t + alpha * (n - e_t), min_ticks), max_ticks)
+                e_t = min(max(e_t + bar_alpha * (n - e_t), min_ticks), max_ticks)
                 n = 0
                 v = 0.0
                 dv = 0.0
                 buy = 0.0
                 sell = 0.0
-                theta = 0.0
+                th_a = 0.0
+                th_b = 0.0
                 in_seg = False
         if n > 0 and in_seg:
             bar_date = seg_date[s]
         if n > 0 and not keep_open[s]:
             if nb == out_i.shape[0]:
                 out_i, out_f = _grow(out_i, out_f)
+            theta = th_a if kind < 3 else max(th_a, th_b)
             _emit(
                 out_i,
                 out_f,
                 nb,
                 (ts_first, ts_first, ts_last, n, s, bar_date, 0),
-                (o, h, lo, c, v, dv, buy, sell, theta, np.nan if np.isnan(e_b) else e_t * abs(e_b)),
+                (o, h, lo, c, v, dv, buy, sell, theta, thr),
             )
             nb += 1
             n = 0
@@ -877,7 +1033,8 @@ def _imbalance_impl(
             dv = 0.0
             buy = 0.0
             sell = 0.0
-            theta = 0.0
+            th_a = 0.0
+            th_b = 0.0
         st_i[s, 0] = n
         st_i[s, 1] = ts_first
         st_i[s, 2] = ts_last
@@ -891,10 +1048,24 @@ def _imbalance_impl(
         st_f[s, 5] = dv
         st_f[s, 6] = buy
         st_f[s, 7] = sell
-        st_f[s, 8] = theta
+        st_f[s, 8] = th_a
         st_f[s, 9] = e_t
-        st_f[s, 10] = e_b
+        st_f[s, 10] = thr
+        st_f[s, 11] = num_a
+        st_f[s, 12] = den
+        st_f[s, 13] = th_b
+        st_f[s, 14] = num_b
     return out_i[:nb], out_f[:nb], st_i, st_f
+
+
+_INFORMATION_KERNELS = (
+    _tick_imbalance_bars,
+    _volume_imbalance_bars,
+    _dollar_imbalance_bars,
+    _tick_run_bars,
+    _volume_run_bars,
+    _dollar_run_bars,
+)
 
 
 def resample_daily_bars(daily: pl.DataFrame, every: str = "1w") -> pl.DataFrame:

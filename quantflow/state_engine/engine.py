@@ -56,6 +56,7 @@ from quantflow.state_engine.frames import (
 from quantflow.storage.schemas import MESSAGES_SCHEMA, TRADES_SCHEMA
 from quantflow.storage.tables import ENRICHED_TABLE, LOB_TABLE
 
+_EPOCH = dt.date(1970, 1, 1)
 TIE_BREAKS = {"quotes_first": _k.TIE_QUOTES_FIRST, "sequence": _k.TIE_SEQUENCE}
 
 TRADE_COLUMNS = ("symbol", "date", "ts", "trade_id", "price", "size")
@@ -274,8 +275,10 @@ def _bars_table(spec: BarSpec, out_i: np.ndarray, out_f: np.ndarray, seg_symbols
     for j, name in enumerate(_bars.OUT_F_NAMES[:9]):
         cols[name] = pl.Series(name, np.ascontiguousarray(out_f[:, j]))
     cols["n_trades"] = pl.Series("n_trades", np.ascontiguousarray(out_i[:, 3]))
-    if spec.type.endswith("imbalance"):
-        cols["imbalance"] = pl.Series("imbalance", np.ascontiguousarray(out_f[:, 9]))
+    if spec.is_information:
+        theta = "run" if spec.type.endswith("_run") else "imbalance"
+        cols[theta] = pl.Series(theta, np.ascontiguousarray(out_f[:, 9]))
+    if spec.is_information or spec.trailing_days is not None:
         cols["threshold"] = pl.Series("threshold", np.ascontiguousarray(out_f[:, 10]), nan_to_null=True)
     cols["complete"] = pl.Series("complete", out_i[:, 6] == 1)
     order = ["symbol", "date", "bar_start", "bar_end", "ts_first", "ts_last", "open", "high", "low", "close"]
@@ -287,6 +290,7 @@ def _bars_table(spec: BarSpec, out_i: np.ndarray, out_f: np.ndarray, seg_symbols
         "buy_volume",
         "sell_volume",
         "imbalance",
+        "run",
         "threshold",
         "complete",
     ]
@@ -294,7 +298,28 @@ def _bars_table(spec: BarSpec, out_i: np.ndarray, out_f: np.ndarray, seg_symbols
     return df.filter(pl.col("complete")) if spec.incomplete == "drop" else df
 
 
-def _run_bar_kernel(spec, ts, price, size, direction, off, seg_dates, seg_end, keep_open, load, si, sf):
+def _segment_thresholds(spec: BarSpec, seg_keys: list[tuple[str, int]], daily: pl.DataFrame | None) -> np.ndarray:
+    """One threshold per segment: the spec's constant, or the day's from trailing daily measures."""
+    if spec.type not in _bars.DAILY_MEASURES:
+        return np.zeros(len(seg_keys))  # no threshold to give
+    if spec.trailing_days is None or daily is None or daily.height == 0:
+        return np.full(len(seg_keys), spec.bar_threshold)
+    days = _bars.daily_thresholds(daily, spec)
+    found = {(sym, (d - _EPOCH).days): thr for sym, d, thr in days.iter_rows()}
+    return np.array([found.get(key, spec.bar_threshold) for key in seg_keys], dtype=np.float64)
+
+
+def _with_own_days(trades: pl.DataFrame, daily: pl.DataFrame | None) -> pl.DataFrame:
+    """Daily measures of ``trades`` over those given for other days (the input's own days win)."""
+    own = _bars.daily_measures(trades.select("symbol", "date", "price", "size"))
+    if daily is None or daily.height == 0:
+        return own
+    earlier = daily.select(own.columns).cast(own.schema).join(own.select("symbol", "date"), on=["symbol", "date"],
+                                                              how="anti")
+    return pl.concat([earlier, own]).sort("symbol", "date")
+
+
+def _run_bar_kernel(spec, ts, price, size, direction, off, seg_dates, seg_end, keep_open, load, si, sf, thresholds):
     capacity = 1024 + 4 * (off.shape[0] - 1)
     if spec.type == "time":
         return _bars.time_bars(
@@ -316,23 +341,10 @@ def _run_bar_kernel(spec, ts, price, size, direction, off, seg_dates, seg_end, k
     if spec.type in ("tick", "volume", "dollar"):
         kind = {"tick": _bars.KIND_TICK, "volume": _bars.KIND_VOLUME, "dollar": _bars.KIND_DOLLAR}[spec.type]
         return _bars.threshold_bars(
-            ts,
-            price,
-            size,
-            direction,
-            off,
-            seg_dates,
-            keep_open,
-            kind,
-            spec.bar_threshold,
-            load,
-            si,
-            sf,
-            capacity,
+            ts, price, size, direction, off, seg_dates, keep_open, kind, thresholds, load, si, sf, capacity
         )
-    kind = _bars.KIND_TICK_IMBALANCE if spec.type == "tick_imbalance" else _bars.KIND_VOLUME_IMBALANCE
     lo, hi = spec.ticks_bounds
-    return _bars.imbalance_bars(
+    return _bars.information_bars(
         ts,
         price,
         size,
@@ -340,8 +352,9 @@ def _run_bar_kernel(spec, ts, price, size, direction, off, seg_dates, seg_end, k
         off,
         seg_dates,
         keep_open,
-        kind,
+        _bars.INFORMATION_KINDS[spec.type],
         2.0 / (spec.span + 1.0),
+        1.0 - 2.0 / (spec.trade_span + 1.0),
         lo,
         hi,
         load,
@@ -431,14 +444,17 @@ def process_shard(
     spec: StateEngineSpec,
     state: CarryState | None = None,
     messages: pl.DataFrame | None = None,
+    daily: pl.DataFrame | None = None,
 ) -> tuple[dict[str, pl.DataFrame], CarryState]:
     """Run the state engine over the trades and quotes of one or more (symbol, date) shards.
 
     Frames follow the CDM trade, quote and order-message schemas; they are sorted by (symbol, date, ts,
     id) here if they are not already. ``messages`` (``cdm_order_messages``) feed ``cdm_lob_l2`` when
     ``spec.lob_source == "messages"`` and are ignored otherwise. ``state`` (carry-state on only; ignored
-    otherwise) is what the previous call returned for earlier dates. Returns the tables keyed by name and
-    the state at the end of this input (symbols not in this input keep their carried state).
+    otherwise) is what the previous call returned for earlier dates. ``daily`` (``bars.daily_measures`` of
+    earlier days) feeds the thresholds of bars with ``trailing_days``; the input's own days are measured
+    here, so a call over a whole history needs none. Returns the tables keyed by name and the state at the
+    end of this input (symbols not in this input keep their carried state).
     """
     trades = _prepare_trades(trades if trades is not None else pl.DataFrame(schema=TRADES_SCHEMA))
     quotes = _prepare_quotes(quotes)
@@ -524,11 +540,13 @@ def process_shard(
     elif spec.lob_interval is not None:
         tables[LOB_TABLE] = _lob_table(quotes, seg, spec)
 
+    measured = _with_own_days(trades, daily) if any(b.trailing_days for b in spec.bars) else None
     for b in spec.bars:
         si, sf = state_rows(_bars.bar_fresh_state(b), lambda st, key=b.key: st.bars[key])
         out_i, out_f, so_i, so_f = _run_bar_kernel(
-            b, t_ts, t_price, t_size, direction, seg.t_off, seg.dates, seg_end, keep_open, load, si, sf
-        )
+            b, t_ts, t_price, t_size, direction, seg.t_off, seg.dates, seg_end, keep_open, load, si, sf,
+            _segment_thresholds(b, keys, measured),
+        )  # fmt: skip
         tables[b.key] = _bars_table(b, out_i, out_f, seg.symbols)
         end_states[b.key] = (so_i, so_f)
 
@@ -559,11 +577,12 @@ def flush_state(state: CarryState, spec: StateEngineSpec) -> dict[str, pl.DataFr
             if n == 0:
                 continue
             v, dv = sf[4], sf[5]
-            thr = sf[9] * abs(sf[10]) if b.type.endswith("imbalance") else np.nan
+            theta = max(sf[8], sf[13]) if b.type.endswith("_run") else sf[8]
+            thr = sf[10] if b.is_information or b.trailing_days else np.nan
             start = si[4] if b.type == "time" else si[1]
             rows_i.append([start, si[1], si[2], n, s, si[3], 0])  # cut by the end of the history
             rows_f.append(
-                [sf[0], sf[1], sf[2], sf[3], v, dv, dv / v if v > 0 else np.nan, sf[6], sf[7], sf[8], thr]
+                [sf[0], sf[1], sf[2], sf[3], v, dv, dv / v if v > 0 else np.nan, sf[6], sf[7], theta, thr]
             )
         out_i = np.array(rows_i, dtype=np.int64).reshape(-1, _bars.OUT_I)
         out_f = np.array(rows_f, dtype=np.float64).reshape(-1, _bars.OUT_F)
@@ -587,6 +606,8 @@ def bars_from_trades(trades: pl.DataFrame, bar: BarSpec) -> pl.DataFrame:
         np.int8,
     )
     si, sf = _bars.bar_fresh_state(bar)
+    seg_keys = [(k[0], k[1]) for k in keys]
+    daily = _bars.daily_measures(trades) if bar.trailing_days else None
     out_i, out_f, _, _ = _run_bar_kernel(
         bar,
         as_i64(trades["ts"]),
@@ -600,5 +621,6 @@ def bars_from_trades(trades: pl.DataFrame, bar: BarSpec) -> pl.DataFrame:
         np.ones(n_seg, np.bool_),
         np.tile(si, (n_seg, 1)),
         np.tile(sf, (n_seg, 1)),
+        _segment_thresholds(bar, seg_keys, daily),
     )
     return _bars_table(bar, out_i, out_f, pl.Series("symbol", [k[0] for k in keys], dtype=pl.Utf8))

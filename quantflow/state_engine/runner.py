@@ -50,8 +50,9 @@ STAGE = "state_engine"
 SORT_KEYS = {ENRICHED_TABLE: ("symbol", "date", "ts", "trade_id"), LOB_TABLE: ("symbol", "date", "ts")}
 
 
-_BAR_FIELDS = ("type", "every", "offset", "threshold", "expected_daily", "bars_per_day", "expected_ticks", "span",
-               "min_expected_ticks", "max_expected_ticks", "name", "incomplete")
+_BAR_FIELDS = ("type", "every", "offset", "threshold", "expected_daily", "bars_per_day", "trailing_days",
+               "expected_ticks", "span", "imbalance_span", "min_expected_ticks", "max_expected_ticks", "name",
+               "incomplete")
 
 
 def _bar_dict(bar) -> dict:
@@ -89,6 +90,10 @@ class ShardTask:
     message_paths: tuple[str | None, ...]
     config: StateEngineConfig
     write_mode: str
+    # daily measures (symbol, date, n_trades, volume, dollar_volume) of the trading days before ``dates``
+    # that thresholds from trailing days need (``trailing_days``); the shard measures its own days
+    daily: tuple[tuple, ...] = ()
+    daily_error: str | None = None  # one of those days could not be read: the task fails with this
 
     def __str__(self) -> str:
         span = self.dates[0].isoformat() if len(self.dates) == 1 else f"{self.dates[0]}..{self.dates[-1]}"
@@ -104,9 +109,12 @@ class ShardResult:
 
 def run_shard(task: ShardTask) -> ShardResult:
     """Read one shard's partitions, run the single pass, write its outputs. Runs in a Ray worker."""
+    from quantflow.state_engine.bars import daily_measures
     from quantflow.state_engine.engine import flush_state, process_shard
 
     began = time.perf_counter()
+    if task.daily_error:
+        raise ValueError(task.daily_error)
     lake = Lake(Store(task.lake_root, task.storage))
     spec = engine_spec(task.config)
     tables = tick_tables(task.config)
@@ -114,6 +122,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     # keeps the days it has
     written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
     n_trades, state, held = 0, None, None
+    daily, trailing = _daily(task.daily), any(b.trailing_days for b in spec.bars)
     # one day at a time keeps memory flat; state carries across when configured
     held_day = None
     for day, trade_path, quote_path, message_path in zip(task.dates, task.trade_paths, task.quote_paths,
@@ -124,8 +133,10 @@ def run_shard(task: ShardTask) -> ShardResult:
         n_trades += trades.height if trades is not None else 0
         if held is not None:
             _write_outputs(lake, held, task, held_day, tables, written)
-        held, state = process_shard(trades, _read(lake, quote_path), spec, state, messages)
+        held, state = process_shard(trades, _read(lake, quote_path), spec, state, messages, daily)
         held_day = day
+        if trailing and trades is not None:  # the next day's thresholds count this one
+            daily = pl.concat([d for d in (daily, daily_measures(trades)) if d is not None])
     if held is not None and spec.carry_state and state is not None:
         # the bars still open at the end of the chain close on its last day: written with that day
         for table, tail in flush_state(state, spec).items():
@@ -170,6 +181,8 @@ def run_pack(pack: TaskPack) -> ShardResult:
 
     began = time.perf_counter()
     first = pack.units[0]
+    if any(u.daily_error for u in pack.units):
+        raise ValueError(next(u.daily_error for u in pack.units if u.daily_error))
     lake = Lake(Store(first.lake_root, first.storage))
     cfg, mode = first.config, first.write_mode
     tables = tick_tables(cfg)
@@ -181,7 +194,8 @@ def run_pack(pack: TaskPack) -> ShardResult:
     written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
     if trades is None and messages is None:
         return ShardResult(written, 0, time.perf_counter() - began)
-    out, _ = process_shard(trades, quotes, engine_spec(cfg), None, messages)
+    daily = _daily(tuple(row for u in pack.units for row in u.daily))
+    out, _ = process_shard(trades, quotes, engine_spec(cfg), None, messages, daily)
     units = {(u.symbol, d) for u in pack.units for d in u.dates}
     # the done marker last (see the module docstring): the book before it, the bars first
     for table in sorted(tables, key=lambda t: (t == ENRICHED_TABLE, t == LOB_TABLE)):
@@ -198,14 +212,71 @@ def run_pack(pack: TaskPack) -> ShardResult:
     return ShardResult(written, trades.height if trades is not None else 0, time.perf_counter() - began)
 
 
-def _read_many(lake: Lake, paths: list[str]) -> pl.DataFrame | None:
+def _daily(rows: tuple[tuple, ...]) -> pl.DataFrame | None:
+    if not rows:
+        return None
+    schema = {"symbol": pl.Utf8, "date": pl.Date, "n_trades": pl.Int64, "volume": pl.Float64,
+              "dollar_volume": pl.Float64}
+    return pl.DataFrame(list(dict.fromkeys(rows)), schema=schema, orient="row")
+
+
+def with_trailing_days(lake: Lake, cfg: StateEngineConfig, tasks: list[ShardTask]) -> list[ShardTask]:
+    """Give each task the daily measures of the trading days before it that its bars' thresholds use
+    (``trailing_days``): the symbol's last N days with trades before the task's first day, measured here
+    from their CDM trades (price and size only). Days with trades are those with a trades partition."""
+    import dataclasses
+
+    from quantflow.state_engine.bars import daily_measures
+
+    depth = max((b.trailing_days or 0) for b in cfg.bars if not b.is_calendar) if cfg.bars else 0
+    if not depth or not tasks:
+        return tasks
+    symbols = sorted({t.symbol for t in tasks})
+    last = max(d for t in tasks for d in t.dates)
+    history = {}
+    for part in lake.partitions(TRADES_TABLE, symbols, None, last):
+        history.setdefault(part.symbol, []).append((part.period_start, part.path))
+    needed: dict[str, str] = {}
+    before: dict[int, list[tuple[str, dt.date]]] = {}
+    for i, task in enumerate(tasks):
+        days = sorted(d for d in history.get(task.symbol, []) if d[0] < task.dates[0])[-depth:]
+        before[i] = [(task.symbol, d) for d, _ in days]
+        needed.update({path: task.symbol for _, path in days})
+    if not needed:
+        return tasks
+    columns = ["date", "price", "size"]
+    try:
+        frames = [_read_many(lake, sorted(needed), columns)]
+        unreadable: dict[tuple[str, dt.date], str] = {}
+    except (OSError, pl.exceptions.PolarsError):  # find the bad partitions: the tasks after them fail, saying why
+        frames, unreadable = [], {}
+        for path, symbol in needed.items():
+            try:
+                frames.append(_read_many(lake, [path], columns))
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                day = next(d for d, p in history[symbol] if p == path)
+                unreadable[symbol, day] = f"{type(exc).__name__}: {exc}"
+    trades = pl.concat([f for f in frames if f is not None]) if any(f is not None for f in frames) else None
+    measured = {(r[0], r[1]): r for r in daily_measures(trades).iter_rows()} if trades is not None else {}
+    out = []
+    for i, task in enumerate(tasks):
+        bad = [k for k in before[i] if k in unreadable]
+        error = (f"thresholds from trailing days need {TRADES_TABLE} of {bad[0][0]} {bad[0][1]}, which cannot be "
+                 f"read ({unreadable[bad[0]]})") if bad else None
+        out.append(dataclasses.replace(task, daily=tuple(measured[k] for k in before[i] if k in measured),
+                                       daily_error=error))
+    return out
+
+
+def _read_many(lake: Lake, paths: list[str], columns: list[str] | None = None) -> pl.DataFrame | None:
     """Many partitions in one read (polars reads the files in parallel); ``symbol`` from the paths."""
     if not paths:
         return None
     if lake.store.remote:
         df = pl.concat([lake.read_partition(p) for p in paths], how="vertical_relaxed")
+        df = df.select("symbol", *columns) if columns else df
     else:
-        df = pl.read_parquet(paths, hive_partitioning=True)
+        df = pl.read_parquet(paths, hive_partitioning=True, columns=[*columns, "symbol"] if columns else None)
         df = df.select(pl.col("symbol").cast(pl.Utf8), pl.all().exclude("symbol", "day", "month", "year"))
     return df if df.height else None
 
@@ -492,7 +563,7 @@ def run(
     if window.write_mode != "skip_if_exists":
         drop_days_without_input(lake, cfg, tasks, window, result)
     result.shards_skipped = len(stored)
-    pending = [t for i, t in enumerate(tasks) if i not in stored]
+    pending = with_trailing_days(lake, cfg, [t for i, t in enumerate(tasks) if i not in stored])
     if not tasks:
         result.skip(tick_tables(cfg), f"no {TRADES_TABLE} in the window (the feeds give no ticks)")
     else:
@@ -546,6 +617,7 @@ def run(
     _calendar_bars(md, cfg, window, result, progress)
     result.seconds = time.perf_counter() - began
     if result.shards_failed:
+        result.shards_failed.sort()  # (symbol, date) order: the first is the earliest, often the cause of the rest
         raise StateEngineError(result)
     return result
 

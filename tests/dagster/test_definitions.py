@@ -109,7 +109,8 @@ def test_state_engine_job_materializes_every_output(tmp_path):
     mats = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
             for e in result.get_asset_materialization_events()}
     assert set(mats) == {"cdm_trade_enriched", "cdm_lob_l2", "cdm_time_5m_bars", "cdm_volume_20000_bars",
-                         "cdm_dollar_20perday_bars", "cdm_tick_imbalance_30_bars", "cdm_time_1w_bars"}
+                         "cdm_dollar_20perday_bars", "cdm_tick_imbalance_30_bars", "cdm_dollar_20perday_3d_bars",
+                         "cdm_volume_run_30_bars", "cdm_time_1w_bars"}
     meta = mats["cdm_time_5m_bars"].metadata
     assert meta["shards"].value == 20 and meta["trades"].value > 0 and meta["trades_per_second"].value > 0
     assert meta["rows_written/cdm_time_5m_bars"].value > 0

@@ -163,8 +163,10 @@ def test_a_failed_stage_says_stage_asset_shard_and_cause_in_one_line(tmp_path):
     assert not result.success
     error = result.error
     assert "\n" not in error
-    assert error.startswith("stage state_engine, asset state_engine_full: 1 of 20 state-engine shards failed")
+    # the bad day, and the 3 after it whose trailing-day thresholds need it; the earliest is named
+    assert error.startswith("stage state_engine, asset state_engine_full: 4 of 20 state-engine shards failed")
     assert "; shard BBB 2024-03-06: ComputeError: parquet: File out of specification" in error, error
+    assert error.endswith("(and 3 more)")
     assert f"error: {error}" in result.summary()
 
 

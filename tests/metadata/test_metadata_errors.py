@@ -335,3 +335,26 @@ def test_calendar_bars_of_every_period_are_accepted(tmp_path):
     md = get_metadata_manager(write_project(tmp_path, yaml)).load_all()
     assert [b.table for b in md.project.state_engine.bars if b.is_calendar] == [
         "cdm_time_1w_bars", "cdm_time_1mo_bars", "cdm_time_1q_bars", "cdm_time_1y_bars"]
+
+
+def test_every_bar_type_from_metadata_and_its_misuse(tmp_path):
+    from quantflow.state_engine.runner import engine_spec
+
+    yaml = "project:\n  name: p\n  symbols: [AAA]\n  state_engine:\n    bars:\n" + "".join(f"      - {b}\n" for b in (
+        "{type: dollar, expected_daily: 1.0e8, bars_per_day: 50, trailing_days: 20}",
+        "{type: dollar_imbalance, expected_ticks: 200, imbalance_span: 5000}",
+        "{type: tick_run, expected_ticks: 100, span: 10}",
+        "{type: volume_run, expected_ticks: 100, min_expected_ticks: 20, max_expected_ticks: 400}",
+    ))
+    md = get_metadata_manager(write_project(tmp_path / "ok", yaml)).load_all()
+    assert [b.table for b in md.project.state_engine.bars] == [
+        "cdm_dollar_50perday_20d_bars", "cdm_dollar_imbalance_200_bars", "cdm_tick_run_100_bars",
+        "cdm_volume_run_100_bars"]
+    specs = engine_spec(md.project.state_engine).bars
+    assert [b.key for b in specs] == [b.table for b in md.project.state_engine.bars]
+    assert specs[0].trailing_days == 20 and specs[1].trade_span == 5000 and specs[2].trade_span == 1000
+    bad = "project:\n  name: p\n  symbols: [AAA]\n  state_engine:\n    bars:\n      - %s\n"
+    [issue] = _issues(write_project(tmp_path / "t", bad % "{type: dollar, threshold: 5, trailing_days: 20}"))
+    assert issue.line == 6 and "'trailing_days' is for tick, volume and dollar bars" in issue.message
+    [issue] = _issues(write_project(tmp_path / "r", bad % "{type: tick_run}"))
+    assert issue.line == 6 and "tick_run bars need 'expected_ticks'" in issue.message

@@ -207,10 +207,13 @@ class _Row:
             setattr(self, k, d[k])
 
 
-def threshold_bars(trades: pl.DataFrame, kind: str, threshold: float, group_by: list[str]) -> pl.DataFrame:
+def threshold_bars(
+    trades: pl.DataFrame, kind: str, threshold: float, group_by: list[str], thresholds: dict | None = None
+) -> pl.DataFrame:
     """Tick / volume / dollar bars: a bar closes on the trade that takes its measure to the threshold.
 
     The measure restarts at zero for the next bar. The last, incomplete bar of each group is kept.
+    ``thresholds``: (symbol, date) -> the threshold of that day's trades (else ``threshold``).
     """
     bars = []
     for rows in _groups(trades, group_by):
@@ -220,8 +223,9 @@ def threshold_bars(trades: pl.DataFrame, kind: str, threshold: float, group_by: 
             if bar is None:
                 bar = _new_bar(row)
             _add_trade(bar, row)
+            bar["threshold"] = (thresholds or {}).get((row.symbol, row.date), threshold)
             measure = {"tick": bar["n_trades"], "volume": bar["volume"], "dollar": bar["dollar_volume"]}[kind]
-            if measure >= threshold:
+            if measure >= bar["threshold"]:
                 bar["complete"] = True
                 bars.append(bar)
                 bar = None
@@ -231,51 +235,96 @@ def threshold_bars(trades: pl.DataFrame, kind: str, threshold: float, group_by: 
     return _finish(bars)
 
 
-def imbalance_bars(
+def trailing_thresholds(trades: pl.DataFrame, kind: str, days: int, bars_per_day: float, seed: float) -> dict:
+    """(symbol, date) -> mean daily measure of the ``days`` previous trading days / ``bars_per_day``, summed
+    here trade by trade (the seed where a symbol has no earlier day)."""
+    totals: dict = {}
+    for row in trades.sort("symbol", "date", "ts").iter_rows(named=True):
+        key = (row["symbol"], row["date"])
+        add = {"tick": 1.0, "volume": row["size"], "dollar": row["price"] * row["size"]}[kind]
+        totals[key] = totals.get(key, 0.0) + add
+    out = {}
+    for symbol in {k[0] for k in totals}:
+        history = sorted((d, v) for (s, d), v in totals.items() if s == symbol)
+        for i, (day, _) in enumerate(history):
+            before = [v for _, v in history[max(0, i - days) : i]]
+            mean = sum(before) / len(before) if before else 0.0
+            out[symbol, day] = mean / bars_per_day if mean > 0 else seed
+    return out
+
+
+def information_bars(
     trades: pl.DataFrame,
     kind: str,
     expected_ticks: float,
     span: float,
+    trade_span: float,
     min_ticks: float,
     max_ticks: float,
     group_by: list[str],
 ) -> pl.DataFrame:
-    """AFML tick / volume imbalance bars, following the formulas one trade at a time.
+    """AFML 2.3.2 imbalance and run bars, one trade at a time, straight from the book's formulas.
 
-    theta = running sum of b_t (or b_t * v_t). Warm-up: while there is no imbalance estimate, a bar is
-    ceil(E[T]) trades long and its mean imbalance becomes the estimate. Afterwards a bar closes when
-    |theta| >= E[T] * |E[b]| (both from earlier bars), and then E[T] and E[b] take an EWMA step.
+    m_t = 1, v_t or p_t v_t; b_t the trade's direction. Imbalance bars: theta = sum b_t m_t, the bar closes
+    when |theta| >= E[T] |E[b m]|. Run bars: theta = max(sum of m_t over buys, sum over sells), closing when
+    theta >= E[T] max(E[b+ m], E[b- m]). Expectations as of the bar's first trade: E[T] an EWMA of prior
+    bars' lengths (from ``expected_ticks``, then clamped), the others exponentially weighted means of all
+    prior trades with weights (1 - 2 / (trade_span + 1)) ** age, computed here as explicit weighted sums.
+    The first bar of a group, with no prior trade, is ``ceil(expected_ticks)`` trades long.
     """
-    alpha = 2.0 / (span + 1.0)
+    runs = kind.endswith("_run")
+    measure = kind.split("_")[0]
+    bar_alpha = 2.0 / (span + 1.0)
+    decay = 1.0 - 2.0 / (trade_span + 1.0)
     bars = []
     for rows in _groups(trades, group_by):
-        e_t, e_b = float(expected_ticks), float("nan")
+        e_t = float(expected_ticks)
+        prior: list[tuple[float, float]] = []  # per prior trade: (b m, 0) or (b+ m, b- m)
         bar = None
         for d in rows:
             row = _Row(d)
             if bar is None:
                 bar = _new_bar(row)
-                warm = math.isnan(e_b)
-                threshold = None if warm else e_t * abs(e_b)
+                bar["buy_run"] = bar["sell_run"] = 0.0
+                if prior:
+                    x = np.array(prior)
+                    w = decay ** np.arange(len(prior) - 1, -1, -1, dtype=np.float64)
+                    e_a, e_b = (w @ x[:, 0]) / w.sum(), (w @ x[:, 1]) / w.sum()
+                    threshold = e_t * (max(e_a, e_b) if runs else abs(e_a))
+                else:
+                    threshold = None  # warm-up
             _add_trade(bar, row)
-            bar["imbalance"] += (
-                row.direction * row.size if kind == "volume_imbalance" else float(row.direction)
-            )
+            m = {"tick": 1.0, "volume": row.size, "dollar": row.price * row.size}[measure]
+            if runs:
+                buy_m, sell_m = (m if row.direction > 0 else 0.0), (m if row.direction < 0 else 0.0)
+                bar["buy_run"] += buy_m
+                bar["sell_run"] += sell_m
+                prior.append((buy_m, sell_m))
+                theta = max(bar["buy_run"], bar["sell_run"])
+            else:
+                bar["imbalance"] += row.direction * m
+                prior.append((row.direction * m, 0.0))
+                theta = abs(bar["imbalance"])
             n = bar["n_trades"]
-            done = n >= math.ceil(e_t) if warm else abs(bar["imbalance"]) >= threshold
+            done = n >= math.ceil(e_t) if threshold is None else (theta >= threshold and theta > 0)
             if done:
-                bar["threshold"] = threshold
-                bar["complete"] = True
-                bars.append(bar)
-                mean_b = bar["imbalance"] / n
-                e_b = mean_b if warm else e_b + alpha * (mean_b - e_b)
-                e_t = min(max(e_t + alpha * (n - e_t), min_ticks), max_ticks)
+                bars.append(_close_information_bar(bar, runs, threshold, True))
+                e_t = min(max(e_t + bar_alpha * (n - e_t), min_ticks), max_ticks)
                 bar = None
         if bar is not None:
-            bar["threshold"] = threshold
-            bar["complete"] = False
-            bars.append(bar)
+            bars.append(_close_information_bar(bar, runs, threshold, False))
     return _finish(bars)
+
+
+def _close_information_bar(bar: dict, runs: bool, threshold: float | None, complete: bool) -> dict:
+    if runs:
+        bar["run"] = max(bar.pop("buy_run"), bar.pop("sell_run"))
+        del bar["imbalance"]
+    else:
+        del bar["buy_run"], bar["sell_run"]
+    bar["threshold"] = threshold
+    bar["complete"] = complete
+    return bar
 
 
 # ---------------------------------------------------------------------------------------------- book

@@ -35,6 +35,8 @@ project:
       - {{type: volume, threshold: 20000}}
       - {{type: dollar, expected_daily: 5000000, bars_per_day: 20}}
       - {{type: tick_imbalance, expected_ticks: 30}}
+      - {{type: dollar, expected_daily: 5000000, bars_per_day: 20, trailing_days: 3}}
+      - {{type: volume_run, expected_ticks: 30}}
       - {{type: time, every: 1w}}
 """
 
@@ -66,7 +68,8 @@ def test_outputs_match_the_pure_engine_on_the_whole_window(project):
     result = runner.run(md, window(md, START, END))
     tables = se_tables.output_tables(md.project.state_engine)
     assert tables == ["cdm_trade_enriched", "cdm_lob_l2", "cdm_time_5m_bars", "cdm_volume_20000_bars",
-                      "cdm_dollar_20perday_bars", "cdm_tick_imbalance_30_bars", "cdm_time_1w_bars"]
+                      "cdm_dollar_20perday_bars", "cdm_tick_imbalance_30_bars", "cdm_dollar_20perday_3d_bars",
+                      "cdm_volume_run_30_bars", "cdm_time_1w_bars"]
     assert result.shards == 2 * 10 and result.shards_skipped == 0 and not result.shards_failed
     lake = project_lake(md)
     trades, quotes = lake.read("cdm_trades"), lake.read("cdm_quotes")
@@ -96,6 +99,25 @@ def test_shard_granularity_does_not_change_results(project, tmp_path):
     weekly = read_all(other, tables)
     for table in tables:
         assert_frame_equal(daily[table], weekly[table])
+
+
+def test_thresholds_from_trailing_days_reach_back_before_the_window(project):
+    """Day by day windows, and a lone day rerun in overwrite, give the trailing-threshold bars of one pass
+    over the whole history: each shard is handed the measures of the days before it, read from the lake."""
+    md = get_metadata_manager(project).load_all()
+    table = "cdm_dollar_20perday_3d_bars"
+    lake = project_lake(md)
+    days = sorted(lake.read("cdm_trades", ["AAA"])["date"].unique().to_list())
+    for day in days:
+        runner.run(md, window(md, day, day))
+    runner.run(md, window(md, days[5], days[5], write_mode="overwrite"))
+    spec = runner.engine_spec(md.project.state_engine)
+    expected, _ = process_shard(lake.read("cdm_trades"), lake.read("cdm_quotes"), spec)
+    got = lake.read(table).sort("symbol", "date", "ts_first")
+    assert_frame_equal(got, expected[table].sort("symbol", "date", "ts_first"), check_dtypes=False)
+    thresholds = got.group_by("symbol", "date").agg(pl.col("threshold").first()).sort("symbol", "date")
+    assert thresholds["threshold"].n_unique() > 10  # one per (symbol, day), from the trailing days
+    assert thresholds.filter(pl.col("date") == days[0])["threshold"].to_list() == [250_000.0, 250_000.0]  # seed
 
 
 def test_carry_state_run_equals_one_pass_over_the_concatenation(tmp_path):
@@ -147,12 +169,16 @@ def test_a_failed_shard_fails_alone_with_a_clear_error(project, caplog):
     Path(bad).write_bytes(b"not parquet")
     with caplog.at_level(logging.WARNING), pytest.raises(runner.StateEngineError) as excinfo:
         runner.run(md, window(md, START, END))
-    assert "1 of 20 state-engine shards failed" in str(excinfo.value)
-    assert "BBB 2024-03-06" in str(excinfo.value)
+    # the day itself, and the 3 days after it whose thresholds (trailing_days: 3) need its volume
+    assert "4 of 20 state-engine shards failed" in str(excinfo.value)
     result = excinfo.value.result
-    assert len(result.shards_failed) == 1
+    failed = sorted(result.shards_failed)
+    assert failed[0].startswith("BBB 2024-03-06: ") and "parquet" in failed[0].lower()
+    assert [f.split(":")[0] for f in failed[1:]] == ["BBB 2024-03-07", "BBB 2024-03-08", "BBB 2024-03-11"]
+    assert all("thresholds from trailing days need cdm_trades of BBB 2024-03-06, which cannot be read" in f
+               for f in failed[1:])
     stored = lake.read("cdm_trade_enriched")
-    assert stored.select(pl.struct("symbol", "date").n_unique()).item() == 19
+    assert stored.select(pl.struct("symbol", "date").n_unique()).item() == 16
 
 
 def test_daily_only_projects_skip_tick_bars_and_build_calendar_bars(tmp_path):

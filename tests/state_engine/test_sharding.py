@@ -22,8 +22,13 @@ SPECS = (
     BarSpec("tick", threshold=9),
     BarSpec("volume", threshold=2500),
     BarSpec("dollar", threshold=180_000),
+    BarSpec("dollar", expected_daily=3_000_000, bars_per_day=20, trailing_days=2),
     BarSpec("tick_imbalance", expected_ticks=12),
     BarSpec("volume_imbalance", expected_ticks=12),
+    BarSpec("dollar_imbalance", expected_ticks=12, imbalance_span=30),
+    BarSpec("tick_run", expected_ticks=12),
+    BarSpec("volume_run", expected_ticks=12, span=5),
+    BarSpec("dollar_run", expected_ticks=12),
 )
 
 
@@ -54,10 +59,11 @@ def test_independent_shards_equal_one_run(market):
     """carry_state off: the concatenation, with (symbol, date) shard boundaries, equals shard by shard."""
     trades, quotes = market
     whole, _ = process_shard(trades, quotes, spec(False))
+    daily = bk.daily_measures(trades)  # every day's, later ones too: a day's threshold must use earlier days only
     parts = []
     for (sym, day), t in trades.group_by(["symbol", "date"], maintain_order=True):
         q = quotes.filter((pl.col("symbol") == sym) & (pl.col("date") == day))
-        parts.append(process_shard(t, q, spec(False))[0])
+        parts.append(process_shard(t, q, spec(False), daily=daily)[0])
     assert_tables_equal(whole, concat_tables(parts))
 
 
@@ -71,7 +77,7 @@ def test_carried_state_day_by_day_equals_concatenation(market):
         for sym in ("AAA", "BBB"):
             t = trades.filter((pl.col("date") == day) & (pl.col("symbol") == sym))
             q = quotes.filter((pl.col("date") == day) & (pl.col("symbol") == sym))
-            out, state = process_shard(t, q, spec(True), state)
+            out, state = process_shard(t, q, spec(True), state, daily=bk.daily_measures(trades))
             parts.append(out)
     assert_tables_equal(sort_tables(whole), sort_tables(concat_tables(parts)))
     flushed = flush_state(whole_state, spec(True))
@@ -128,11 +134,11 @@ def run_bar_kernel(b: BarSpec, d: dict, off: np.ndarray, carry: bool):
         res = bk.time_bars(*args, seg_end, keep_open, every, offset, load, si, sf, 4)
     elif b.type in ("tick", "volume", "dollar"):
         kind = {"tick": 0, "volume": 1, "dollar": 2}[b.type]
-        res = bk.threshold_bars(*args, keep_open, kind, b.bar_threshold, load, si, sf, 4)
+        res = bk.threshold_bars(*args, keep_open, kind, np.full(n_seg, b.bar_threshold), load, si, sf, 4)
     else:
-        kind = 0 if b.type == "tick_imbalance" else 1
         lo, hi = b.ticks_bounds
-        res = bk.imbalance_bars(*args, keep_open, kind, 2 / (b.span + 1), lo, hi, load, si, sf, 4)
+        res = bk.information_bars(*args, keep_open, bk.INFORMATION_KINDS[b.type], 2 / (b.span + 1),
+                                  1 - 2 / (b.trade_span + 1), lo, hi, load, si, sf, 4)
     out_i, out_f, st_i, st_f = res
     out_i = out_i.copy()
     out_i[:, 4] = 0  # segment number differs by construction

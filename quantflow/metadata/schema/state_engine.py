@@ -8,7 +8,8 @@ from pydantic import Field, field_validator, model_validator
 
 from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel
 
-BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance")
+BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance", "dollar_imbalance",
+             "tick_run", "volume_run", "dollar_run")
 CALENDAR_EVERY = ("1w", "1mo", "1q", "1y")  # time bars built from daily bars, not from ticks
 EVERY_RE = r"^(\d+(ns|us|ms|s|m|h|d|w)|1mo|1q|1y)$"  # a duration (DURATION_RE), or a calendar period
 
@@ -19,16 +20,18 @@ def _compact(x: float) -> str:
 
 def bar_table_name(type: str, every: str | None = None, offset: str = "0s", threshold: float | None = None,
                    bars_per_day: float | None = None, expected_ticks: float | None = None,
-                   name: str | None = None) -> str:
+                   name: str | None = None, trailing_days: int | None = None) -> str:
     """The lake table of a bar type, e.g. ``cdm_time_1m_bars``, ``cdm_volume_50perday_bars``,
-    ``cdm_tick_imbalance_100_bars`` (``cdm_<name>_bars`` when named). One rule for the metadata, the
-    Dagster asset keys and the engine (``BarSpec.key``)."""
+    ``cdm_dollar_50perday_20d_bars`` (thresholds from 20 trailing days), ``cdm_tick_imbalance_100_bars``,
+    ``cdm_volume_run_100_bars`` (``cdm_<name>_bars`` when named). One rule for the metadata, the Dagster
+    asset keys and the engine (``BarSpec.key``)."""
     if name:
         return f"cdm_{name}_bars"
     if type == "time":
         label = every if offset in ("0s", "0") or every in CALENDAR_EVERY else f"{every}_{offset}"
     elif type in ("tick", "volume", "dollar"):
         label = _compact(threshold) if threshold is not None else f"{_compact(bars_per_day)}perday"
+        label += f"_{trailing_days}d" if trailing_days is not None else ""
     else:
         label = _compact(expected_ticks)
     return f"cdm_{type}_{label}_bars"
@@ -44,8 +47,12 @@ class BarTypeConfig(MetadataModel):
     threshold: float | None = Field(None, gt=0, description="tick/volume/dollar bars: fixed threshold")
     expected_daily: float | None = Field(None, gt=0, description="tick/volume/dollar bars: expected per day")
     bars_per_day: float | None = Field(None, gt=0, description="with expected_daily: threshold = expected/bars")
-    expected_ticks: float | None = Field(None, ge=1, description="imbalance bars: initial E[T]")
-    span: float = Field(20.0, ge=1, description="imbalance bars: EWMA span in bars")
+    trailing_days: int | None = Field(None, ge=1, description="tick/volume/dollar bars: threshold per day = mean "
+                                      "daily measure of the N previous days / bars_per_day (expected_daily seeds)")
+    expected_ticks: float | None = Field(None, ge=1, description="imbalance/run bars: initial E[T]")
+    span: float = Field(20.0, ge=1, description="imbalance/run bars: EWMA span of E[T], in bars")
+    imbalance_span: float | None = Field(None, ge=1, description="imbalance/run bars: EWMA span of E[b m], in "
+                                         "trades (default 10 * expected_ticks)")
     min_expected_ticks: float | None = Field(None, ge=1)
     max_expected_ticks: float | None = Field(None, ge=1)
     name: str | None = Field(None, pattern=NAME_RE)
@@ -61,7 +68,11 @@ class BarTypeConfig(MetadataModel):
                 raise ValueError(f"{self.type} bars need exactly one of 'threshold' or 'expected_daily'")
             if self.expected_daily is not None and self.bars_per_day is None:
                 raise ValueError(f"{self.type} bars with 'expected_daily' also need 'bars_per_day'")
-        if self.type.endswith("_imbalance") and self.expected_ticks is None:
+        if self.trailing_days is not None and (self.type not in ("tick", "volume", "dollar")
+                                               or self.expected_daily is None):
+            raise ValueError("'trailing_days' is for tick, volume and dollar bars, with 'expected_daily' (the seed "
+                             "for days with no earlier day) and 'bars_per_day'")
+        if self.type.endswith(("_imbalance", "_run")) and self.expected_ticks is None:
             raise ValueError(f"{self.type} bars need 'expected_ticks'")
         return self
 
@@ -73,7 +84,7 @@ class BarTypeConfig(MetadataModel):
     @property
     def table(self) -> str:
         return bar_table_name(self.type, self.every, self.offset, self.threshold, self.bars_per_day,
-                              self.expected_ticks, self.name)
+                              self.expected_ticks, self.name, self.trailing_days)
 
 
 class LobConfig(MetadataModel):
