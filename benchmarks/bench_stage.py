@@ -16,7 +16,8 @@ the sample project and on a large one (``--symbols 20 --days 20 --trades-per-day
 Row counts of the enriched trades and the 1-minute bars are checked equal before anything is timed.
 
     python benchmarks/bench_stage.py                       # the sample project's size: 5 symbols x 63 days
-    python benchmarks/bench_stage.py --symbols 20 --days 20 --trades-per-day 125000
+    python benchmarks/bench_stage.py --symbols 20 --days 20 --trades-per-day 125000 --quotes-per-trade 1 \
+        --executors local,ray,ray1 --repeat 5
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ project:
 """
 
 
-def make_project(root: Path, n_symbols: int, n_days: int, trades_per_day: int) -> tuple[object, RunWindow]:
+def make_project(root: Path, n_symbols: int, n_days: int, trades_per_day: int,
+                 quotes_per_trade: int = 3) -> tuple[object, RunWindow]:
     symbols = [f"S{i:02d}" for i in range(n_symbols)]
     meta = root / "project_metadata"
     meta.mkdir(parents=True)
@@ -70,7 +72,7 @@ def make_project(root: Path, n_symbols: int, n_days: int, trades_per_day: int) -
         symbols=", ".join(symbols), tick=TICK, volume=VOLUME, dollar=DOLLAR)))
     md = get_metadata_manager(root).load_all()
     lake = project_lake(md)
-    feed = SyntheticFeed("sim", {"seed": 3, "trades_per_day": trades_per_day, "quotes_per_trade": 3,
+    feed = SyntheticFeed("sim", {"seed": 3, "trades_per_day": trades_per_day, "quotes_per_trade": quotes_per_trade,
                                  "daily_bars": False}, root)
     start = dt.date(2024, 1, 2)
     days = [d for d in (start + dt.timedelta(days=i) for i in range(n_days * 2)) if d.weekday() < 5][:n_days]
@@ -117,8 +119,10 @@ def polars_script(lake_root: Path, out: Path) -> dict[str, int]:
 
 
 def run_stage(md, window: RunWindow, executor: str) -> dict[str, int]:
+    """``executor``: ``local``, ``ray`` (2 workers) or ``ray1`` (1 worker: the scaling baseline)."""
     md.project.state_engine.ray_min_trades = 0  # "ray" means Ray here, however small the job
-    result = runner.run(md, window, executor=executor, max_concurrency=2)
+    workers = 1 if executor == "ray1" else 2
+    result = runner.run(md, window, executor=executor.rstrip("1"), max_concurrency=workers)
     return {t: w.rows_written for t, w in result.tables.items()}
 
 
@@ -134,12 +138,15 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=63)
     parser.add_argument("--trades-per-day", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--executors", default="local,ray")
+    parser.add_argument("--quotes-per-trade", type=int, default=3)
+    parser.add_argument("--executors", default="local,ray",
+                        help="local, ray (2 workers), ray1 (1 worker: add it to measure 2 workers vs 1)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_stage_"))
     try:
         began = time.perf_counter()
-        md, window = make_project(tmp / "project", args.symbols, args.days, args.trades_per_day)
+        md, window = make_project(tmp / "project", args.symbols, args.days, args.trades_per_day,
+                                  args.quotes_per_trade)
         lake_root = tmp / "project" / ".quantflow" / "lake"
         n_trades = pl.scan_parquet(lake_root / "cdm_trades", hive_partitioning=True).select(pl.len()).collect().item()
         print(f"  {args.symbols} symbols x {args.days} days, {n_trades:,} trades; lake written in "
@@ -169,6 +176,10 @@ def main() -> int:
                   f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>16}{'2.0x':>8}")
         print("  first run of the stage in this process (kernels from the on-disk cache; Ray started): " + ", ".join(
             f"{e} {t:.2f} s" for e, t in first.items()) + "; the timed runs reuse that Ray")
+        if "ray" in stage_s and "ray1" in stage_s:
+            scaling = [one / two for one, two in zip(stage_s["ray1"], stage_s["ray"])]
+            print(f"  Ray 2 workers vs 1: median {statistics.median(scaling):.2f}x, spread "
+                  f"{min(scaling):.2f}-{max(scaling):.2f}x (target 1.7x)")
         print("  trades per second, stage: " + ", ".join(
             f"{e} {n_trades / statistics.median(t):,.0f}" for e, t in stage_s.items()))
     finally:

@@ -33,6 +33,7 @@ import io
 import os
 import re
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -45,6 +46,7 @@ from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
 DATA_FILE = "data.parquet"
 PATH_KEYS = {"day": "day", "month": "month", "year": "year"}  # partition width -> the path key after symbol=
 _TRUNCATE = {"day": "1d", "month": "1mo", "year": "1y"}
+WRITE_THREADS = max(2, min(8, os.cpu_count() or 2))
 _PART_RE = re.compile(
     r"symbol=(?P<symbol>[^/]+)/(?P<key>day|month|year)=(?P<value>\d{4}(?:-\d{2}(?:-\d{2})?)?)/"
     + re.escape(DATA_FILE) + "$"
@@ -240,12 +242,23 @@ class Lake:
         result = WriteResult(spec.name)
         if df.height == 0:
             return result
-        df = self._prepare(spec, df)
-        for symbol, pstart, part in self._by_partition(spec, df):
+        df = self._prepare(spec, df).sort(list(dict.fromkeys(["symbol", "date", *spec.sort_by])), maintain_order=True)
+
+        def one(item) -> WriteResult:
+            symbol, pstart, part = item
             if spec.partition == "day" and mode != "append":
-                result.merge(self._write_day(spec, symbol, pstart, part, mode))
-            else:
-                result.merge(self._update_partition(spec, symbol, pstart, _merge_by_mode(part, mode, spec.sort_by)))
+                return self._write_day(spec, symbol, pstart, part, mode)
+            return self._update_partition(spec, symbol, pstart, _merge_by_mode(part, mode, spec.sort_by))
+
+        parts = list(self._by_partition(spec, df))
+        if len(parts) == 1:
+            result.merge(one(parts[0]))
+            return result
+        # partitions are independent files, each under its own lock: encode and write them side by side
+        # (polars encodes Parquet without the GIL)
+        with ThreadPoolExecutor(max_workers=min(len(parts), WRITE_THREADS)) as pool:
+            for written in pool.map(one, parts):
+                result.merge(written)
         return result
 
     def _write_day(self, spec: TableSpec, symbol: str, day: dt.date, part: pl.DataFrame,
@@ -256,7 +269,7 @@ class Lake:
         with self.store.lock(path):
             if mode == "skip_if_exists" and self.store.exists(path):
                 return WriteResult(spec.name, days_skipped=1)
-            data = _parquet_bytes(part.sort(list(spec.sort_by), maintain_order=True).drop("symbol"))
+            data = _parquet_bytes(part.drop("symbol"))  # sorted by ``write``
             if mode == "skip_if_exists" and self.store.remote:
                 try:  # create only: a run that stored the day meanwhile wins
                     self.store.fs.pipe_file(path, data, IfNoneMatch="*")
