@@ -46,3 +46,7 @@ class StateEngineRunConfig(WindowConfig):
 
     max_concurrency: int = Field(4, ge=1, description="Parallel workers for the shards.")
     shard_granularity: Literal["daily", "weekly", "monthly"] = Field("daily", description="Time shard width.")
+
+
+class LabelEngineRunConfig(WindowConfig):
+    """Run configuration of the ``label_engine`` asset."""

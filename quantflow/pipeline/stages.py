@@ -53,6 +53,8 @@ STAGE_GROUPS: tuple[StageGroup, ...] = (
                f"{_ASSETS}.transform:build_transform_resources"),
     StageGroup("state_engine", "CDM trades and quotes -> enriched trades, order-book snapshots, bars.",
                f"{_ASSETS}.state_engine:build_state_engine_assets", f"{_CONFIG}:StateEngineRunConfig"),
+    StageGroup("label_engine", "Bar tables -> labels and sample weights (cdm_labels).",
+               f"{_ASSETS}.label_engine:build_label_engine_assets", f"{_CONFIG}:LabelEngineRunConfig"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(g.name for g in STAGE_GROUPS)
 PIPELINE_JOB = "quantflow_pipeline"

@@ -22,6 +22,7 @@ TRADES_TABLE, QUOTES_TABLE, BARS_DAILY_TABLE, MESSAGES_TABLE = CDM_TABLES
 # the state engine's fixed tables (its bar tables are named by ``metadata.schema.bar_table_name``)
 ENRICHED_TABLE = "cdm_trade_enriched"
 LOB_TABLE = "cdm_lob_l2"
+LABELS_TABLE = "cdm_labels"  # the label engine's: one row per labelled event and label set
 
 # Above these a price or a size (shares, contracts, volume) is not a market value but a corrupt one
 # (1e308 is finite and positive): ingest reports such rows as bad and the CDM drops them.
@@ -33,10 +34,10 @@ SEQUENCE_COLUMN = {"trades": "trade_id", "quotes": "quote_id", "messages": "seq"
 def partition_width(table: str) -> str:
     """The width a table's partitions get by its rows per (symbol, day): daily-frequency tables (daily and
     calendar bars) per year, intraday bars per month, ticks (trades, quotes, messages, enriched trades, book
-    snapshots) per day."""
+    snapshots) per day; labels (one per bar at most, per label set) per month."""
     if table.endswith("bars_daily") or re.search(r"_time_1(w|mo|q|y)_bars$", table):
         return "year"
-    return "month" if table.endswith("_bars") else "day"
+    return "month" if table.endswith("_bars") or table == LABELS_TABLE else "day"
 
 
 def raw_table_name(feed: str, kind: str) -> str:

@@ -33,7 +33,8 @@ def test_sample_project_asset_graph_has_ingest_and_transform_with_lineage():
         expected = {"cdm_time_1w_bars": {"cdm_bars_daily"}, "cdm_lob_l2": {"cdm_quotes"}}
         assert parents == expected.get(table, {"cdm_trades", "cdm_quotes"}), table
     jobs = {job.name for job in defs.jobs}
-    assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_transform", "quantflow_state_engine"}
+    assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_transform", "quantflow_state_engine",
+                    "quantflow_label_engine"}
     assert defs.resolve_job_def("quantflow_ingest")  # resolvable, with the dbt resource bound
     assert defs.resolve_job_def("quantflow_pipeline")
 

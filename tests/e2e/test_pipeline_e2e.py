@@ -99,12 +99,14 @@ def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
     assert {"cdm_trades", "cdm_quotes", "cdm_bars_daily"} <= set(dbt.materializations)
     everything = runner.run(stage="all", write_mode="overwrite", **window)
     assert everything.success, everything.error
-    assert [job for job, _ in everything.runs] == ["quantflow_ingest", "quantflow_transform", "quantflow_state_engine"]
-    assert {"raw_sample", "cdm_trades", "cdm_trade_enriched", "cdm_time_1m_bars"} <= set(everything.materializations)
+    assert [job for job, _ in everything.runs] == ["quantflow_ingest", "quantflow_transform", "quantflow_state_engine",
+                                                   "quantflow_label_engine"]
+    assert {"raw_sample", "cdm_trades", "cdm_trade_enriched", "cdm_time_1m_bars", "cdm_labels"} <= set(
+        everything.materializations)
     assert "OK: stage all" in everything.summary() and "state_engine_full: 2 shards" in everything.summary()
     # the state engine ran as its Dagster job: its materializations are on the instance (UI lineage, staleness)
     event = runner.instance().get_latest_materialization_event(dg.AssetKey("cdm_time_1m_bars"))
-    assert event is not None and event.run_id == everything.runs[-1][1]
+    assert event is not None and event.run_id == dict(everything.runs)["quantflow_state_engine"]
     se = runner.run(stage="state_engine", **window)
     assert se.success and se.materializations["cdm_trade_enriched"].metadata["shards_skipped"] == 2
     assert se.results["state_engine_full"].shards_skipped == 2  # the result object the summary reads

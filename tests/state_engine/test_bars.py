@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantflow.state_engine import BarSpec, StateEngineSpec, bars_from_trades, flush_state, process_shard
-from quantflow.state_engine import bars
+from quantflow.state_engine import bars as bar_module
 from quantflow.state_engine.bars import parse_duration
 from tests.state_engine import reference as ref
 from tests.state_engine.helpers import UTC_NS, assert_close
@@ -337,9 +337,9 @@ def test_daily_thresholds_use_earlier_days_only():
                           "n_trades": [10, 20, 40, 80, 7], "volume": [1.0, 2.0, 3.0, 4.0, 5.0],
                           "dollar_volume": [100.0, 200.0, 400.0, 800.0, 9.0]})
     spec = BarSpec("dollar", expected_daily=50, bars_per_day=10, trailing_days=2)
-    got = bars.daily_thresholds(daily, spec)
+    got = bar_module.daily_thresholds(daily, spec)
     assert got["threshold"].to_list() == [5.0, 10.0, 15.0, 30.0, 5.0]  # seed, 100/10, 150/10, 300/10; B: seed
-    ticks = bars.daily_thresholds(daily, BarSpec("tick", expected_daily=8, bars_per_day=2, trailing_days=3))
+    ticks = bar_module.daily_thresholds(daily, BarSpec("tick", expected_daily=8, bars_per_day=2, trailing_days=3))
     assert ticks["threshold"].to_list() == [4.0, 5.0, 7.5, 70 / 3 / 2, 4.0]
 
 

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from quantflow.metadata.schema.base import NAME_RE, SYMBOL_RE, MetadataModel
 from quantflow.metadata.schema.ingest import IngestConfig
+from quantflow.metadata.schema.label_engine import LabelEngineConfig
 from quantflow.metadata.schema.state_engine import StateEngineConfig
 
 
@@ -31,6 +32,7 @@ class ProjectConfig(MetadataModel):
     data_processing: DataProcessingConfig = DataProcessingConfig()
     storage: StorageConfig = StorageConfig()
     state_engine: StateEngineConfig | None = None
+    label_engine: LabelEngineConfig | None = None
 
     def consistency_issues(self) -> list[tuple[tuple, str]]:
         """Problems that span sections (field path, message); each section is valid on its own."""
@@ -48,6 +50,14 @@ class ProjectConfig(MetadataModel):
                     issues.append((lob + ("depth",), f"depth {se.lob.depth} is deeper than the level-{level} files "
                                    f"of feed {feed.name!r}: the levels behind {level} are not in its messages; "
                                    f"use depth <= {level}"))
+        if self.label_engine is not None:
+            bar_tables = [b.table for b in se.bars] if se is not None else []
+            for i, label_set in enumerate(self.label_engine.labels):
+                if label_set.input != "cdm_bars_daily" and label_set.input not in bar_tables:
+                    known = ", ".join(["cdm_bars_daily", *bar_tables])
+                    issues.append((("project", "label_engine", "labels", i, "input"),
+                                   f"label set {label_set.name!r} reads {label_set.input}, which no stage writes "
+                                   f"(known: {known})"))
         return issues
 
     @field_validator("symbols")
