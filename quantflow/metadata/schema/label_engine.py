@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel
+from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel, repeated
 
 LABEL_METHODS = ("triple_barrier", "fixed_horizon", "trend_scanning")
 _DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
@@ -84,8 +84,7 @@ class LabelEngineConfig(MetadataModel):
     @field_validator("labels")
     @classmethod
     def _distinct_names(cls, labels: list[LabelSetConfig]) -> list[LabelSetConfig]:
-        names = [s.name for s in labels]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = repeated([s.name for s in labels])
         if dupes:
             raise ValueError(f"label set names must be distinct: {', '.join(dupes)}")
         return labels

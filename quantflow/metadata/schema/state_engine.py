@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel
+from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel, repeated
 
 BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance", "dollar_imbalance",
              "tick_run", "volume_run", "dollar_run")
@@ -112,8 +112,7 @@ class StateEngineConfig(MetadataModel):
     @field_validator("bars")
     @classmethod
     def _distinct_tables(cls, bars: list[BarTypeConfig]) -> list[BarTypeConfig]:
-        tables = [b.table for b in bars]
-        dupes = sorted({t for t in tables if tables.count(t) > 1})
+        dupes = repeated([b.table for b in bars])
         if dupes:
             raise ValueError(f"bar types write the same table twice: {', '.join(dupes)}; give them distinct 'name's")
         return bars
