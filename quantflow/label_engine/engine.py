@@ -59,7 +59,8 @@ def label_bars(bars: pl.DataFrame, spec: LabelSetConfig) -> pl.DataFrame:
         if column not in bars.columns:
             raise ValueError(f"label set {spec.name!r}: input bars have no {column!r} column")
     frames = []
-    data = bars.with_columns(bar_times(bars).alias("__ts")).sort("symbol", "__ts")
+    ties = [c for c in ("ts_first", "bar_start") if c in bars.columns]  # bars closing at one instant
+    data = bars.with_columns(bar_times(bars).alias("__ts")).sort("symbol", "__ts", *ties, maintain_order=True)
     for (symbol,), one in data.group_by("symbol", maintain_order=True):
         labels = _label_symbol(one, spec)
         if labels.height:
@@ -118,13 +119,15 @@ def _label_symbol(one: pl.DataFrame, spec: LabelSetConfig) -> pl.DataFrame:
     if spec.method == "triple_barrier":
         target = vol[events] if spec.target == "volatility" else np.full(events.shape[0], spec.target_value)
         keep = np.isfinite(target) & (target > spec.min_ret)
-        if spec.meta_labeling:
+        if spec.side == "sma_crossover":  # no primary side yet (warm-up, equal averages): no bet to label
             keep &= side[events] != 0
         events, target = events[keep], target[keep]
         if spec.vertical_duration is not None:
             vertical = _k.vertical_by_time(ts, events, spec.vertical_ns)
-        else:
+        elif spec.vertical_bars is not None:
             vertical = np.where(events + spec.vertical_bars < n, events + spec.vertical_bars, -1)
+        else:  # no vertical barrier: only the horizontal ones end a label
+            vertical = np.full(events.shape[0], -1, np.int64)
         high = one["high"].cast(pl.Float64).to_numpy() if spec.use_high_low else close
         low = one["low"].cast(pl.Float64).to_numpy() if spec.use_high_low else close
         ends, barrier, ret = _k.triple_barrier(
@@ -148,13 +151,14 @@ def _label_symbol(one: pl.DataFrame, spec: LabelSetConfig) -> pl.DataFrame:
         ret = np.where(chosen >= 0, close[np.maximum(chosen, 0)] / close[events] - 1.0, np.nan)
         ends = np.where(chosen >= 0, events + hi - 1, -1)  # ... but the choice saw every window: t1 is the longest's
 
-    done = ends >= 0  # events whose label is decided within the data
+    # concurrency counts the undecided events too, as alive to the last bar (AFML 4.1); only decided ones
+    # are labelled
+    counts = _k.concurrency(n, events, np.where(ends >= 0, ends, n - 1))
+    done = ends >= 0
     events, ends, ret, target, barrier = events[done], ends[done], ret[done], target[done], barrier[done]
     t_value, window = t_value[done], window[done]
     ev_side = side[events]
     label = _labels(spec, ret, target, t_value, ev_side)
-
-    counts = _k.concurrency(n, events, ends)
     mean_c, uniq, attribution = _k.sample_weights(log_close, events, ends, counts)
     return pl.DataFrame({
         "date": one["date"].gather(events),
@@ -193,9 +197,11 @@ def training_weights(labels: pl.DataFrame, spec: LabelSetConfig) -> pl.Series:
     average uniqueness, or the return attribution scaled to sum to the number of events (AFML 4.10), times
     the time decay of ``spec.time_decay`` over cumulative uniqueness (4.11). Both are relative to the
     training set (its size, its newest event), so the models stage computes them on each training fold;
-    ``cdm_labels`` stores the parts that depend on one event and its neighbours only."""
-    out = []
-    for _, one in labels.group_by("symbol", maintain_order=True):
+    ``cdm_labels`` stores the parts that depend on one event and its neighbours only. Per symbol (each
+    symbol's series is its own sequence of overlapping labels, in event order); returned in the rows' order."""
+    weights = np.empty(labels.height)
+    rows = labels.with_row_index("__row")
+    for _, one in rows.sort("symbol", "ts", maintain_order=True).group_by("symbol", maintain_order=True):
         uniq = one["uniqueness"].to_numpy()
         if spec.sample_weight == "uniqueness":
             base = uniq
@@ -203,8 +209,8 @@ def training_weights(labels: pl.DataFrame, spec: LabelSetConfig) -> pl.Series:
             attribution = one["return_attribution"].to_numpy()
             total = attribution.sum()
             base = attribution * (attribution.shape[0] / total) if total > 0 else attribution
-        out.append(pl.Series("weight", base * time_decay(uniq, spec.time_decay)))
-    return pl.concat(out) if out else pl.Series("weight", [], dtype=pl.Float64)
+        weights[one["__row"].to_numpy()] = base * time_decay(uniq, spec.time_decay)
+    return pl.Series("weight", weights)
 
 
 def horizon_bars(spec: LabelSetConfig) -> int | None:

@@ -75,8 +75,8 @@ def triple_barrier(close, high, low, events, vertical, target, side, pt_mult, sl
     price) reaches it; when one bar reaches both, the stop loss counts (the order inside a bar is unknown,
     so the conservative outcome). Otherwise closes decide.
 
-    Returns (end bar or -1 when no barrier is reached within the data, barrier code, return at the end
-    bar's close).
+    Returns (end bar or -1 when no barrier is reached within the data, barrier code, return: at the end
+    bar's close, or with ``use_high_low`` the touched barrier's level).
     """
     n = close.shape[0]
     m = events.shape[0]
@@ -110,7 +110,11 @@ def triple_barrier(close, high, low, events, vertical, target, side, pt_mult, sl
         if end[i] < 0 and vertical[i] >= 0:
             end[i] = vertical[i]
             barrier[i] = BARRIER_VERTICAL
-        if end[i] >= 0:
+        if barrier[i] == BARRIER_PT and use_high_low:
+            ret[i] = up  # the bar's close may lie back inside: the barrier's level is what the bet got
+        elif barrier[i] == BARRIER_SL and use_high_low:
+            ret[i] = down
+        elif end[i] >= 0:
             ret[i] = d * (close[end[i]] / p0 - 1.0)
     return end, barrier, ret
 
@@ -131,7 +135,7 @@ def trend_scanning(close, min_window, max_window, step):
         syy = 0.0
         best = -1.0
         for k in range(max_window):
-            y = close[s + k]
+            y = close[s + k] - close[s]  # centred: the one-pass sums keep their precision
             sy += y
             sxy += k * y
             syy += y * y
@@ -172,7 +176,8 @@ def concurrency(n_bars, starts, ends):
 def sample_weights(log_close, starts, ends, counts):
     """Per event: mean concurrency, average uniqueness (mean of 1/c_t over its bars, AFML snippet 4.2) and
     the absolute return attribution |sum of r_t / c_t| over its bars (snippet 4.10, unnormalised), r_t the
-    log return into bar t."""
+    log return into bar t; as in the snippet the sum includes the event bar's own return (with CUSUM events,
+    the move that fired it)."""
     m = starts.shape[0]
     mean_c = np.empty(m)
     uniq = np.empty(m)

@@ -228,7 +228,7 @@ def with_trailing_days(lake: Lake, cfg: StateEngineConfig, tasks: list[ShardTask
 
     from quantflow.state_engine.bars import daily_measures
 
-    depth = max((b.trailing_days or 0) for b in cfg.bars if not b.is_calendar) if cfg.bars else 0
+    depth = max(((b.trailing_days or 0) for b in cfg.bars if not b.is_calendar), default=0)
     if not depth or not tasks:
         return tasks
     symbols = sorted({t.symbol for t in tasks})

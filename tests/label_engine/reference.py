@@ -77,12 +77,14 @@ def trend_scanning(close: pd.Series, windows: range) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def weights(close: pd.Series, starts: list[int], ends: list[int], decay: float) -> pd.DataFrame:
-    """AFML snippets 4.1 (concurrency), 4.2 (average uniqueness), 4.10 (return attribution, normalised to
-    sum to the number of events) and 4.11 (time decay over cumulative uniqueness)."""
+def weights(close: pd.Series, starts: list[int], ends: list[int], decay: float,
+            undecided: list[int] = ()) -> pd.DataFrame:
+    """AFML snippets 4.1 (concurrency; ``undecided`` events count as alive to the last bar), 4.2 (average
+    uniqueness), 4.10 (return attribution, normalised to sum to the number of events) and 4.11 (time decay
+    over cumulative uniqueness)."""
     n = len(close)
     count = pd.Series(0, index=range(n))
-    for a, b in zip(starts, ends):
+    for a, b in [*zip(starts, ends), *((s, n - 1) for s in undecided)]:
         count.loc[a:b] += 1
     ret = np.log(close.reset_index(drop=True)).diff()
     out = []

@@ -56,8 +56,7 @@ def check_triple_barrier(close: np.ndarray, cfg: LabelSetConfig) -> pl.DataFrame
     side = pd.Series(1.0, index=c.index)
     if cfg.side == "sma_crossover":
         side = np.sign(c.rolling(cfg.sma_fast).mean() - c.rolling(cfg.sma_slow).mean()).fillna(0.0)
-        if cfg.meta_labeling:
-            events = [s for s in events if side.iloc[s] != 0]
+        events = [s for s in events if side.iloc[s] != 0]
     want = ref.triple_barrier(c, events, vol, side, cfg.pt_sl, cfg.vertical_bars, cfg.meta_labeling)
     assert got.height == len(want) > 20
     starts = [(d - dt.date(2020, 1, 1)).days for d in got["date"]]
@@ -67,13 +66,16 @@ def check_triple_barrier(close: np.ndarray, cfg: LabelSetConfig) -> pl.DataFrame
     np.testing.assert_allclose(got["target"].to_numpy(), want["target"].to_numpy(), rtol=1e-9)
     assert got["label"].to_list() == want["label"].tolist()
     assert got["barrier"].to_list() == want["barrier"].tolist()
-    w = ref.weights(c, starts, ends, cfg.time_decay)
+    w = ref.weights(c, starts, ends, cfg.time_decay, undecided=sorted(set(events) - set(starts)))
     for column, want_column in (("concurrency", "concurrency"), ("uniqueness", "uniqueness"),
                                 ("return_attribution", "attribution")):
         np.testing.assert_allclose(got[column].to_numpy(), w[want_column].to_numpy(), rtol=1e-9, err_msg=column)
     for kind, base in (("uniqueness", "uniqueness"), ("return_attribution", "return_weight")):
         weights = training_weights(got, cfg.model_copy(update={"sample_weight": kind}))
         np.testing.assert_allclose(weights.to_numpy(), (w[base] * w["time_decay"]).to_numpy(), rtol=1e-9)
+    shuffled = got.sample(fraction=1.0, shuffle=True, seed=3)  # the weights follow the rows' order
+    np.testing.assert_allclose(training_weights(shuffled, cfg).to_numpy(), (w["uniqueness"] * w["time_decay"])
+                               .to_numpy()[np.argsort(np.argsort(shuffled["ts"].to_numpy()))], rtol=1e-9)
     return got
 
 
@@ -128,7 +130,11 @@ def test_triple_barrier_edge_cases():
     low = np.array([100.0, 97.0, 99.5])
     hl = label_bars(daily_bars(np.array([100.0, 100.0, 100.0]), high=high, low=low),
                     LabelSetConfig(**cfg, use_high_low=True))
-    assert hl.row(0, named=True)["barrier"] == "sl" and hl.row(0, named=True)["label"] == 0  # close unchanged
+    first = hl.row(0, named=True)  # the close is back at 100: the return is the stop's level, -2%
+    assert (first["barrier"], first["ret"], first["label"]) == ("sl", -0.02, -1)
+    # no vertical barrier: only the horizontal ones end a label; a path that touches none is undecided
+    none = label_bars(daily_bars(close), LabelSetConfig(**{**cfg, "vertical_bars": None}))
+    assert set(none["barrier"].to_list()) <= {"pt", "sl"} and none.height >= 2
     # a series shorter than the vertical barrier and the volatility warm-up: no label, no error
     assert label_bars(daily_bars(np.array([100.0, 100.5])), LabelSetConfig(name="v", method="triple_barrier")).height == 0
     # a gap: the vertical barrier in time reaches the first bar at or after the event + 5 days

@@ -275,3 +275,14 @@ def test_packed_tasks_write_what_one_task_per_shard_writes(project, tmp_path, mo
         assert again.plan.startswith("20 shards in 20 tasks")  # PACK_MAX_TRADES is still 1 here
         for table in tables:
             assert_frame_equal(together[table], read_all(project, tables)[table])
+
+
+def test_a_project_with_calendar_bars_only_runs(tmp_path):
+    yaml = "project:\n  name: cal\n  symbols: [AAA]\n  state_engine:\n    executor: local\n    bars:\n" \
+           "      - {type: time, every: 1w}\n"
+    md = get_metadata_manager(write_project(tmp_path, yaml)).load_all()
+    days = [START + dt.timedelta(days=i) for i in range(5)]
+    project_lake(md).write(spec_for_kind("cdm_bars_daily", "bars_daily"), pl.DataFrame(
+        {"symbol": "AAA", "date": days, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0}))
+    result = runner.run(md, window(md, START, END))
+    assert result.tables["cdm_time_1w_bars"].rows_written == 1
