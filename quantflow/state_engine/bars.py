@@ -29,13 +29,13 @@ Daily input (no ticks) has its own small polars resampler, ``resample_daily_bars
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 from numba import int64, njit, uint64
 
+from quantflow.metadata.schema.base import duration_ns
 from quantflow.metadata.schema.state_engine import BAR_TYPES, bar_table_name
 from quantflow.state_engine.kernels import NO_TS
 
@@ -71,25 +71,10 @@ OUT_F_NAMES = (
     "threshold",
 )
 
-_DURATION_RE = re.compile(r"^(\d+)(ns|us|ms|s|m|h|d|w)$")
-_DURATION_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-    "d": 86_400_000_000_000,
-    "w": 7 * 86_400_000_000_000,
-}
-
 
 def parse_duration(text: str) -> int:
     """``"100ms"``, ``"1s"``, ``"1m"`` (minute), ``"1h"``, ``"1d"``, ``"1w"`` -> nanoseconds."""
-    m = _DURATION_RE.match(text.strip())
-    if not m:
-        raise ValueError(f"duration {text!r} must look like 100ms, 1s, 5m (minutes), 1h, 1d or 1w")
-    return int(m.group(1)) * _DURATION_NS[m.group(2)]
+    return duration_ns(text)
 
 
 INFORMATION_TYPES = ("tick_imbalance", "volume_imbalance", "dollar_imbalance", "tick_run", "volume_run",

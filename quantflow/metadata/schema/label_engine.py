@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel, repeated
+from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel, duration_ns, repeated
 
 LABEL_METHODS = ("triple_barrier", "fixed_horizon", "trend_scanning")
-_DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
-                "d": 86_400 * 10**9, "w": 7 * 86_400 * 10**9}
 
 
 class LabelSetConfig(MetadataModel):
@@ -72,8 +69,7 @@ class LabelSetConfig(MetadataModel):
 
     @property
     def vertical_ns(self) -> int:
-        m = re.match(r"^(\d+)(ns|us|ms|s|m|h|d|w)$", self.vertical_duration or "")
-        return int(m.group(1)) * _DURATION_NS[m.group(2)] if m else 0
+        return duration_ns(self.vertical_duration) if self.vertical_duration else 0
 
 
 class LabelEngineConfig(MetadataModel):
