@@ -76,20 +76,25 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     lake = project_lake(md)
     symbols = list(window.symbols)
     progress.begin(len(cfg.labels) * len(symbols), "series", "label engine")  # (label set, symbol) pairs
-    frames, since = [], {symbol: window.start_date for symbol in symbols}
-    for label_set in cfg.labels:
-        labelled = []
-        for symbol in symbols:
-            bars = lake.read(label_set.input, [symbol])
+    found: dict[str, list[pl.DataFrame]] = {s.name: [] for s in cfg.labels}
+    since = {symbol: window.start_date for symbol in symbols}
+    for symbol in symbols:
+        inputs: dict[str, pl.DataFrame] = {}  # each input table read once per symbol, whatever sets share it
+        for label_set in cfg.labels:
+            if label_set.input not in inputs:
+                inputs[label_set.input] = lake.read(label_set.input, [symbol])
+            bars = inputs[label_set.input]
             if bars.height:
-                labelled.append(label_bars(bars, label_set))
+                found[label_set.name].append(label_bars(bars, label_set))
                 since[symbol] = min(since[symbol], _rewrite_from(bars, label_set, window))
             progress.advance(1, bars.height)
-        found = pl.concat(labelled) if labelled else pl.DataFrame(schema=LABEL_SCHEMA)
-        if not labelled:
+    frames = []
+    for label_set in cfg.labels:
+        if not found[label_set.name]:
             result.warnings.append(f"label set {label_set.name}: no {label_set.input} rows for the window's symbols")
-        frames.append(found)
-        in_window = found.filter(pl.col("date").is_between(window.start_date, window.end_date))
+        labelled = pl.concat(found[label_set.name]) if found[label_set.name] else pl.DataFrame(schema=LABEL_SCHEMA)
+        frames.append(labelled)
+        in_window = labelled.filter(pl.col("date").is_between(window.start_date, window.end_date))
         result.events[label_set.name] = in_window.height
         if in_window.height:
             shares = in_window["label"].value_counts(normalize=True, name="share").sort("label")
