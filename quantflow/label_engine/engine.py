@@ -94,11 +94,11 @@ def _label_symbol(one: pl.DataFrame, spec: LabelSetConfig) -> pl.DataFrame:
     n = one.height
     close_s = one["close"].cast(pl.Float64)
     close = np.ascontiguousarray(close_s.to_numpy())
-    if n < 2 or not np.isfinite(close).all() or (close <= 0).any():
-        if n and (not np.isfinite(close).all() or (close <= 0).any()):
-            bad = int(np.flatnonzero(~np.isfinite(close) | (close <= 0))[0])
-            raise ValueError(f"label set {spec.name!r}: symbol {one['symbol'][0]}, {one['date'][bad]}: close "
-                             f"{close[bad]} is not a positive number")
+    bad = np.flatnonzero(~np.isfinite(close) | (close <= 0))
+    if bad.size:
+        raise ValueError(f"label set {spec.name!r}: symbol {one['symbol'][0]}, {one['date'][int(bad[0])]}: close "
+                         f"{close[bad[0]]} is not a positive number")
+    if n < 2:
         return pl.DataFrame()
     log_close_s = close_s.log()
     log_close = log_close_s.to_numpy()

@@ -5,7 +5,7 @@ on all the bars before it; so each symbol is labelled over all of its stored bar
 bars: the kernels label millions of bars a second). An event is stored once its label is decided (its
 barrier within the bars); the concurrency and uniqueness of an event also depend on the events overlapping
 it. So a run rewrites, in every write mode, the rows from two label horizons before the window's start
-(per symbol, in bars of the label set's input) to its end: the events a previous run could not decide yet,
+(per symbol, counted in trading days of the input: at least that many bars) to its end: the events a previous run could not decide yet,
 and their neighbours, get their final values; and a daily run of one new day labels the events that day's
 bar decided. A label set without a horizon in bars (a vertical barrier in time, or none) rewrites the
 symbol's whole history.
@@ -45,14 +45,10 @@ class LabelEngineResult(StageResult):
                 "mean_uniqueness": {k: round(v, 4) for k, v in self.uniqueness.items()}}
 
 
-def input_tables(md: ProjectMetadata) -> list[str]:
-    cfg = md.project.label_engine
-    return sorted({s.input for s in cfg.labels}) if cfg is not None else []
-
-
 def _rewrite_from(bars: pl.DataFrame, label_set, window: RunWindow) -> dt.date:
-    """The first date to rewrite for one symbol: two label horizons (in bars) before the window's start, or
-    the symbol's first bar when the horizon is not a number of bars."""
+    """The first date to rewrite for one symbol: two label horizons before the window's start, counted in
+    trading days (exact for daily bars, more than enough for intraday ones), or the symbol's first bar when
+    the horizon is not a number of bars."""
     from quantflow.label_engine.engine import horizon_bars
 
     dates = bars["date"].unique().sort()
