@@ -19,6 +19,7 @@ import polars as pl
 
 from quantflow.label_engine import kernels as _k
 from quantflow.metadata.schema.label_engine import LabelSetConfig
+from quantflow.storage.schemas import bar_time
 
 UTC_NS = pl.Datetime("ns", "UTC")
 BARRIER_NAMES = {_k.BARRIER_PT: "pt", _k.BARRIER_SL: "sl", _k.BARRIER_VERTICAL: "vertical"}
@@ -45,13 +46,6 @@ LABEL_SCHEMA = {
 }
 
 
-def bar_times(bars: pl.DataFrame) -> pl.Expr:
-    """When a bar is known: its last trade, or (daily bars) its date."""
-    if "ts_last" in bars.columns:
-        return pl.col("ts_last").cast(UTC_NS)
-    return pl.col("date").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
-
-
 def label_bars(bars: pl.DataFrame, spec: LabelSetConfig) -> pl.DataFrame:
     """The labels of ``spec`` over ``bars`` (columns ``symbol``, ``date``, ``close`` and, for bars from
     ticks, ``ts_last``; ``high``/``low`` with ``use_high_low``), one symbol at a time."""
@@ -60,7 +54,7 @@ def label_bars(bars: pl.DataFrame, spec: LabelSetConfig) -> pl.DataFrame:
             raise ValueError(f"label set {spec.name!r}: input bars have no {column!r} column")
     frames = []
     ties = [c for c in ("ts_first", "bar_start") if c in bars.columns]  # bars closing at one instant
-    data = bars.with_columns(bar_times(bars).alias("__ts")).sort("symbol", "__ts", *ties, maintain_order=True)
+    data = bars.with_columns(bar_time(bars.columns).alias("__ts")).sort("symbol", "__ts", *ties, maintain_order=True)
     for (symbol,), one in data.group_by("symbol", maintain_order=True):
         labels = _label_symbol(one, spec)
         if labels.height:

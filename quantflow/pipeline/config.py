@@ -50,3 +50,7 @@ class StateEngineRunConfig(WindowConfig):
 
 class LabelEngineRunConfig(WindowConfig):
     """Run configuration of the ``label_engine`` asset."""
+
+
+class FeatureEngineRunConfig(WindowConfig):
+    """Run configuration of the ``feature_engine`` asset."""

@@ -55,6 +55,9 @@ STAGE_GROUPS: tuple[StageGroup, ...] = (
                f"{_ASSETS}.state_engine:build_state_engine_assets", f"{_CONFIG}:StateEngineRunConfig"),
     StageGroup("label_engine", "Bar tables -> labels and sample weights (cdm_labels).",
                f"{_ASSETS}.label_engine:build_label_engine_assets", f"{_CONFIG}:LabelEngineRunConfig"),
+    StageGroup("feature_engine", "Bar tables -> features (ft_features): TA-Lib, rolling, cross-sectional, "
+               "microstructure, Alpha158.",
+               f"{_ASSETS}.feature_engine:build_feature_engine_assets", f"{_CONFIG}:FeatureEngineRunConfig"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(g.name for g in STAGE_GROUPS)
 PIPELINE_JOB = "quantflow_pipeline"

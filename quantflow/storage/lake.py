@@ -174,15 +174,22 @@ class Lake:
         return self._widths[table]
 
     # ------------------------------------------------------------------ read
-    def read_partition(self, path: str) -> pl.DataFrame:
-        """One partition file, with its ``symbol`` column (taken from the path) first."""
+    def read_partition(self, path: str, columns: list[str] | None = None) -> pl.DataFrame:
+        """One partition file, with its ``symbol`` column (taken from the path) first; only ``columns``
+        (and ``symbol``) when given."""
         m = _PART_RE.search(path)
+        stored = [c for c in columns if c != "symbol"] if columns is not None else None
+        try:
+            df = self._read_parquet(path, stored)
+        except pl.exceptions.ColumnNotFoundError:  # written before a column existed: ``read`` fills in nulls
+            df = self._read_parquet(path, None)
+        return self._with_symbol(df, m["symbol"] if m else None)
+
+    def _read_parquet(self, path: str, columns: list[str] | None) -> pl.DataFrame:
         if self.store.remote:
             with self.store.fs.open(path, "rb") as fh:
-                df = pl.read_parquet(fh)
-        else:
-            df = pl.read_parquet(path)  # polars' own reader: no pyarrow.dataset/pandas import in workers
-        return self._with_symbol(df, m["symbol"] if m else None)
+                return pl.read_parquet(fh, columns=columns)
+        return pl.read_parquet(path, columns=columns)  # polars' reader: no pyarrow.dataset/pandas in workers
 
     @staticmethod
     def _with_symbol(df: pl.DataFrame, symbol: str | None) -> pl.DataFrame:
@@ -200,7 +207,8 @@ class Lake:
     ) -> pl.DataFrame:
         """Rows of ``table`` for ``symbols`` with ``start <= date <= end`` (an empty frame when none)."""
         parts = self.partitions(table, symbols, start, end)
-        frames = [self.read_partition(p.path) for p in parts]
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "date"]))
+        frames = [self.read_partition(p.path, wanted) for p in parts]
         if not frames:
             return pl.DataFrame()
         df = pl.concat(frames, how="diagonal_relaxed")  # partitions written before a column existed: nulls
@@ -208,7 +216,10 @@ class Lake:
             df = df.filter(pl.col("date") >= start)
         if end is not None:
             df = df.filter(pl.col("date") <= end)
-        return df.select(columns) if columns else df
+        if columns:
+            missing = [c for c in columns if c not in df.columns]
+            df = df.with_columns(pl.lit(None).alias(c) for c in missing).select(columns)
+        return df
 
     def stored_days(self, table: str, symbol: str, start: dt.date, end: dt.date) -> set[dt.date]:
         df = self.read(table, [symbol], start, end, columns=["date"])

@@ -89,6 +89,14 @@ class TableSpec:
     sort_by: tuple[str, ...]
 
 
+def bar_time(columns: list[str]) -> pl.Expr:
+    """When a bar is known, the time every stage keys bars by: its last trade (``ts_last``, bars from
+    ticks), or its date at 00:00 UTC (daily and calendar bars)."""
+    if "ts_last" in columns:
+        return pl.col("ts_last").cast(UTC_NS)
+    return pl.col("date").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC")
+
+
 def spec_for_kind(table: str, kind: str) -> TableSpec:
     schema = RAW_KINDS[kind]
     if kind == "bars_daily":

@@ -23,6 +23,11 @@ TRADES_TABLE, QUOTES_TABLE, BARS_DAILY_TABLE, MESSAGES_TABLE = CDM_TABLES
 ENRICHED_TABLE = "cdm_trade_enriched"
 LOB_TABLE = "cdm_lob_l2"
 LABELS_TABLE = "cdm_labels"  # the label engine's: one row per labelled event and label set
+FEATURES_TABLE = "ft_features"  # the feature engine's: one row per bar of its input table
+DAILY_BAR_COLUMNS = ("open", "high", "low", "close", "volume", "adj_factor")
+# the state engine's bars from ticks add these (calendar bars come from cdm_bars_daily: daily columns)
+TICK_BAR_COLUMNS = ("open", "high", "low", "close", "volume", "dollar_volume", "vwap", "n_trades", "buy_volume",
+                    "sell_volume")
 
 # Above these a price or a size (shares, contracts, volume) is not a market value but a corrupt one
 # (1e308 is finite and positive): ingest reports such rows as bad and the CDM drops them.
@@ -38,6 +43,13 @@ def partition_width(table: str) -> str:
     if table.endswith("bars_daily") or re.search(r"_time_1(w|mo|q|y)_bars$", table):
         return "year"
     return "month" if table.endswith("_bars") or table == LABELS_TABLE else "day"
+
+
+def bar_columns(table: str) -> tuple[str, ...]:
+    """The value columns of a bar table (``cdm_bars_daily``, or a state-engine ``cdm_<type>_..._bars``)."""
+    if table.endswith("bars_daily") or re.search(r"_time_1(w|mo|q|y)_bars$", table):
+        return DAILY_BAR_COLUMNS
+    return TICK_BAR_COLUMNS
 
 
 def raw_table_name(feed: str, kind: str) -> str:

@@ -34,7 +34,7 @@ def test_sample_project_asset_graph_has_ingest_and_transform_with_lineage():
         assert parents == expected.get(table, {"cdm_trades", "cdm_quotes"}), table
     jobs = {job.name for job in defs.jobs}
     assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_transform", "quantflow_state_engine",
-                    "quantflow_label_engine"}
+                    "quantflow_label_engine", "quantflow_feature_engine"}
     assert defs.resolve_job_def("quantflow_ingest")  # resolvable, with the dbt resource bound
     assert defs.resolve_job_def("quantflow_pipeline")
 

@@ -100,8 +100,8 @@ def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
     everything = runner.run(stage="all", write_mode="overwrite", **window)
     assert everything.success, everything.error
     assert [job for job, _ in everything.runs] == ["quantflow_ingest", "quantflow_transform", "quantflow_state_engine",
-                                                   "quantflow_label_engine"]
-    assert {"raw_sample", "cdm_trades", "cdm_trade_enriched", "cdm_time_1m_bars", "cdm_labels"} <= set(
+                                                   "quantflow_label_engine", "quantflow_feature_engine"]
+    assert {"raw_sample", "cdm_trades", "cdm_trade_enriched", "cdm_time_1m_bars", "cdm_labels", "ft_features"} <= set(
         everything.materializations)
     assert "OK: stage all" in everything.summary() and "state_engine_full: 2 shards" in everything.summary()
     # the state engine ran as its Dagster job: its materializations are on the instance (UI lineage, staleness)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from quantflow.metadata.schema.base import NAME_RE, SYMBOL_RE, MetadataModel
+from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineConfig
 from quantflow.metadata.schema.ingest import IngestConfig
 from quantflow.metadata.schema.label_engine import LabelEngineConfig
 from quantflow.metadata.schema.state_engine import StateEngineConfig
@@ -33,6 +34,7 @@ class ProjectConfig(MetadataModel):
     storage: StorageConfig = StorageConfig()
     state_engine: StateEngineConfig | None = None
     label_engine: LabelEngineConfig | None = None
+    feature_engine: FeatureEngineConfig | None = None
 
     def consistency_issues(self) -> list[tuple[tuple, str]]:
         """Problems that span sections (field path, message); each section is valid on its own."""
@@ -50,14 +52,25 @@ class ProjectConfig(MetadataModel):
                     issues.append((lob + ("depth",), f"depth {se.lob.depth} is deeper than the level-{level} files "
                                    f"of feed {feed.name!r}: the levels behind {level} are not in its messages; "
                                    f"use depth <= {level}"))
+        bar_tables = ["cdm_bars_daily", *([b.table for b in se.bars] if se is not None else [])]
         if self.label_engine is not None:
-            bar_tables = [b.table for b in se.bars] if se is not None else []
             for i, label_set in enumerate(self.label_engine.labels):
-                if label_set.input != "cdm_bars_daily" and label_set.input not in bar_tables:
-                    known = ", ".join(["cdm_bars_daily", *bar_tables])
+                if label_set.input not in bar_tables:
                     issues.append((("project", "label_engine", "labels", i, "input"),
                                    f"label set {label_set.name!r} reads {label_set.input}, which no stage writes "
-                                   f"(known: {known})"))
+                                   f"(known: {', '.join(bar_tables)})"))
+        fe = self.feature_engine
+        if fe is not None:
+            where = ("project", "feature_engine")
+            if fe.input not in bar_tables:
+                issues.append((where + ("input",), f"the feature engine reads {fe.input}, which no stage writes "
+                               f"(known: {', '.join(bar_tables)})"))
+            issues += [(where + loc, message) for loc, message in FeatureDAG.issues(fe, self.symbols)]
+            if se is None:
+                for i, f in enumerate(fe.features):
+                    if f.kind == "microstructure":
+                        issues.append((where + ("features", i, "kind"), f"feature {f.name!r}: microstructure "
+                                       "features need the state engine's cdm_trade_enriched (no state_engine)"))
         return issues
 
     @field_validator("symbols")

@@ -35,6 +35,8 @@ def _value(value: Any) -> Any:
         return dg.MetadataValue.int(value)
     if isinstance(value, float):
         return dg.MetadataValue.float(value)
+    if isinstance(value, dict):
+        return dg.MetadataValue.json(value)
     return str(value)
 
 

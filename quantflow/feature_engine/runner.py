@@ -1,0 +1,311 @@
+"""Feature-engine stage entry point: plan blocks, compute them in tasks on the executor, write ``ft_features``.
+
+Where a computation starts decides its result to the last bit (a running sum, an EMA, TA-Lib's SMA all
+depend on it), so each value is computed in a fixed place: the lake block (year for daily bars, month for
+intraday bars) that holds its bar, starting ``warmup_bars`` bars before the block's first bar (the longest
+chain of windows through the feature DAG; the whole history for running totals such as OBV). A block is a
+unit of work; tasks pack units up to ``rows_per_task`` bars and read each symbol's rows once. So a one-day
+run, a run over twenty years, one task or a hundred give the same bits, and no value reads a bar after its
+own (tested).
+
+Cross-sectional features rank or scale across symbols at each bar time, so when the DAG has any, every
+project symbol is computed and written, whatever symbols the run names: a symbol's cross-sectional values
+depend on the others'.
+
+``ft_features`` is derived and cheap to rebuild, so every write mode rewrites the window's rows (like
+``cdm_labels``); rows outside the window stay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from quantflow.compute.executors import make_executor
+from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
+from quantflow.metadata.manager import ProjectMetadata
+from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineConfig
+from quantflow.storage.filesystem import StorageOptions, Store
+from quantflow.storage.lake import Lake, period_start
+from quantflow.storage.project import project_lake, storage_options
+from quantflow.storage.schemas import TableSpec
+from quantflow.storage.tables import (
+    ENRICHED_TABLE,
+    FEATURES_TABLE,
+    LABELS_TABLE,
+    QUOTES_TABLE,
+    partition_width,
+)
+from quantflow.storage.writes import WriteResult
+
+STAGE = "feature_engine"
+TRADE_COLUMNS = ["symbol", "date", "ts", "signed_volume", "spread_bps", "effective_spread_bps"]
+QUOTE_COLUMNS = ["symbol", "date", "ts", "bid", "ask", "bid_size", "ask_size"]
+
+
+@dataclass
+class FeatureEngineResult(StageResult):
+    features: int = 0
+    rows: int = 0
+    symbols: int = 0
+    tasks: int = 0
+    warmup_bars: int | None = 0
+    nan_share: dict[str, float] = field(default_factory=dict)  # feature column -> share of nan in the window
+    constant: list[str] = field(default_factory=list)  # columns with one value (or none) in the window
+    label_coverage: dict[str, float] = field(default_factory=dict)  # label set -> share of events with all features
+
+    def headline(self) -> str:
+        warmup = "all history" if self.warmup_bars is None else f"{self.warmup_bars} bars"
+        return (f"{self.features} features x {self.rows:,} bars ({self.symbols} symbols) in {self.seconds:.1f}s, "
+                f"{self.tasks} tasks, warm-up {warmup}")
+
+    def key_figures(self) -> dict[str, Any]:
+        return {"features": self.features, "rows": self.rows, "symbols": self.symbols, "tasks": self.tasks,
+                "warmup_bars": "all" if self.warmup_bars is None else self.warmup_bars,
+                "nan_share": {k: round(v, 4) for k, v in self.nan_share.items()},
+                "entirely_nan_or_constant": ", ".join(self.constant) or "-",
+                "label_coverage": {k: round(v, 4) for k, v in self.label_coverage.items()}}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One block of one symbol: its bars are rows ``[read, end)`` of the symbol's stored bars (the warm-up
+    first), and rows from ``out`` on are written."""
+
+    symbol: str
+    block: dt.date
+    read: int
+    out: int
+    end: int
+
+
+@dataclass(frozen=True)
+class FeatureTask:
+    """What one worker needs: where to read, which rows, never the data itself."""
+
+    lake_root: str
+    storage: StorageOptions
+    config: FeatureEngineConfig
+    symbols: list[str]
+    units: tuple[Unit, ...]
+    # per symbol: the first stored date to read and the index of that date's first row
+    reads: dict[str, tuple[dt.date, int]]
+    last_date: dict[str, dt.date]
+    benchmarks: dict[str, tuple[dt.date, dt.date]]  # per benchmark symbol: the dates to read
+    trades: bool
+    quotes: bool
+
+    def __str__(self) -> str:
+        first, last = self.units[0], self.units[-1]
+        return (f"{first.symbol} {first.block}" if len(self.units) == 1
+                else f"{first.symbol} {first.block}..{last.symbol} {last.block} ({len(self.units)} blocks)")
+
+    @property
+    def rows(self) -> int:
+        return sum(u.end - u.read for u in self.units)
+
+
+def plan_units(dates: np.ndarray, symbol: str, window: RunWindow, warmup: int | None, width: str) -> list[Unit]:
+    """The units of one symbol whose stored bars have ``dates`` (sorted): one per block with bars in the
+    window."""
+    lo = int(np.searchsorted(dates, np.datetime64(window.start_date), "left"))
+    hi = int(np.searchsorted(dates, np.datetime64(window.end_date), "right"))
+    units = []
+    i = lo
+    while i < hi:
+        block = period_start(dates[i].astype("datetime64[D]").astype(dt.date), width)
+        block_first = int(np.searchsorted(dates, np.datetime64(block), "left"))
+        next_block = int(np.searchsorted(dates, np.datetime64(_next_period(block, width)), "left"))
+        end = min(next_block, hi)
+        read = 0 if warmup is None else max(0, block_first - warmup)
+        units.append(Unit(symbol, block, read, i, end))
+        i = end
+    return units
+
+
+def _next_period(start: dt.date, width: str) -> dt.date:
+    if width == "year":
+        return dt.date(start.year + 1, 1, 1)
+    if width == "month":
+        return dt.date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+    return start + dt.timedelta(days=1)
+
+
+def pack_units(units: list[Unit], rows_per_task: int) -> list[list[Unit]]:
+    """Consecutive units (symbol, then time order) grouped until a group holds ``rows_per_task`` bars."""
+    packs: list[list[Unit]] = []
+    rows = 0
+    for u in units:
+        if not packs or rows >= rows_per_task:
+            packs.append([])
+            rows = 0
+        packs[-1].append(u)
+        rows += u.end - u.read
+    return packs
+
+
+def run_task(task: FeatureTask) -> pl.DataFrame:
+    """Compute the features of the task's units; returns their output rows. Runs in a worker."""
+    from quantflow.feature_engine.engine import (
+        SegmentData,
+        bars_with_time,
+        time_series_features,
+    )
+
+    cfg = task.config
+    dag = FeatureDAG.compile(cfg)
+    lake = Lake(Store(task.lake_root, task.storage))
+    pieces, starts, keep = [], [0], []
+    trades, quotes = [], []
+    for symbol in task.symbols:
+        first_date, first_index = task.reads[symbol]
+        bars = bars_with_time(lake.read(cfg.input, [symbol], first_date, task.last_date[symbol]))
+        for u in (u for u in task.units if u.symbol == symbol):
+            unit = bars.slice(u.read - first_index, u.end - u.read)
+            if unit.height != u.end - u.read:
+                raise ValueError(f"{cfg.input} {symbol}: found {unit.height} bars for block {u.block}, planned "
+                                 f"{u.end - u.read}: the table changed during the run")
+            pieces.append(unit)
+            starts.append(starts[-1] + unit.height)
+            keep.append(np.arange(u.out - u.read, u.end - u.read) + starts[-2])
+        if task.trades:
+            trades.append(lake.read(ENRICHED_TABLE, [symbol], first_date, task.last_date[symbol], TRADE_COLUMNS))
+        if task.quotes:
+            quotes.append(lake.read(QUOTES_TABLE, [symbol], first_date, task.last_date[symbol], QUOTE_COLUMNS))
+    benchmarks = {b: bars_with_time(lake.read(cfg.input, [b], *span)) for b, span in task.benchmarks.items()}
+    data = SegmentData(pl.concat(pieces, how="diagonal_relaxed"), np.array(starts), benchmarks,
+                       _concat(trades, TRADE_COLUMNS) if task.trades else None,
+                       _concat(quotes, QUOTE_COLUMNS) if task.quotes else None)
+    features = time_series_features(data, dag)
+    return features.select(pl.all().gather(np.concatenate(keep)))
+
+
+def _concat(frames: list[pl.DataFrame], columns: list[str]) -> pl.DataFrame:
+    frames = [f for f in frames if f.height]
+    if not frames:
+        return pl.DataFrame(schema={c: pl.Float64 for c in columns}).with_columns(
+            pl.col("symbol").cast(pl.Utf8), pl.col("date").cast(pl.Date),
+            pl.col("ts").cast(pl.Datetime("ns", "UTC")))
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
+        progress: Progress | None = None) -> FeatureEngineResult:
+    """Compute the configured features over the window and rewrite its rows of ``ft_features``."""
+    from quantflow.feature_engine.engine import cross_sectional_features, warmup_bars
+
+    progress = progress or Progress()
+    cfg = md.project.feature_engine
+    if cfg is None:
+        raise ValueError("project_metadata/project.yaml has no project.feature_engine section")
+    began = time.perf_counter()
+    dag = FeatureDAG.compile(cfg, md.symbols)
+    warmup = warmup_bars(dag, cfg.settle_periods)
+    symbols = list(window.symbols)
+    if any(n.cross_sectional for n in dag.nodes) and set(symbols) != set(md.symbols):
+        progress.detail("feature engine: cross-sectional features: computing all project symbols")
+        symbols = list(md.symbols)
+    window = RunWindow(window.start_date, window.end_date, tuple(symbols), window.write_mode)
+    result = FeatureEngineResult(STAGE, window, features=len(dag.outputs), warmup_bars=warmup)
+    lake = project_lake(md)
+    width = lake.partition_width(cfg.input)
+    stored = {s: lake.read(cfg.input, [s], None, window.end_date, ["date"]) for s in {*symbols, *dag.benchmarks}}
+    dates = {s: (df["date"].sort().to_numpy() if df.height else np.array([], "datetime64[D]"))
+             for s, df in stored.items()}
+    units = [u for s in symbols for u in plan_units(dates[s], s, window, warmup, width)]
+    if not units:
+        result.warnings.append(f"no {cfg.input} bars in {window.describe()}: no features computed")
+        result.seconds = time.perf_counter() - began
+        return result
+    trades, quotes = ENRICHED_TABLE in cfg.tick_tables(), QUOTES_TABLE in cfg.tick_tables()
+    root, options = lake.store.root, storage_options(md)
+    tasks = [_task(root, options, cfg, pack, dates, dag.benchmarks, trades, quotes)
+             for pack in pack_units(units, cfg.rows_per_task)]
+    result.tasks = len(tasks)
+    kind = executor or cfg.executor
+    progress.begin(len(units), "blocks", "feature engine")
+    progress.detail(f"feature engine: {len(dag.outputs)} features of {len(dag.nodes)} definitions over {cfg.input}, "
+                    f"{len(units)} blocks in {len(tasks)} tasks on {kind}, warm-up "
+                    f"{'all history' if warmup is None else f'{warmup} bars'}")
+    env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
+    runner = make_executor(kind, min(cfg.max_concurrency, len(tasks)), 1, env)
+
+    def on_done(done: int, total: int, outcome) -> None:
+        progress.advance(len(outcome.shard.units), outcome.shard.rows)
+
+    report = runner.map(run_task, tasks, on_done)
+    if report.failed:
+        first = report.failed[0]
+        raise StageError(f"feature engine: {len(report.failed)} of {len(tasks)} tasks failed; task {first.shard}: "
+                         f"{first.error}", result=result)
+    features = pl.concat([o.result for o in report.outcomes], how="vertical_relaxed")
+    features = cross_sectional_features(features, dag)
+    _describe(result, features, dag.outputs)
+    result.label_coverage = _label_coverage(lake, md, cfg.input, window, features, dag.outputs)
+    spec = TableSpec(FEATURES_TABLE, dict(features.schema), partition_width(cfg.input), ("symbol", "date", "ts"))
+    for symbol in symbols:
+        mine = features.filter(pl.col("symbol") == symbol)
+        result.record_write(FEATURES_TABLE, lake.replace(spec, mine, [symbol], window.start_date, window.end_date))
+    result.record_write(FEATURES_TABLE, WriteResult(FEATURES_TABLE), lake.url(FEATURES_TABLE))
+    result.preview[FEATURES_TABLE] = features.select(features.columns[:10]).head(5)  # readable width
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def _task(root, options, cfg, pack: list[Unit], dates, benchmarks, trades: bool, quotes: bool) -> FeatureTask:
+    symbols = list(dict.fromkeys(u.symbol for u in pack))
+    reads, last = {}, {}
+    for s in symbols:
+        first = min(u.read for u in pack if u.symbol == s)
+        day = dates[s][first]
+        reads[s] = (_date(day), int(np.searchsorted(dates[s], day, "left")))
+        last[s] = _date(dates[s][max(u.end for u in pack if u.symbol == s) - 1])
+    span_start, span_end = min(d for d, _ in reads.values()), max(last.values())
+    spans = {}
+    for b in benchmarks:  # from its last bar at or before the task's first bar (an as-of join needs it)
+        at = int(np.searchsorted(dates[b], np.datetime64(span_start), "right")) - 1
+        spans[b] = (_date(dates[b][at]) if at >= 0 else span_start, span_end)
+    return FeatureTask(root, options, cfg, symbols, tuple(pack), reads, last, spans, trades, quotes)
+
+
+def _date(value: np.datetime64) -> dt.date:
+    return value.astype("datetime64[D]").astype(dt.date)
+
+
+def _describe(result: FeatureEngineResult, features: pl.DataFrame, outputs: list[str]) -> None:
+    """Rows, symbols, nan share and constant columns of the window."""
+    result.rows, result.symbols = features.height, features["symbol"].n_unique()
+    if not features.height:
+        return
+    stats = features.select(
+        *(pl.col(c).is_nan().mean().alias(f"nan:{c}") for c in outputs),
+        *(pl.col(c).filter(~pl.col(c).is_nan()).n_unique().alias(f"distinct:{c}") for c in outputs),
+    ).row(0, named=True)
+    result.nan_share = {c: float(stats[f"nan:{c}"]) for c in outputs}
+    result.constant = [c for c in outputs if stats[f"distinct:{c}"] <= 1]
+
+
+def _label_coverage(lake: Lake, md: ProjectMetadata, table: str, window: RunWindow, features: pl.DataFrame,
+                    outputs: list[str]) -> dict[str, float]:
+    """Per label set on the same bars: the share of its events in the window whose features are all numbers
+    (the rows a model can train on without filling)."""
+    if md.project.label_engine is None:
+        return {}
+    sets = [s.name for s in md.project.label_engine.labels if s.input == table]
+    if not sets:
+        return {}
+    labels = lake.read(LABELS_TABLE, list(window.symbols), window.start_date, window.end_date,
+                       ["symbol", "label_set", "ts"])
+    if not labels.height:
+        return {}
+    complete = features.select("symbol", "ts", pl.all_horizontal(
+        [pl.col(c).is_not_nan() for c in outputs]).alias("complete"))
+    joined = labels.filter(pl.col("label_set").is_in(sets)).join(complete, on=["symbol", "ts"], how="left")
+    shares = joined.group_by("label_set").agg(pl.col("complete").fill_null(False).mean())
+    return {name: float(share) for name, share in shares.iter_rows()}
