@@ -1,0 +1,162 @@
+"""The feature-engine stage over a lake: sharded = unsharded bit for bit (across block and task boundaries),
+window-by-window = one pass, write modes, cross-sectional runs, the Dagster asset."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from quantflow.compute.stage import StageError
+from quantflow.feature_engine import runner
+from quantflow.metadata import get_metadata_manager
+from quantflow.storage.project import project_lake
+from quantflow.storage.schemas import spec_for_kind
+from tests.conftest import window, write_project
+
+PROJECT = """\
+project:
+  name: features_test
+  symbols: [AAA, BBB, CCC]
+  feature_engine:
+    preset: alpha158
+    rows_per_task: {rows}
+    features:
+      - {{name: rsi, kind: talib, params: {{function: RSI, timeperiod: 14}}}}
+      - {{name: sma, kind: talib, params: {{function: SMA, timeperiod: 30}}}}
+      - {{name: obv, kind: talib, params: {{function: OBV}}}}
+      - {{name: ret, kind: returns, params: {{horizons: [1, 20]}}}}
+      - {{name: z, kind: zscore, params: {{column: sma, window: 40}}}}
+      - {{name: beta, kind: beta, params: {{benchmark: AAA, window: 60}}}}
+      - {{name: rank, kind: cs_rank, params: {{column: ret_20}}}}
+"""
+DAYS = [d for d in (dt.date(2019, 1, 1) + dt.timedelta(days=i) for i in range(1100)) if d.weekday() < 5]
+
+
+def project(tmp_path, rows: int = 1_000_000, text: str = PROJECT):
+    return get_metadata_manager(write_project(tmp_path, text.format(rows=rows))).load_all()
+
+
+def write_bars(md, days=DAYS, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for symbol in md.symbols:
+        close = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.015, len(DAYS))))
+        frames.append(pl.DataFrame({"symbol": symbol, "date": DAYS, "open": close * 1.001, "high": close * 1.01,
+                                    "low": close * 0.99, "close": close, "volume": rng.lognormal(13, 0.3, len(DAYS))}))
+    bars = pl.concat(frames).filter(pl.col("date").is_in(days))
+    project_lake(md).write(spec_for_kind("cdm_bars_daily", "bars_daily"), bars, "overwrite")
+
+
+def stored(md) -> pl.DataFrame:
+    return project_lake(md).read("ft_features").sort("symbol", "date")
+
+
+def test_any_sharding_and_any_windows_give_the_same_bits(tmp_path):
+    one = project(tmp_path / "one")
+    write_bars(one)
+    whole = runner.run(one, window(one, DAYS[0], DAYS[-1]))
+    assert whole.tasks == 1 and whole.rows == 3 * len(DAYS) and whole.warmup_bars is None  # OBV: all history
+    # one task per block (a year of a symbol), and windows that cut years and tasks anywhere
+    many = project(tmp_path / "many", rows=10)
+    write_bars(many)
+    result = runner.run(many, window(many, DAYS[0], DAYS[300]))
+    assert result.tasks == 3 * 2  # 2019 and 2020 blocks of three symbols
+    for a, b in [(301, 302), (303, 600), (601, len(DAYS) - 1)]:
+        runner.run(many, window(many, DAYS[a], DAYS[b]))
+    assert_frame_equal(stored(many), stored(one))  # bit for bit
+    assert stored(one).filter(pl.col("date") > DAYS[100])["KMID"].is_nan().sum() == 0
+
+
+def test_a_finite_warm_up_reads_only_the_bars_it_needs(tmp_path):
+    text = PROJECT.replace("      - {{name: obv, kind: talib, params: {{function: OBV}}}}\n", "")
+    md = project(tmp_path, text=text)
+    write_bars(md)
+    june = window(md, dt.date(2021, 6, 1), dt.date(2021, 6, 30))
+    result = runner.run(md, june)
+    assert result.warmup_bars == 14 + 20 * 14 + 0  # RSI: lookback + 20 x its period (longest chain)
+    [unit] = runner.plan_units(np.array(DAYS, dtype="datetime64[D]"), "AAA", june, result.warmup_bars, "year")
+    first_of_year = DAYS.index(dt.date(2021, 1, 1))
+    assert unit.read == first_of_year - result.warmup_bars and unit.out == DAYS.index(dt.date(2021, 6, 1))
+    # and the values equal a run over everything
+    md_all = project(tmp_path / "all", text=text)
+    write_bars(md_all)
+    runner.run(md_all, window(md_all, DAYS[0], DAYS[-1]))
+    assert_frame_equal(stored(md), stored(md_all).filter(pl.col("date").dt.strftime("%Y-%m") == "2021-06"))
+
+
+def test_changed_bars_are_rewritten_in_every_write_mode_and_rows_outside_stay(tmp_path):
+    md = project(tmp_path)
+    write_bars(md)
+    runner.run(md, window(md, DAYS[0], DAYS[-1]))
+    before = stored(md)
+    write_bars(md, seed=2)
+    for mode in ("skip_if_exists", "append", "overwrite"):
+        runner.run(md, window(md, DAYS[500], DAYS[-1], write_mode=mode))
+        after = stored(md)
+        assert after.height == before.height
+        assert_frame_equal(after.filter(pl.col("date") < DAYS[500]), before.filter(pl.col("date") < DAYS[500]))
+        assert not after.filter(pl.col("date") >= DAYS[500])["close" if False else "KMID"].equals(
+            before.filter(pl.col("date") >= DAYS[500])["KMID"])
+
+
+def test_cross_sectional_features_compute_every_symbol_whatever_the_window_names(tmp_path):
+    md = project(tmp_path)
+    write_bars(md)
+    result = runner.run(md, window(md, DAYS[-30], DAYS[-1], symbols=["BBB"]))
+    assert result.symbols == 3 and set(stored(md)["symbol"]) == {"AAA", "BBB", "CCC"}
+    ranks = stored(md).group_by("date").agg(pl.col("rank").sort())
+    assert all(r == [1 / 3, 2 / 3, 1.0] for r in ranks["rank"].to_list())
+
+
+def test_a_failing_block_names_the_task_and_the_cause(tmp_path, monkeypatch):
+    md = project(tmp_path, rows=10)
+    write_bars(md)
+
+    def broken(data, dag):
+        raise FloatingPointError("kernel blew up")
+
+    monkeypatch.setattr("quantflow.feature_engine.engine.time_series_features", broken)
+    with pytest.raises(StageError) as excinfo:
+        runner.run(md, window(md, DAYS[0], DAYS[-1]))
+    message = str(excinfo.value)
+    assert "feature engine: 12 of 12 tasks failed; task AAA 2019-01-01: " in message
+    assert "FloatingPointError: kernel blew up" in message and "\n" not in message
+
+
+def test_no_bars_in_the_window_is_a_warning_not_an_error(tmp_path):
+    md = project(tmp_path)
+    write_bars(md)
+    result = runner.run(md, window(md, dt.date(2030, 1, 1), dt.date(2030, 2, 1)))
+    assert result.rows == 0 and "no cdm_bars_daily bars" in result.warnings[0]
+
+
+def test_the_dagster_asset_reports_nan_shares_and_checks_constant_features(tmp_path):
+    from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
+
+    text = PROJECT + "      - {{name: flat, kind: rolling, params: {{column: volume, window: 5, stat: min}}}}\n"
+    md = project(tmp_path, text=text.replace("volume: rng", "volume: rng"))
+    write_bars(md)
+    lake = project_lake(md)
+    bars = lake.read("cdm_bars_daily").with_columns(pl.lit(1e6).alias("volume"))  # a constant volume
+    lake.write(spec_for_kind("cdm_bars_daily", "bars_daily"), bars, "overwrite")
+    defs = build_defs_from_metadata(md)
+    job = defs.resolve_job_def("quantflow_feature_engine")
+    cfg = {"start_date": DAYS[0].isoformat(), "end_date": DAYS[-1].isoformat()}
+    result = job.execute_in_process(run_config={"ops": {"ft_features": {"config": cfg}}},
+                                    instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    [mat] = result.get_asset_materialization_events()
+    meta = mat.event_specific_data.materialization.metadata
+    assert meta["rows_written/ft_features"].value == 3 * len(DAYS) and meta["features"].value == 157 + 9
+    nan_share = meta["nan_share"].value
+    assert nan_share["ret_20"] == round(20 / len(DAYS), 4) and nan_share["KMID"] == 0
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.check_name == "features_vary"
+    assert "flat" in check.metadata["entirely_nan_or_constant"].value  # volume is constant: so is its min
+    assert defs.resolve_assets_def("ft_features").asset_deps[dg.AssetKey("ft_features")] == {
+        dg.AssetKey("cdm_bars_daily")}
