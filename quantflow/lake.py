@@ -22,7 +22,7 @@ from quantflow.storage.lake import PATH_KEYS, Lake
 
 __all__ = ["open_lake", "read", "scan", "tables"]
 
-_KEY_TYPES = {"day": pl.Date, "month": pl.String, "year": pl.Int64}
+_KEY_TYPES = {"day": pl.Date, "month": pl.String, "year": pl.Int64, "decade": pl.Int64}
 
 
 def open_lake(project: str | Path = ".") -> Lake:

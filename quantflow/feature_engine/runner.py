@@ -40,7 +40,7 @@ from quantflow.storage.tables import (
     FEATURES_TABLE,
     LABELS_TABLE,
     QUOTES_TABLE,
-    partition_width,
+    features_partition_width,
 )
 from quantflow.storage.writes import WriteResult
 
@@ -100,6 +100,9 @@ class FeatureTask:
     benchmarks: dict[str, tuple[dt.date, dt.date]]  # per benchmark symbol: the dates to read
     trades: bool
     quotes: bool
+    # in-process runs only: the bars the planner read (symbol -> its stored bars up to the window's end, in
+    # time order), so they are not read twice; tasks for Ray workers carry None and read their own
+    bars: dict[str, pl.DataFrame] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         first, last = self.units[0], self.units[-1]
@@ -165,7 +168,10 @@ def run_task(task: FeatureTask) -> pl.DataFrame:
     trades, quotes = [], []
     for symbol in task.symbols:
         first_date, first_index = task.reads[symbol]
-        bars = bars_with_time(lake.read(cfg.input, [symbol], first_date, task.last_date[symbol]))
+        if task.bars is not None:
+            bars = task.bars[symbol].slice(first_index)
+        else:
+            bars = bars_with_time(lake.read(cfg.input, [symbol], first_date, task.last_date[symbol]))
         for u in (u for u in task.units if u.symbol == symbol):
             unit = bars.slice(u.read - first_index, u.end - u.read)
             if unit.height != u.end - u.read:
@@ -178,7 +184,8 @@ def run_task(task: FeatureTask) -> pl.DataFrame:
             trades.append(lake.read(ENRICHED_TABLE, [symbol], first_date, task.last_date[symbol], TRADE_COLUMNS))
         if task.quotes:
             quotes.append(lake.read(QUOTES_TABLE, [symbol], first_date, task.last_date[symbol], QUOTE_COLUMNS))
-    benchmarks = {b: bars_with_time(lake.read(cfg.input, [b], *span)) for b, span in task.benchmarks.items()}
+    benchmarks = {b: task.bars[b] if task.bars is not None else bars_with_time(lake.read(cfg.input, [b], *span))
+                  for b, span in task.benchmarks.items()}
     data = SegmentData(pl.concat(pieces, how="diagonal_relaxed"), np.array(starts), benchmarks,
                        _concat(trades, TRADE_COLUMNS) if task.trades else None,
                        _concat(quotes, QUOTE_COLUMNS) if task.quotes else None)
@@ -215,9 +222,17 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     result = FeatureEngineResult(STAGE, window, features=len(dag.outputs), warmup_bars=warmup)
     lake = project_lake(md)
     width = lake.partition_width(cfg.input)
-    stored = {s: lake.read(cfg.input, [s], None, window.end_date, ["date"]) for s in {*symbols, *dag.benchmarks}}
-    dates = {s: (df["date"].sort().to_numpy() if df.height else np.array([], "datetime64[D]"))
-             for s, df in stored.items()}
+    out_width = features_partition_width(cfg.input)
+    if lake.partitions(FEATURES_TABLE) and lake.partition_width(FEATURES_TABLE) != out_width:
+        raise StageError(f"feature engine: {lake.url(FEATURES_TABLE)} is stored in "
+                         f"{lake.partition_width(FEATURES_TABLE)} partitions, features of {cfg.input} go in "
+                         f"{out_width} partitions (was the input table changed?): the table is derived; remove "
+                         "it and run the feature engine over the whole history", result=result)
+    kind = executor or cfg.executor
+    # the planner needs every stored date; in process it reads the whole bars once and hands them over
+    stored = {s: _stored_bars(lake, cfg.input, s, window.end_date, kind == "local")
+              for s in sorted({*symbols, *dag.benchmarks})}
+    dates = {s: (df["date"].to_numpy() if df.height else np.array([], "datetime64[D]")) for s, df in stored.items()}
     units = [u for s in symbols for u in plan_units(dates[s], s, window, warmup, width)]
     if not units:
         result.warnings.append(f"no {cfg.input} bars in {window.describe()}: no features computed")
@@ -225,10 +240,9 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
         return result
     trades, quotes = ENRICHED_TABLE in cfg.tick_tables(), QUOTES_TABLE in cfg.tick_tables()
     root, options = lake.store.root, storage_options(md)
-    tasks = [_task(root, options, cfg, pack, dates, dag.benchmarks, trades, quotes)
-             for pack in pack_units(units, cfg.rows_per_task)]
+    tasks = [_task(root, options, cfg, pack, dates, dag.benchmarks, trades, quotes,
+                   stored if kind == "local" else None) for pack in pack_units(units, cfg.rows_per_task)]
     result.tasks = len(tasks)
-    kind = executor or cfg.executor
     progress.begin(len(units), "blocks", "feature engine")
     progress.detail(f"feature engine: {len(dag.outputs)} features of {len(dag.nodes)} definitions over {cfg.input}, "
                     f"{len(units)} blocks in {len(tasks)} tasks on {kind}, warm-up "
@@ -248,9 +262,10 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     features = cross_sectional_features(features, dag)
     _describe(result, features, dag.outputs)
     result.label_coverage = _label_coverage(lake, md, cfg.input, window, features, dag.outputs)
-    spec = TableSpec(FEATURES_TABLE, dict(features.schema), partition_width(cfg.input), ("symbol", "date", "ts"))
+    spec = TableSpec(FEATURES_TABLE, dict(features.schema), out_width, ("symbol", "date", "ts"))
+    by_symbol = features.partition_by("symbol", as_dict=True, maintain_order=True)
     for symbol in symbols:
-        mine = features.filter(pl.col("symbol") == symbol)
+        mine = by_symbol.get((symbol,), features.head(0))
         result.record_write(FEATURES_TABLE, lake.replace(spec, mine, [symbol], window.start_date, window.end_date))
     result.record_write(FEATURES_TABLE, WriteResult(FEATURES_TABLE), lake.url(FEATURES_TABLE))
     result.preview[FEATURES_TABLE] = features.select(features.columns[:10]).head(5)  # readable width
@@ -258,7 +273,19 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     return result
 
 
-def _task(root, options, cfg, pack: list[Unit], dates, benchmarks, trades: bool, quotes: bool) -> FeatureTask:
+def _stored_bars(lake: Lake, table: str, symbol: str, end: dt.date, whole: bool) -> pl.DataFrame:
+    """A symbol's stored bars up to ``end`` in time order: all columns (``whole``) or only their dates."""
+    from quantflow.feature_engine.engine import bars_with_time
+
+    if whole:
+        bars = lake.read(table, [symbol], None, end)
+        return bars_with_time(bars) if bars.height else bars
+    dates = lake.read(table, [symbol], None, end, ["date"])
+    return dates.sort("date") if dates.height else dates
+
+
+def _task(root, options, cfg, pack: list[Unit], dates, benchmarks, trades: bool, quotes: bool,
+          stored: dict[str, pl.DataFrame] | None) -> FeatureTask:
     symbols = list(dict.fromkeys(u.symbol for u in pack))
     reads, last = {}, {}
     for s in symbols:
@@ -271,7 +298,8 @@ def _task(root, options, cfg, pack: list[Unit], dates, benchmarks, trades: bool,
     for b in benchmarks:  # from its last bar at or before the task's first bar (an as-of join needs it)
         at = int(np.searchsorted(dates[b], np.datetime64(span_start), "right")) - 1
         spans[b] = (_date(dates[b][at]) if at >= 0 else span_start, span_end)
-    return FeatureTask(root, options, cfg, symbols, tuple(pack), reads, last, spans, trades, quotes)
+    mine = None if stored is None else {s: stored[s] for s in [*symbols, *benchmarks]}
+    return FeatureTask(root, options, cfg, symbols, tuple(pack), reads, last, spans, trades, quotes, mine)
 
 
 def _date(value: np.datetime64) -> dt.date:
@@ -283,12 +311,14 @@ def _describe(result: FeatureEngineResult, features: pl.DataFrame, outputs: list
     result.rows, result.symbols = features.height, features["symbol"].n_unique()
     if not features.height:
         return
+    numbers = [pl.col(c).fill_nan(None) for c in outputs]
     stats = features.select(
         *(pl.col(c).is_nan().mean().alias(f"nan:{c}") for c in outputs),
-        *(pl.col(c).filter(~pl.col(c).is_nan()).n_unique().alias(f"distinct:{c}") for c in outputs),
+        *(n.min().alias(f"min:{c}") for n, c in zip(numbers, outputs)),
+        *(n.max().alias(f"max:{c}") for n, c in zip(numbers, outputs)),
     ).row(0, named=True)
     result.nan_share = {c: float(stats[f"nan:{c}"]) for c in outputs}
-    result.constant = [c for c in outputs if stats[f"distinct:{c}"] <= 1]
+    result.constant = [c for c in outputs if stats[f"min:{c}"] is None or stats[f"min:{c}"] == stats[f"max:{c}"]]
 
 
 def _label_coverage(lake: Lake, md: ProjectMetadata, table: str, window: RunWindow, features: pl.DataFrame,

@@ -5,10 +5,11 @@ Layout (hive partitions, readable as they are by polars, pandas, pyarrow and Duc
     <root>/<table>/symbol=<S>/day=<YYYY-MM-DD>/data.parquet      tick tables: one partition per day
     <root>/<table>/symbol=<S>/month=<YYYY-MM>/data.parquet       intraday bars: one per month
     <root>/<table>/symbol=<S>/year=<YYYY>/data.parquet           daily-frequency tables: one per year
+    <root>/<table>/symbol=<S>/decade=<YYYY>/data.parquet         wide daily tables (ft_features): per decade
 
 A file holds every column of the table except ``symbol``, which only the path carries (a column both in
 the path and in the file makes pandas and pyarrow refuse the dataset); the ``date`` column stays in the
-file, so every reader gets it as a date, and the ``day`` / ``month`` / ``year`` path key is only for pruning.
+file, so every reader gets it as a date, and the ``day`` / ``month`` / ``year`` / ``decade`` path key is only for pruning.
 A table's partition width follows its rows per (symbol, day): ticks fill a file a day, a day of bars is a few
 hundred rows (a month per file keeps their files few and large enough), daily bars one row.
 
@@ -44,11 +45,11 @@ from quantflow.storage.tables import partition_width
 from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
 
 DATA_FILE = "data.parquet"
-PATH_KEYS = {"day": "day", "month": "month", "year": "year"}  # partition width -> the path key after symbol=
-_TRUNCATE = {"day": "1d", "month": "1mo", "year": "1y"}
+PATH_KEYS = {"day": "day", "month": "month", "year": "year", "decade": "decade"}  # partition width -> the path key after symbol=
+_TRUNCATE = {"day": "1d", "month": "1mo", "year": "1y", "decade": "10y"}
 WRITE_THREADS = max(2, min(8, os.cpu_count() or 2))
 _PART_RE = re.compile(
-    r"symbol=(?P<symbol>[^/]+)/(?P<key>day|month|year)=(?P<value>\d{4}(?:-\d{2}(?:-\d{2})?)?)/"
+    r"symbol=(?P<symbol>[^/]+)/(?P<key>day|month|year|decade)=(?P<value>\d{4}(?:-\d{2}(?:-\d{2})?)?)/"
     + re.escape(DATA_FILE) + "$"
 )
 _OLD_LAYOUT = "symbol=*/date=*/" + DATA_FILE  # before the hive-readable layout: see ``upgrade_layout``
@@ -73,7 +74,9 @@ def period_start(day: dt.date, width: str) -> dt.date:
         return day.replace(day=1)
     if width == "year":
         return dt.date(day.year, 1, 1)
-    raise ValueError(f"unknown partition width {width!r} (expected 'day', 'month' or 'year')")
+    if width == "decade":
+        return dt.date(day.year // 10 * 10, 1, 1)
+    raise ValueError(f"unknown partition width {width!r} (expected 'day', 'month', 'year' or 'decade')")
 
 
 def period_end(start: dt.date, width: str) -> dt.date:
@@ -81,11 +84,12 @@ def period_end(start: dt.date, width: str) -> dt.date:
         return start
     if width == "month":
         return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
-    return dt.date(start.year, 12, 31)
+    return dt.date(start.year + (9 if width == "decade" else 0), 12, 31)
 
 
 def _path_value(start: dt.date, width: str) -> str:
-    return {"day": start.isoformat(), "month": start.isoformat()[:7], "year": str(start.year)}[width]
+    return {"day": start.isoformat(), "month": start.isoformat()[:7], "year": str(start.year),
+            "decade": str(start.year)}[width]
 
 
 def _parse_path_value(value: str, width: str) -> dt.date:
@@ -208,7 +212,11 @@ class Lake:
         """Rows of ``table`` for ``symbols`` with ``start <= date <= end`` (an empty frame when none)."""
         parts = self.partitions(table, symbols, start, end)
         wanted = None if columns is None else list(dict.fromkeys([*columns, "date"]))
-        frames = [self.read_partition(p.path, wanted) for p in parts]
+        if len(parts) > 1:  # polars decodes Parquet without the GIL: read the files side by side
+            with ThreadPoolExecutor(max_workers=min(len(parts), WRITE_THREADS)) as pool:
+                frames = list(pool.map(lambda p: self.read_partition(p.path, wanted), parts))
+        else:
+            frames = [self.read_partition(p.path, wanted) for p in parts]
         if not frames:
             return pl.DataFrame()
         df = pl.concat(frames, how="diagonal_relaxed")  # partitions written before a column existed: nulls
@@ -305,9 +313,17 @@ class Lake:
                     targets.add((symbol, start))
                 continue
             targets.update((symbol, p.period_start) for p in self.partitions(spec.name, [symbol], start, end))
-        for symbol, pstart in sorted(targets):
-            part = new.get((symbol, pstart))
-            result.merge(self._update_partition(spec, symbol, pstart, _merge_replacing(part, start, end)))
+        def one(target: tuple[str, dt.date]) -> WriteResult:
+            symbol, pstart = target
+            part = new.get(target)
+            covered = start <= pstart and period_end(pstart, spec.partition) <= end
+            merge = _merge_covering(part) if covered else _merge_replacing(part, start, end)
+            return self._update_partition(spec, symbol, pstart, merge, parse_old=not covered)
+
+        # partitions are independent files, each under its own lock: side by side, as ``write`` does
+        with ThreadPoolExecutor(max_workers=max(1, min(len(targets), WRITE_THREADS))) as pool:
+            for written in pool.map(one, sorted(targets)):
+                result.merge(written)
         return result
 
     def delete_days(self, spec: TableSpec, symbol: str, days: Iterable[dt.date]) -> WriteResult:
@@ -356,22 +372,28 @@ class Lake:
         rewritten empty with a compare-and-swap PUT instead (a day partition has one writer per day)."""
         return width == "day" or not self.store.remote
 
-    def _update_partition(self, spec: TableSpec, symbol: str, pstart: dt.date, merge: Callable) -> WriteResult:
-        """Apply ``merge(old | None, result) -> new | None`` to one partition under ``Store.update``."""
+    def _update_partition(self, spec: TableSpec, symbol: str, pstart: dt.date, merge: Callable,
+                          parse_old: bool = True) -> WriteResult:
+        """Apply ``merge(old | None, result) -> new | None`` to one partition under ``Store.update``;
+        ``parse_old=False``: ``old`` holds only the stored ``date`` column (a merge that replaces it all)."""
         path = self.partition_path(spec.name, symbol, pstart, spec.partition)
         outcome: dict[str, WriteResult] = {}
 
         def change(current: bytes | None):
             result = outcome["r"] = WriteResult(spec.name)  # reset: a compare-and-swap may call this again
             old = None
-            if current is not None:
+            if current is not None and not parse_old:
+                old = pl.read_parquet(io.BytesIO(current), columns=["date"])
+            elif current is not None:
                 old = conform(self._with_symbol(pl.read_parquet(io.BytesIO(current)), symbol), spec.schema,
                               where=self.store.url(path))
             new = merge(old, result)
             if new is None:
                 return None
-            if new.height == 0 and self._may_delete(spec.partition):
-                return DELETE
+            if new.height == 0:
+                if self._may_delete(spec.partition):
+                    return DELETE
+                new = pl.DataFrame(schema=spec.schema)
             return _parquet_bytes(new.sort(list(spec.sort_by), maintain_order=True).drop("symbol"))
 
         wrote = self.store.update(path, change)
@@ -458,6 +480,21 @@ def _merge_replacing(new: pl.DataFrame | None, start: dt.date, end: dt.date) -> 
             return None
         kept = old.filter(~in_range)
         return pl.concat([kept, new]) if new is not None else kept
+
+    return merge
+
+
+def _merge_covering(new: pl.DataFrame | None) -> Callable:
+    """``_merge_replacing`` for a partition whose whole period is in the range: the stored rows all go
+    (``old`` is only their dates, for the count of days deleted)."""
+    def merge(old: pl.DataFrame | None, result: WriteResult) -> pl.DataFrame | None:
+        new_days = set(new["date"].unique().to_list()) if new is not None else set()
+        if new is not None:
+            result.rows_written, result.days_written = new.height, len(new_days)
+        if old is None:
+            return new
+        result.days_deleted = len(set(old["date"].unique().to_list()) - new_days)
+        return new if new is not None else old.head(0)
 
     return merge
 

@@ -45,6 +45,13 @@ def partition_width(table: str) -> str:
     return "month" if table.endswith("_bars") or table == LABELS_TABLE else "day"
 
 
+def features_partition_width(input_table: str) -> str:
+    """``ft_features`` partitions: a decade of daily bars (a feature table is wide: a year of daily rows
+    is a small file of many column chunks, slow to write and to read), a month of intraday bars."""
+    width = partition_width(input_table)
+    return "decade" if width == "year" else width
+
+
 def bar_columns(table: str) -> tuple[str, ...]:
     """The value columns of a bar table (``cdm_bars_daily``, or a state-engine ``cdm_<type>_..._bars``)."""
     if table.endswith("bars_daily") or re.search(r"_time_1(w|mo|q|y)_bars$", table):

@@ -160,3 +160,28 @@ def test_the_dagster_asset_reports_nan_shares_and_checks_constant_features(tmp_p
     assert "flat" in check.metadata["entirely_nan_or_constant"].value  # volume is constant: so is its min
     assert defs.resolve_assets_def("ft_features").asset_deps[dg.AssetKey("ft_features")] == {
         dg.AssetKey("cdm_bars_daily")}
+
+
+@pytest.mark.slow
+def test_ray_workers_read_their_own_blocks_and_give_the_same_bits(tmp_path):
+    local = project(tmp_path / "local", rows=10)
+    write_bars(local)
+    runner.run(local, window(local, DAYS[0], DAYS[-1]))
+    on_ray = project(tmp_path / "ray", rows=400)
+    write_bars(on_ray)
+    result = runner.run(on_ray, window(on_ray, DAYS[0], DAYS[-1]), executor="ray")
+    assert result.tasks > 1
+    assert_frame_equal(stored(on_ray), stored(local))
+
+
+def test_features_stored_in_other_partitions_are_refused_with_the_remedy(tmp_path):
+    from quantflow.storage.schemas import TableSpec
+
+    md = project(tmp_path)
+    write_bars(md)
+    old = pl.DataFrame({"symbol": "AAA", "date": [DAYS[0]], "x": [1.0]})
+    project_lake(md).write(TableSpec("ft_features", dict(old.schema), "month", ("symbol", "date")), old)
+    with pytest.raises(StageError, match="stored in month partitions, features of cdm_bars_daily go in decade "
+                                         "partitions .* remove it and run the feature engine over the whole history"):
+        runner.run(md, window(md, DAYS[0], DAYS[-1]))
+    assert project_lake(md).read("ft_features").height == 1  # nothing touched
