@@ -282,12 +282,12 @@ def main() -> int:
             md = make_project(tmp / name, bars, table, DEFAULT_SET, None)
             bench = md.symbols[0]
             ours = best_of(stage(md, bars), args.repeat)
-            polars_s = best_of(script(md, table, lambda b: polars_features(b, bench), tmp / "p.parquet", False),
+            polars_s = best_of(script(md, table, lambda b, bench=bench: polars_features(b, bench), tmp / "p.parquet", False),
                                args.repeat)
             results.append(row(f"stage, default set, {name} ({bars.height:,} bars)", ours, polars_s, "polars", 8,
                                bars.height))
             if not args.skip_pandas:
-                pandas_s = best_of(script(md, table, lambda b: pandas_features(b, bench), tmp / "q.parquet", True), 1)
+                pandas_s = best_of(script(md, table, lambda b, bench=bench: pandas_features(b, bench), tmp / "q.parquet", True), 1)
                 results.append(row(f"stage, default set, {name}", ours, pandas_s, "pandas", 5, bars.height))
             results += _compute_only(md, bars, bench, name, args.repeat, args.skip_pandas)
         md = make_project(tmp / "alpha", daily, "cdm_bars_daily", "", "alpha158")

@@ -161,7 +161,9 @@ def _rolling(node: FeatureNode, data: SegmentData) -> list[np.ndarray]:
 
 def aligned_benchmark(data: SegmentData, benchmark: str, column: str) -> np.ndarray:
     """The benchmark's ``column`` as of each bar's time (its last bar at or before it; nan before its first)."""
-    bench = data.benchmarks[benchmark]
+    bench = data.benchmarks.get(benchmark)
+    if bench is None or bench.height == 0:  # no bars of the benchmark (yet): nothing to regress on
+        return np.full(data.bars.height, np.nan)
     bench_ts = bench["ts"].dt.epoch("ns").to_numpy()
     values = bench[column].cast(pl.Float64).to_numpy()
     at = np.searchsorted(bench_ts, data.bars["ts"].dt.epoch("ns").to_numpy(), side="right") - 1

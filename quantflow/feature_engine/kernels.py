@@ -185,8 +185,22 @@ def _sd(n, s1, s2):
     return np.sqrt(max(0.0, (s2 - s1 * s1 / n) / (n - 1)))
 
 
+@njit(cache=True)
+def _pair_add(sums, a, b):
+    """Count a pair of shifted values into ``sums`` (n, Sa, Sb, Saa, Sbb, Sab) when both are numbers."""
+    if not (np.isnan(a) or np.isnan(b)):
+        sums[0] += 1.0
+        sums[1] += a
+        sums[2] += b
+        sums[3] += a * a
+        sums[4] += b * b
+        sums[5] += a * b
+
+
 @njit(**_NUMPY)
-def _corr(n, sa, sb, saa, sbb, sab):
+def _corr(sums):
+    """pandas' rolling correlation from pair sums (nan below two pairs)."""
+    n, sa, sb, saa, sbb, sab = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5]
     if n < 2:
         return np.nan
     return (n * sab - sa * sb) / np.sqrt((n * saa - sa * sa) * (n * sbb - sb * sb))
@@ -267,6 +281,8 @@ def alpha158(open_, high, low, close, volume, vwap, starts):
     nw = A158_WINDOWS.size
     longest = A158_WINDOWS[-1]
     bufs = np.empty((nw, longest))
+    pair_a = np.zeros(6)
+    pair_b = np.zeros(6)
     sizes = np.zeros(nw, dtype=np.int64)
     for s in range(starts.size - 1):
         first, end = starts[s], starts[s + 1]
@@ -284,8 +300,8 @@ def alpha158(open_, high, low, close, volume, vwap, starts):
             nc, c1, c2, sx, sxx, sxy = 0, 0.0, 0.0, 0.0, 0.0, 0.0
             nlv, lv1, lv2, nr, r1, r2, nlr, lr1, lr2 = 0, 0.0, 0.0, 0, 0.0, 0.0, 0, 0.0, 0.0
             nv, v1, v2, nwm, w1, w2 = 0, 0.0, 0.0, 0, 0.0, 0.0
-            pa_n, pa_a, pa_b, pa_aa, pa_bb, pa_ab = 0, 0.0, 0.0, 0.0, 0.0, 0.0
-            pb_n, pb_a, pb_b, pb_aa, pb_bb, pb_ab = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+            pair_a[:] = 0.0  # close with log volume
+            pair_b[:] = 0.0  # close ratio with log volume ratio
             ups, downs, n_moves, gains, losses, moves = 0.0, 0.0, 0, 0.0, 0.0, 0.0
             n_vmoves, v_gains, v_losses, v_moves = 0, 0.0, 0.0, 0.0
             top, bottom, top_back, bottom_back = -np.inf, np.inf, -1, -1
@@ -307,13 +323,7 @@ def alpha158(open_, high, low, close, volume, vwap, starts):
                     nlv += 1
                     lv1 += lv - klv
                     lv2 += (lv - klv) ** 2
-                    if not np.isnan(x):
-                        pa_n += 1
-                        pa_a += x - kc
-                        pa_b += lv - klv
-                        pa_aa += (x - kc) ** 2
-                        pa_bb += (lv - klv) ** 2
-                        pa_ab += (x - kc) * (lv - klv)
+                _pair_add(pair_a, x - kc, lv - klv)
                 r, lr = ratio[j], log_volume_ratio[j]
                 if not np.isnan(r):
                     nr += 1
@@ -323,13 +333,7 @@ def alpha158(open_, high, low, close, volume, vwap, starts):
                     nlr += 1
                     lr1 += lr - klr
                     lr2 += (lr - klr) ** 2
-                    if not np.isnan(r):
-                        pb_n += 1
-                        pb_a += r - kr
-                        pb_b += lr - klr
-                        pb_aa += (r - kr) ** 2
-                        pb_bb += (lr - klr) ** 2
-                        pb_ab += (r - kr) * (lr - klr)
+                _pair_add(pair_b, r - kr, lr - klr)
                 vol = volume[j]
                 if not np.isnan(vol):
                     nv += 1
@@ -404,10 +408,10 @@ def alpha158(open_, high, low, close, volume, vwap, starts):
                     out[base + 5 * F_IMAX, i] = imax / d
                     out[base + 5 * F_IMIN, i] = imin / d
                     out[base + 5 * F_IMXD, i] = (imax - imin) / d
-                    corr = _corr(pa_n, pa_a, pa_b, pa_aa, pa_bb, pa_ab)
+                    corr = _corr(pair_a)
                     flat = abs(std_c) <= STD_ZERO or abs(_sd(nlv, lv1, lv2)) <= STD_ZERO
                     out[base + 5 * F_CORR, i] = np.nan if flat else corr
-                    cord = _corr(pb_n, pb_a, pb_b, pb_aa, pb_bb, pb_ab)
+                    cord = _corr(pair_b)
                     flat = abs(_sd(nr, r1, r2)) <= STD_ZERO or abs(_sd(nlr, lr1, lr2)) <= STD_ZERO
                     out[base + 5 * F_CORD, i] = np.nan if flat else cord
                     out[base + 5 * F_CNTP, i] = ups / m

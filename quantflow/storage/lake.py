@@ -313,11 +313,12 @@ class Lake:
                     targets.add((symbol, start))
                 continue
             targets.update((symbol, p.period_start) for p in self.partitions(spec.name, [symbol], start, end))
+
         def one(target: tuple[str, dt.date]) -> WriteResult:
             symbol, pstart = target
             part = new.get(target)
             covered = start <= pstart and period_end(pstart, spec.partition) <= end
-            merge = _merge_covering(part) if covered else _merge_replacing(part, start, end)
+            merge = _merge_replacing(part, start, end, covered)
             return self._update_partition(spec, symbol, pstart, merge, parse_old=not covered)
 
         # partitions are independent files, each under its own lock: side by side, as ``write`` does
@@ -466,7 +467,9 @@ def _merge_by_mode(new: pl.DataFrame, mode: WriteMode, key: tuple[str, ...]) -> 
     return merge
 
 
-def _merge_replacing(new: pl.DataFrame | None, start: dt.date, end: dt.date) -> Callable:
+def _merge_replacing(new: pl.DataFrame | None, start: dt.date, end: dt.date, covered: bool = False) -> Callable:
+    """Stored rows in [start, end] make way for ``new``. ``covered``: the partition's whole period is in the
+    range, so all its rows go and ``old`` is only their dates (for the count of days deleted)."""
     def merge(old: pl.DataFrame | None, result: WriteResult) -> pl.DataFrame | None:
         new_days = set(new["date"].unique().to_list()) if new is not None else set()
         if new is not None:
@@ -478,23 +481,10 @@ def _merge_replacing(new: pl.DataFrame | None, start: dt.date, end: dt.date) -> 
         result.days_deleted = len(replaced - new_days)
         if new is None and not replaced:
             return None
+        if covered:
+            return new if new is not None else old.head(0)
         kept = old.filter(~in_range)
         return pl.concat([kept, new]) if new is not None else kept
-
-    return merge
-
-
-def _merge_covering(new: pl.DataFrame | None) -> Callable:
-    """``_merge_replacing`` for a partition whose whole period is in the range: the stored rows all go
-    (``old`` is only their dates, for the count of days deleted)."""
-    def merge(old: pl.DataFrame | None, result: WriteResult) -> pl.DataFrame | None:
-        new_days = set(new["date"].unique().to_list()) if new is not None else set()
-        if new is not None:
-            result.rows_written, result.days_written = new.height, len(new_days)
-        if old is None:
-            return new
-        result.days_deleted = len(set(old["date"].unique().to_list()) - new_days)
-        return new if new is not None else old.head(0)
 
     return merge
 

@@ -65,13 +65,15 @@ def test_duplicate_outputs_cycles_and_time_series_of_cross_sections_are_errors()
       - {name: b, kind: rolling, params: {column: a}}
       - {name: late, kind: zscore, params: {column: rank}}
       - {name: rsi2, kind: returns, params: {horizons: [1]}, outputs: [rsi]}
+      - {name: close, kind: zscore, params: {column: open}}
 """
     found = {(i.line, i.message.split(":")[0]) for i in issues_of(text)}
     messages = " | ".join(i.message for i in issues_of(text))
     assert "features a -> b -> a read each other in a cycle" in messages
     assert "feature 'late' is a time series of cross-sectional feature 'rank'" in messages
     assert "feature 'rsi2' writes 'rsi', already written by feature 'rsi'" in messages
-    assert {line for line, _ in found} == {9, 11, 12}
+    assert "feature 'close' writes 'close', already written by a column of cdm_bars_daily" in messages
+    assert {line for line, _ in found} == {9, 11, 12, 13}
 
 
 def test_a_benchmark_must_be_a_project_symbol():

@@ -235,7 +235,7 @@ def _expected_micro(bars: pl.DataFrame, trades: pl.DataFrame, quotes: pl.DataFra
         sums["spread_n"][i] += 1
         sums["eff"][i] += row["effective_spread_bps"]
         sums["eff_n"][i] += 1
-    for day, q in quotes.group_by("date", maintain_order=True):
+    for _, q in quotes.group_by("date", maintain_order=True):
         e = ref.order_flow_imbalance(*(q[c].to_numpy() for c in ("bid", "ask", "bid_size", "ask_size")))
         for ts, date, value in zip(q["ts"].to_list(), q["date"].to_list(), e):
             i = bar_of(ts, date)

@@ -185,3 +185,17 @@ def test_features_stored_in_other_partitions_are_refused_with_the_remedy(tmp_pat
                                          "partitions .* remove it and run the feature engine over the whole history"):
         runner.run(md, window(md, DAYS[0], DAYS[-1]))
     assert project_lake(md).read("ft_features").height == 1  # nothing touched
+
+
+def test_a_benchmark_without_bars_gives_nan_betas_not_an_error(tmp_path):
+    md = project(tmp_path)
+    write_bars(md)
+    lake = project_lake(md)
+    bars = lake.read("cdm_bars_daily").filter(pl.col("symbol") != "AAA")
+    lake.write(spec_for_kind("cdm_bars_daily", "bars_daily"), bars, "overwrite")
+    for symbol in ("AAA",):
+        for part in lake.partitions("cdm_bars_daily", [symbol]):
+            lake.store.fs.rm_file(part.path)
+    result = runner.run(md, window(md, DAYS[0], DAYS[-1]))
+    assert result.symbols == 2 and "beta" in result.constant  # entirely nan: the check says so
+    assert stored(md)["beta"].is_nan().all()

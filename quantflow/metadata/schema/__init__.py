@@ -6,6 +6,12 @@ can report them (warnings, or errors in strict mode and always in local.yaml).
 """
 
 from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, SYMBOL_RE, MetadataModel
+from quantflow.metadata.schema.feature_engine import (
+    FEATURE_KINDS,
+    FeatureConfig,
+    FeatureDAG,
+    FeatureEngineConfig,
+)
 from quantflow.metadata.schema.ingest import (
     FEED_KINDS,
     CsvColumnMap,
@@ -22,7 +28,6 @@ from quantflow.metadata.schema.ingest import (
     YFinanceFeedConfig,
     YFinanceFeedParams,
 )
-from quantflow.metadata.schema.feature_engine import FEATURE_KINDS, FeatureConfig, FeatureDAG, FeatureEngineConfig
 from quantflow.metadata.schema.label_engine import LABEL_METHODS, LabelEngineConfig, LabelSetConfig
 from quantflow.metadata.schema.local import LocalConnections, LocalFile, PostgresConnection, S3Connection
 from quantflow.metadata.schema.project import DataProcessingConfig, ProjectConfig, ProjectFile, StorageConfig

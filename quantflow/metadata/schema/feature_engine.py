@@ -321,7 +321,7 @@ def _kind_problem(f: FeatureConfig, params: Any, symbols: list[str] | None) -> s
 
 
 def _duplicate_outputs(nodes: list[FeatureNode], table: str) -> list[tuple[tuple, str]]:
-    issues, seen = [], {c: f"a column of {table}" for c in ("symbol", "date", "ts")}
+    issues, seen = [], {c: f"a column of {table}" for c in ("symbol", "date", "ts", *bar_columns(table))}
     for n in nodes:
         for o in n.outputs:
             if o in seen:

@@ -30,7 +30,8 @@ def build_feature_engine_assets(md: ProjectMetadata) -> list[dg.AssetsDefinition
                                              "nan or constant over the window")],
               description=f"Features per bar of {cfg.input} (lake table ft_features): {names}.")
     def ft_features(context: dg.AssetExecutionContext, config: FeatureEngineRunConfig):
-        from quantflow.feature_engine import runner as feature_runner  # at run time: the definitions stay light
+        # at run time: the definitions stay light
+        from quantflow.feature_engine import runner as feature_runner
 
         window = config.window(md.symbols)
         result = call_stage(context, md, FEATURES_TABLE, lambda progress: feature_runner.run(md, window,
