@@ -66,7 +66,7 @@ class FeatureEngineResult(StageResult):
                 f"{self.tasks} tasks, warm-up {warmup}")
 
     def key_figures(self) -> dict[str, Any]:
-        return {"features": self.features, "rows": self.rows, "symbols": self.symbols, "tasks": self.tasks,
+        return {"features": self.features, "rows": self.rows, "symbols_with_bars": self.symbols, "tasks": self.tasks,
                 "warmup_bars": "all" if self.warmup_bars is None else self.warmup_bars,
                 "nan_share": {k: round(v, 4) for k, v in self.nan_share.items()},
                 "entirely_nan_or_constant": ", ".join(self.constant) or "-",
@@ -263,10 +263,8 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     _describe(result, features, dag.outputs)
     result.label_coverage = _label_coverage(lake, md, cfg.input, window, features, dag.outputs)
     spec = TableSpec(FEATURES_TABLE, dict(features.schema), out_width, ("symbol", "date", "ts"))
-    by_symbol = features.partition_by("symbol", as_dict=True, maintain_order=True)
-    for symbol in symbols:
-        mine = by_symbol.get((symbol,), features.head(0))
-        result.record_write(FEATURES_TABLE, lake.replace(spec, mine, [symbol], window.start_date, window.end_date))
+    # one replace for all symbols: their partitions are written side by side
+    result.record_write(FEATURES_TABLE, lake.replace(spec, features, symbols, window.start_date, window.end_date))
     result.record_write(FEATURES_TABLE, WriteResult(FEATURES_TABLE), lake.url(FEATURES_TABLE))
     result.preview[FEATURES_TABLE] = features.select(features.columns[:10]).head(5)  # readable width
     result.seconds = time.perf_counter() - began
