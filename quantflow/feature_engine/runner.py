@@ -260,7 +260,8 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
                          f"{first.error}", result=result)
     features = pl.concat([o.result for o in report.outcomes], how="vertical_relaxed")
     features = cross_sectional_features(features, dag)
-    _describe(result, features, dag.outputs)
+    calendar = [o for n in dag.nodes if n.kind == "calendar" for o in n.outputs]
+    _describe(result, features, dag.outputs, calendar)
     result.label_coverage = _label_coverage(lake, md, cfg.input, window, features, dag.outputs)
     spec = TableSpec(FEATURES_TABLE, dict(features.schema), out_width, ("symbol", "date", "ts"))
     # one replace for all symbols: their partitions are written side by side
@@ -304,8 +305,9 @@ def _date(value: np.datetime64) -> dt.date:
     return value.astype("datetime64[D]").astype(dt.date)
 
 
-def _describe(result: FeatureEngineResult, features: pl.DataFrame, outputs: list[str]) -> None:
-    """Rows, symbols, nan share and constant columns of the window."""
+def _describe(result: FeatureEngineResult, features: pl.DataFrame, outputs: list[str], calendar: list[str]) -> None:
+    """Rows, symbols, nan share, and the columns that say nothing over the window: entirely nan, or one
+    value over more than one bar time (calendar fields excepted: a month's run has one month)."""
     result.rows, result.symbols = features.height, features["symbol"].n_unique()
     if not features.height:
         return
@@ -316,7 +318,9 @@ def _describe(result: FeatureEngineResult, features: pl.DataFrame, outputs: list
         *(n.max().alias(f"max:{c}") for n, c in zip(numbers, outputs)),
     ).row(0, named=True)
     result.nan_share = {c: float(stats[f"nan:{c}"]) for c in outputs}
-    result.constant = [c for c in outputs if stats[f"min:{c}"] is None or stats[f"min:{c}"] == stats[f"max:{c}"]]
+    times = features["ts"].n_unique()
+    result.constant = [c for c in outputs if stats[f"min:{c}"] is None
+                       or (times > 1 and c not in calendar and stats[f"min:{c}"] == stats[f"max:{c}"])]
 
 
 def _label_coverage(lake: Lake, md: ProjectMetadata, table: str, window: RunWindow, features: pl.DataFrame,

@@ -199,3 +199,14 @@ def test_a_benchmark_without_bars_gives_nan_betas_not_an_error(tmp_path):
     result = runner.run(md, window(md, DAYS[0], DAYS[-1]))
     assert result.symbols == 2 and "beta" in result.constant  # entirely nan: the check says so
     assert stored(md)["beta"].is_nan().all()
+
+
+def test_a_one_day_run_or_a_calendar_field_is_not_a_constant_feature(tmp_path):
+    text = PROJECT + "      - {{name: cal, kind: calendar, params: {{fields: [month]}}}}\n"
+    md = project(tmp_path, text=text)
+    write_bars(md)
+    june = runner.run(md, window(md, dt.date(2021, 6, 1), dt.date(2021, 6, 30)))
+    # cal_month is 6 throughout: a calendar field, not a dead feature; these bars' candles all have one shape
+    assert "cal_month" not in june.constant and {"KSFT", "OPEN0", "HIGH0"} <= set(june.constant)
+    one_day = runner.run(md, window(md, DAYS[-1], DAYS[-1]))
+    assert one_day.constant == [] and one_day.rows == 3

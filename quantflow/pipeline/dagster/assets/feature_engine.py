@@ -27,7 +27,8 @@ def build_feature_engine_assets(md: ProjectMetadata) -> list[dg.AssetsDefinition
     @dg.asset(name=FEATURES_TABLE, group_name=GROUP, deps=[dg.AssetKey(t) for t in deps],
               kinds={"numba", "polars", "parquet"}, required_resource_keys={REPORTER_KEY},
               check_specs=[dg.AssetCheckSpec(CHECK, asset=FEATURES_TABLE, description="no feature is entirely "
-                                             "nan or constant over the window")],
+                                             "nan, or constant over the window's bar times (calendar fields "
+                                             "excepted)")],
               description=f"Features per bar of {cfg.input} (lake table ft_features): {names}.")
     def ft_features(context: dg.AssetExecutionContext, config: FeatureEngineRunConfig):
         # at run time: the definitions stay light
