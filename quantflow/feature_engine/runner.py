@@ -229,8 +229,9 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
                          f"{out_width} partitions (was the input table changed?): the table is derived; remove "
                          "it and run the feature engine over the whole history", result=result)
     kind = executor or cfg.executor
-    # the planner needs every stored date; in process it reads the whole bars once and hands them over
-    stored = {s: _stored_bars(lake, cfg.input, s, window.end_date, kind == "local")
+    # the planner needs the dates of the bars the blocks read; in process it reads the bars once and hands
+    # them over
+    stored = {s: _stored_bars(lake, cfg.input, s, window, warmup, width, kind == "local")
               for s in sorted({*symbols, *dag.benchmarks})}
     dates = {s: (df["date"].to_numpy() if df.height else np.array([], "datetime64[D]")) for s, df in stored.items()}
     units = [u for s in symbols for u in plan_units(dates[s], s, window, warmup, width)]
@@ -272,14 +273,27 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     return result
 
 
-def _stored_bars(lake: Lake, table: str, symbol: str, end: dt.date, whole: bool) -> pl.DataFrame:
-    """A symbol's stored bars up to ``end`` in time order: all columns (``whole``) or only their dates."""
+def _stored_bars(lake: Lake, table: str, symbol: str, window: RunWindow, warmup: int | None, width: str,
+                 whole: bool) -> pl.DataFrame:
+    """The stored bars a run reads for one symbol, in time order: its partitions from the one holding the
+    window's start to the window's end, and before them enough earlier partitions for ``warmup`` bars and one
+    more (all of them when the warm-up is the whole history); all columns (``whole``) or only the dates."""
     from quantflow.feature_engine.engine import bars_with_time
 
+    start = None
+    if warmup is not None:
+        first = period_start(window.start_date, width)
+        earlier = sorted((p for p in lake.partitions(table, [symbol], None, window.end_date)
+                          if p.period_start < first), key=lambda p: p.period_start)
+        rows, start = 0, first
+        while earlier and rows <= warmup:
+            part = earlier.pop()
+            rows += lake.read_partition(part.path, ["date"]).height
+            start = part.period_start
     if whole:
-        bars = lake.read(table, [symbol], None, end)
+        bars = lake.read(table, [symbol], start, window.end_date)
         return bars_with_time(bars) if bars.height else bars
-    dates = lake.read(table, [symbol], None, end, ["date"])
+    dates = lake.read(table, [symbol], start, window.end_date, ["date"])
     return dates.sort("date") if dates.height else dates
 
 

@@ -82,6 +82,10 @@ def test_a_finite_warm_up_reads_only_the_bars_it_needs(tmp_path):
     [unit] = runner.plan_units(np.array(DAYS, dtype="datetime64[D]"), "AAA", june, result.warmup_bars, "year")
     first_of_year = DAYS.index(dt.date(2021, 1, 1))
     assert unit.read == first_of_year - result.warmup_bars and unit.out == DAYS.index(dt.date(2021, 6, 1))
+    # the run read back only as far as the warm-up needs: 2021 has 261 bars, so 2020 is read, 2019 is not
+    january = window(md, dt.date(2022, 1, 3), dt.date(2022, 1, 4))
+    read = runner._stored_bars(project_lake(md), "cdm_bars_daily", "AAA", january, result.warmup_bars, "year", True)
+    assert read["date"].min() == dt.date(2020, 1, 1) and read["date"].max() == dt.date(2022, 1, 4)
     # and the values equal a run over everything
     md_all = project(tmp_path / "all", text=text)
     write_bars(md_all)
