@@ -1,12 +1,12 @@
 """Numba kernels of the feature engine: typed arrays in, arrays out, over many segments in one call.
 
-A segment is one unit of work (a symbol's bars of one block, after its warm-up bars): ``starts`` holds the
+A segment is one unit of work (a symbol's warm-up bars, then the bars of one block): ``starts`` holds the
 first row of each segment and ends with the total length, and no window reaches across a segment start.
 Every value at row i is a function of rows up to i only.
 
 Windows are evaluated directly (each window's values read again, O(window) per row), not by running sums:
-no cancellation error builds up along a series, and the result at row i does not depend on where the
-segment starts, beyond the rows the window covers.
+no cancellation error builds up along a series, a flat window gives exact zeros, and the result at row i
+does not depend on where the segment starts, beyond the rows the window covers.
 """
 
 from __future__ import annotations
