@@ -5,8 +5,8 @@ first row of each segment and ends with the total length, and no window reaches 
 Every value at row i is a function of rows up to i only.
 
 Windows are evaluated directly (each window's values read again, O(window) per row), not by running sums:
-no cancellation error builds up along a series, a flat window gives exact zeros, and the result at row i
-does not depend on where the segment starts, beyond the rows the window covers.
+no cancellation error builds up along a series, and the result at row i does not depend on where the
+segment starts, beyond the rows the window covers.
 """
 
 from __future__ import annotations
