@@ -14,6 +14,7 @@ Cases (best of ``--repeat`` timed runs after one untimed warm-up, same data, sam
   operator), read and write included; and kernel against polars in memory. Target 5x.
 
     python benchmarks/bench_feature_engine.py [--repeat 3] [--symbols 40] [--bars 5000] [--intraday-bars 25000]
+        [--skip-pandas] [--skip-alpha158]
 """
 
 from __future__ import annotations
@@ -271,6 +272,7 @@ def main() -> int:
     parser.add_argument("--bars", type=int, default=5000)
     parser.add_argument("--intraday-bars", type=int, default=25_000)
     parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument("--skip-alpha158", action="store_true", help="its polars peer takes minutes")
     args, _ = parser.parse_known_args()
     results = []
     print(f"  {'case':<44}{'ours rows/s':>14}{'peer rows/s':>14}  {'peer':<8}{'ratio':>9}{'target':>8}")
@@ -290,11 +292,17 @@ def main() -> int:
                 pandas_s = best_of(script(md, table, lambda b, bench=bench: pandas_features(b, bench), tmp / "q.parquet", True), 1)
                 results.append(row(f"stage, default set, {name}", ours, pandas_s, "pandas", 5, bars.height))
             results += _compute_only(md, bars, bench, name, args.repeat, args.skip_pandas)
+        if args.skip_alpha158:
+            return _save(results)
         md = make_project(tmp / "alpha", daily, "cdm_bars_daily", "", "alpha158")
         ours = best_of(stage(md, daily), args.repeat)
         peer = best_of(script(md, "cdm_bars_daily", polars_alpha158, tmp / "a.parquet", False), 1)
         results.append(row(f"stage, alpha158, daily ({daily.height:,} bars)", ours, peer, "polars", 5, daily.height))
         results.append(_alpha_kernel(daily, args.repeat))
+    return _save(results)
+
+
+def _save(results: list[dict]) -> int:
     out = HERE / "results" / "feature_engine.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -195,6 +195,25 @@ class Lake:
                 return pl.read_parquet(fh, columns=columns)
         return pl.read_parquet(path, columns=columns)  # polars' reader: no pyarrow.dataset/pandas in workers
 
+    def _read_partitions(self, parts: list[Partition], columns: list[str] | None) -> list[pl.DataFrame]:
+        """The partitions' frames, each with its ``symbol``. Local files of one symbol are read in one polars
+        call (its multi-file reader is several times faster than a call per small file); files that do not
+        fit one schema, and remote ones, are read one by one, side by side."""
+        if not self.store.remote and len(parts) > 1:
+            by_symbol: dict[str, list[str]] = {}
+            for p in parts:
+                by_symbol.setdefault(p.symbol, []).append(p.path)
+            stored = [c for c in columns if c != "symbol"] if columns is not None else None
+            try:
+                return [self._with_symbol(pl.read_parquet(paths, columns=stored, missing_columns="insert"), symbol)
+                        for symbol, paths in by_symbol.items()]
+            except pl.exceptions.PolarsError:  # columns added or retyped between partitions: one by one
+                pass
+        if len(parts) > 1:  # polars decodes Parquet without the GIL: read the files side by side
+            with ThreadPoolExecutor(max_workers=min(len(parts), WRITE_THREADS)) as pool:
+                return list(pool.map(lambda p: self.read_partition(p.path, columns), parts))
+        return [self.read_partition(p.path, columns) for p in parts]
+
     @staticmethod
     def _with_symbol(df: pl.DataFrame, symbol: str | None) -> pl.DataFrame:
         if symbol is None or "symbol" in df.columns:
@@ -212,11 +231,7 @@ class Lake:
         """Rows of ``table`` for ``symbols`` with ``start <= date <= end`` (an empty frame when none)."""
         parts = self.partitions(table, symbols, start, end)
         wanted = None if columns is None else list(dict.fromkeys([*columns, "date"]))
-        if len(parts) > 1:  # polars decodes Parquet without the GIL: read the files side by side
-            with ThreadPoolExecutor(max_workers=min(len(parts), WRITE_THREADS)) as pool:
-                frames = list(pool.map(lambda p: self.read_partition(p.path, wanted), parts))
-        else:
-            frames = [self.read_partition(p.path, wanted) for p in parts]
+        frames = self._read_partitions(parts, wanted)
         if not frames:
             return pl.DataFrame()
         df = pl.concat(frames, how="diagonal_relaxed")  # partitions written before a column existed: nulls

@@ -272,3 +272,22 @@ def test_an_interrupted_upgrade_run_again_keeps_every_row(tmp_path):
     shutil.rmtree(root / "cdm_x_bars" / "symbol=AAA" / f"date={D1}")
     assert lake.upgrade_layout() == 1
     assert lake.read("cdm_x_bars")["date"].to_list() == [D1, D2]
+
+
+@pytest.mark.parametrize("order", ["new_column_first", "new_column_last"])
+def test_a_read_across_partitions_written_with_other_columns_fills_nulls(tmp_path, order):
+    """One polars call reads a symbol's files when they share a schema; partitions from before a column
+    existed (older or newer than the others) still read, with nulls there."""
+    from quantflow.storage.schemas import TableSpec
+
+    lake = Lake(Store(str(tmp_path)))
+    old = pl.DataFrame({"symbol": "AAA", "date": [dt.date(2020, 5, 1), dt.date(2021, 5, 1)], "x": [1.0, 2.0]})
+    new = pl.DataFrame({"symbol": "AAA", "date": [dt.date(2022, 5, 1)], "x": [3.0], "y": [9.0]})
+    first, second = (new, old) if order == "new_column_first" else (old, new)
+    for frame in (first, second):
+        lake.write(TableSpec("wide", dict(frame.schema), "year", ("symbol", "date")), frame, "overwrite")
+    got = lake.read("wide", ["AAA"]).sort("date")
+    assert got["x"].to_list() == [1.0, 2.0, 3.0] and got["y"].to_list() == [None, None, 9.0]
+    assert lake.read("wide", ["AAA"], columns=["date", "y"]).sort("date")["y"].to_list() == [None, None, 9.0]
+    many = lake.read("wide", None).sort("date")  # every symbol, same files
+    assert many.height == 3 and many["symbol"].to_list() == ["AAA"] * 3
