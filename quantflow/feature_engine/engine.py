@@ -4,8 +4,8 @@ A segment is a run of one symbol's bars in time order (a block of the lake and t
 it). ``time_series_features`` computes every time-series feature of a ``FeatureDAG`` over each segment
 independently, in the DAG's order, so a feature can read another's outputs; ``cross_sectional_features``
 then transforms columns across symbols at each bar time. ``warmup_bars`` says how many bars before a row
-its features read: a segment that starts that many bars before its first output row gives exactly the values
-of one long pass when the computation itself starts there (see the runner for where segments start).
+its features need (exactly, for windows; for recursive indicators, until their start weighs less than
+e^-settle); the runner fixes where segments start, so that every run gives the same bits.
 """
 
 from __future__ import annotations
