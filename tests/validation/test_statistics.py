@@ -1,0 +1,110 @@
+"""PSR, DSR, MinTRL and PBO: the papers' numerical examples, identities, and independent computations."""
+
+from __future__ import annotations
+
+from math import sqrt
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from quantflow.validation import (
+    deflated_sharpe_ratio,
+    expected_max_sharpe,
+    min_track_record_length,
+    probabilistic_sharpe_ratio,
+    probability_of_backtest_overfitting,
+    psr_from_returns,
+    sharpe_ratio,
+)
+from tests.validation.reference import pbo_loops
+
+
+def test_deflated_sharpe_ratio_reproduces_bailey_lopez_de_prado_2014():
+    """Section 4 of "The Deflated Sharpe Ratio": SR 2.5 annualized over 5 years of daily returns (T = 1,250),
+    skew -3, kurtosis 10, after N = 100 trials whose annualized Sharpe ratios have variance 1/2:
+    SR0 = 0.1132 per day and DSR = 0.9004."""
+    sr, var = 2.5 / sqrt(250), 0.5 / 250  # per day, as the paper converts them
+    assert expected_max_sharpe(100, var) == pytest.approx(0.1132, abs=5e-5)
+    assert deflated_sharpe_ratio(sr, 1250, -3, 10, 100, var) == pytest.approx(0.9004, abs=5e-5)
+    # the same inputs annualized are a different (wrong) question: the units matter
+    assert deflated_sharpe_ratio(2.5, 1250, -3, 10, 100, 0.5) != pytest.approx(0.9004, abs=0.01)
+
+
+def test_psr_is_the_normal_cdf_of_the_sharpe_z_score():
+    # normal returns (skew 0, kurtosis 3): z = (SR - SR*) sqrt(T - 1) / sqrt(1 + SR^2 / 2)
+    sr, t = 0.1, 500
+    z = sr * sqrt(t - 1) / sqrt(1 + sr**2 / 2)
+    assert probabilistic_sharpe_ratio(sr, t) == pytest.approx(norm.cdf(z), rel=1e-12)
+    # negative skew and fat tails lower the confidence in the same Sharpe ratio
+    assert probabilistic_sharpe_ratio(sr, t, skew=-2, kurtosis=9) < probabilistic_sharpe_ratio(sr, t)
+    assert probabilistic_sharpe_ratio(sr, t, benchmark=sr) == 0.5
+
+
+def test_psr_from_returns_uses_per_period_moments():
+    rng = np.random.default_rng(1)
+    r = rng.standard_t(5, 2000) * 0.01 + 0.0008
+    sr = r.mean() / r.std(ddof=1)
+    m2, m3, m4 = ((r - r.mean()) ** 2).mean(), ((r - r.mean()) ** 3).mean(), ((r - r.mean()) ** 4).mean()
+    skew, kurt = m3 / m2**1.5, m4 / m2**2  # population moments, kurtosis not in excess
+    expected = norm.cdf(sr * sqrt(len(r) - 1) / sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    assert psr_from_returns(r) == pytest.approx(expected, rel=1e-10)
+
+
+def test_min_track_record_length_is_where_psr_reaches_the_confidence():
+    for sr, skew, kurt, bench in [(0.1, 0, 3, 0), (0.15, -1.5, 8, 0.05), (0.08, 0.5, 4, 0.0)]:
+        n = min_track_record_length(sr, skew, kurt, bench, alpha=0.05)
+        assert probabilistic_sharpe_ratio(sr, n, skew, kurt, bench) == pytest.approx(0.95, abs=1e-12)
+    assert min_track_record_length(0.05, benchmark=0.05) == float("inf")
+    # one year of daily returns at annualized SR 1 (normal): 1 + (1 + SR^2/2) (1.645 / SR)^2 days
+    sr = 1 / sqrt(252)
+    assert min_track_record_length(sr) == pytest.approx(1 + (1 + sr**2 / 2) * (norm.ppf(0.95) / sr) ** 2)
+
+
+def test_expected_max_sharpe_grows_with_trials_and_matches_a_monte_carlo():
+    rng = np.random.default_rng(0)
+    for n, tolerance in ((10, 0.03), (100, 0.01)):  # an asymptotic approximation: closer for many trials
+        sims = rng.standard_normal((20000, n)).max(axis=1) * 0.05
+        assert expected_max_sharpe(n, 0.05**2) == pytest.approx(sims.mean(), rel=tolerance)
+    assert expected_max_sharpe(1, 0.3) == 0.0
+
+
+def test_pbo_equals_a_loop_implementation_and_its_extremes():
+    rng = np.random.default_rng(7)
+    noise = rng.standard_normal((480, 12)) * 0.01
+    ours = probability_of_backtest_overfitting(noise, n_blocks=8)
+    assert ours.n_combinations == 70 and ours.n_trials == 12
+    assert ours.pbo == pytest.approx(pbo_loops(noise, 8), abs=0)
+    # one trial better everywhere: never overfit
+    skilled = noise.copy()
+    skilled[:, 3] += 0.02
+    assert probability_of_backtest_overfitting(skilled, n_blocks=8).pbo == 0.0
+    # a trial that wins where the others lose and loses elsewhere: in-sample winner is out-of-sample loser
+    t = np.arange(480)
+    regime = np.where((t // 60) % 2 == 0, 1.0, -1.0)
+    flip = rng.standard_normal((480, 6)) * 0.001
+    flip[:, 0] += 0.01 * regime  # best in half the blocks, worst in the others
+    flip[:, 1:] -= 0.0005 * regime[:, None]
+    assert probability_of_backtest_overfitting(flip, n_blocks=8).pbo > 0.5
+
+
+def test_pbo_of_pure_noise_is_about_one_half():
+    rng = np.random.default_rng(11)
+    values = [probability_of_backtest_overfitting(rng.standard_normal((320, 20)), n_blocks=8).pbo
+              for _ in range(20)]
+    assert 0.35 < np.mean(values) < 0.65
+
+
+def test_pbo_names_bad_shapes():
+    with pytest.raises(ValueError, match="N >= 2 trials"):
+        probability_of_backtest_overfitting(np.zeros((100, 1)))
+    with pytest.raises(ValueError, match="even number"):
+        probability_of_backtest_overfitting(np.zeros((100, 3)), n_blocks=5)
+    with pytest.raises(ValueError, match="too few"):
+        probability_of_backtest_overfitting(np.zeros((20, 3)), n_blocks=16)
+
+
+def test_sharpe_ratio_units():
+    r = np.array([0.01, -0.005, 0.002, 0.007])
+    assert sharpe_ratio(r) == pytest.approx(r.mean() / r.std(ddof=1))
+    assert sharpe_ratio(r, 252) == pytest.approx(r.mean() / r.std(ddof=1) * sqrt(252))
