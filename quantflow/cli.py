@@ -97,7 +97,8 @@ def _cmd_artifacts(args: argparse.Namespace) -> int:
     from quantflow.storage.project import project_artifacts
 
     md = get_metadata_manager(args.project_dir).load_all()
-    for url in project_artifacts(md).list(args.prefix):
+    folder = f"models/{args.model}" if args.model else None
+    for url in project_artifacts(md, folder).list(args.prefix):
         print(url)
     return 0
 
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("artifacts", help="list artifacts in the blob store")
     p.add_argument("prefix", nargs="?", default="", help="e.g. data_extractor_")
+    p.add_argument("--model", help="a model's artifacts (its folder models/<name>/)")
     p.set_defaults(func=_cmd_artifacts)
     return parser
 

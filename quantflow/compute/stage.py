@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
 
@@ -130,6 +130,8 @@ class StageResult:
     checks: dict[str, CheckOutcome] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # the artifacts a one-screen run summary lists (None: all; the Dagster metadata always has all)
+    summary_artifacts: ClassVar[tuple[str, ...] | None] = None
 
     def record_write(self, table: str, written: WriteResult, url: str | None = None) -> None:
         """Add one write to ``table``'s totals (a stage writes a table in many pieces)."""

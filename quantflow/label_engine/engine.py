@@ -4,8 +4,8 @@
 in time order, and returns the ``cdm_labels`` rows: the event (``date``, ``ts``: when its bar closed), the
 end of its label (``t1``, the bar whose close decided it), the return to there, the label, and the sample
 weights of AFML ch. 4 that belong to one event (concurrency, average uniqueness, return attribution) over the
-events of that set and symbol; ``training_weights`` turns them into a training set's weights. No I/O, no
-Dagster.
+events of that set and symbol; ``quantflow.validation.weights.training_weights`` turns them into a training
+set's weights. No I/O, no Dagster.
 
 Time of a bar: ``ts_last`` (its last trade) for bars built from ticks, the ``date`` at 00:00 UTC for daily
 bars. Every input a label's event uses (volatility target, CUSUM filter, primary side) is known at the
@@ -186,27 +186,6 @@ def _labels(spec: LabelSetConfig, ret, target, t_value, side) -> np.ndarray:
     return np.sign(np.nan_to_num(t_value)).astype(np.int8)
 
 
-def training_weights(labels: pl.DataFrame, spec: LabelSetConfig) -> pl.Series:
-    """The sample weight of each event of a training set (one label set, rows in event order per symbol):
-    average uniqueness, or the return attribution scaled to sum to the number of events (AFML 4.10), times
-    the time decay of ``spec.time_decay`` over cumulative uniqueness (4.11). Both are relative to the
-    training set (its size, its newest event), so the models stage computes them on each training fold;
-    ``cdm_labels`` stores the parts that depend on one event and its neighbours only. Per symbol (each
-    symbol's series is its own sequence of overlapping labels, in event order); returned in the rows' order."""
-    weights = np.empty(labels.height)
-    rows = labels.with_row_index("__row")
-    for _, one in rows.sort("symbol", "ts", maintain_order=True).group_by("symbol", maintain_order=True):
-        uniq = one["uniqueness"].to_numpy()
-        if spec.sample_weight == "uniqueness":
-            base = uniq
-        else:
-            attribution = one["return_attribution"].to_numpy()
-            total = attribution.sum()
-            base = attribution * (attribution.shape[0] / total) if total > 0 else attribution
-        weights[one["__row"].to_numpy()] = base * time_decay(uniq, spec.time_decay)
-    return pl.Series("weight", weights)
-
-
 def horizon_bars(spec: LabelSetConfig) -> int | None:
     """How many bars ahead a label of ``spec`` may look (None: unbounded, or set by time)."""
     if spec.method == "fixed_horizon":
@@ -214,15 +193,3 @@ def horizon_bars(spec: LabelSetConfig) -> int | None:
     if spec.method == "trend_scanning":
         return spec.windows[1] - 1
     return spec.vertical_bars if spec.vertical_duration is None else None
-
-
-def time_decay(uniqueness: np.ndarray, c: float) -> np.ndarray:
-    """AFML snippet 4.11: a piecewise-linear decay over cumulative uniqueness, 1 for the newest event and
-    ``c`` for the oldest (``c < 0``: the oldest ``|c|`` share gets 0; ``c = 1``: no decay)."""
-    if uniqueness.shape[0] == 0:
-        return uniqueness.copy()
-    x = np.cumsum(uniqueness)
-    last = x[-1]
-    slope = (1.0 - c) / last if c >= 0 else 1.0 / ((c + 1.0) * last)
-    const = 1.0 - slope * last
-    return np.maximum(const + slope * x, 0.0)

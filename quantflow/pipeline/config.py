@@ -54,3 +54,11 @@ class LabelEngineRunConfig(WindowConfig):
 
 class FeatureEngineRunConfig(WindowConfig):
     """Run configuration of the ``feature_engine`` asset."""
+
+
+class ModelRunConfig(WindowConfig):
+    """Run configuration of a model asset (groups ``ml`` and ``dl``): the window whose events it predicts."""
+
+
+class ValidationRunConfig(WindowConfig):
+    """Run configuration of a model's validation asset: its track record up to ``end_date``."""

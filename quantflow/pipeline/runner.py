@@ -10,6 +10,7 @@ which ``PipelineRunResult.summary`` reads.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ class PipelineRunResult:
                 where = _shown(result.table_urls.get(table, ""))
                 lines.append(f"    {table}: {written.rows_written} rows written{kept} -> {where}")
             for what, url in result.artifacts.items():
-                lines.append(f"    {what}: {_shown(url)}")
+                if result.summary_artifacts is None or what in result.summary_artifacts:
+                    lines.append(f"    {what}: {_shown(url)}")
             lines.extend(f"    warning: {w}" for w in result.warnings)
         failed = [name for name, passed in self.checks.items() if not passed]
         if self.checks:
@@ -92,6 +94,7 @@ def _root_error(info, redact) -> str:
     if info is None:
         return "unknown error"
     message = one_line(redact(info.message.split("\n\n")[0]))
+    message = re.sub(rf"^(\w+\.)+{re.escape(info.cls_name)}: ", "", message)  # "dagster._core...Error: "
     return message if message.startswith(info.cls_name) else f"{info.cls_name}: {message}"
 
 

@@ -2,7 +2,8 @@
 
 A stage group is a stage package (``quantflow/<name>/``, whose ``runner.run`` does the work), the Dagster
 asset group of the same name, its run-configuration class and its job ``quantflow_<name>``. Adding a
-stage is one package plus one entry here. Like the feed kinds, entries name their Dagster pieces as
+stage is one package plus one entry here. Two groups may share a package: ``ml`` and ``dl`` are both
+``quantflow.models`` (one runner, one asset per configured model, grouped by the model's kind). Like the feed kinds, entries name their Dagster pieces as
 ``"module:attribute"`` and are imported on first use, so ``qf validate`` or ``qf --help`` do not pay for
 importing Dagster and dagster-dbt.
 """
@@ -26,6 +27,11 @@ class StageGroup:
     assets: str  # "module:function": metadata -> list of AssetsDefinition / AssetSpec
     config: str  # "module:Class": the assets' Dagster run configuration
     resources: str | None = None  # "module:function": metadata -> {resource key: resource}
+    package: str | None = None  # the stage package when it is not ``name``
+
+    @property
+    def stage_package(self) -> str:
+        return self.package or self.name
 
     @property
     def job_name(self) -> str:
@@ -58,6 +64,13 @@ STAGE_GROUPS: tuple[StageGroup, ...] = (
     StageGroup("feature_engine", "Bar tables -> features (ft_features): TA-Lib, rolling, cross-sectional, "
                "microstructure, Alpha158.",
                f"{_ASSETS}.feature_engine:build_feature_engine_assets", f"{_CONFIG}:FeatureEngineRunConfig"),
+    StageGroup("ml", "Features + labels -> out-of-sample predictions of scikit-learn models (pred_<model>).",
+               f"{_ASSETS}.models:build_ml_assets", f"{_CONFIG}:ModelRunConfig", package="models"),
+    StageGroup("dl", "Features + labels -> out-of-sample predictions of PyTorch models (pred_<model>).",
+               f"{_ASSETS}.models:build_dl_assets", f"{_CONFIG}:ModelRunConfig", package="models"),
+    StageGroup("validation", "Each model's track record judged: CV folds, PSR, deflated Sharpe, PBO, leakage "
+               "(overfitting gates).",
+               f"{_ASSETS}.validation:build_validation_assets", f"{_CONFIG}:ValidationRunConfig"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(g.name for g in STAGE_GROUPS)
 PIPELINE_JOB = "quantflow_pipeline"

@@ -1,7 +1,8 @@
 """Blob artifacts (models, JSON outputs, reports) named ``<prefix><YYYYMMDD_HHMMSS>.<ext>``.
 
 The name sorts by time, so the newest output of a stage is the last one listed under its prefix, and its
-URL is what the next stage takes as ``input_url``.
+URL is what the next stage takes as ``input_url``. Artifacts of one model live in its own folder
+(``models/<name>/``: ``project_artifacts(md, folder=...)``), so each model's newest card is easy to find.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ ARTIFACT_PREFIXES: tuple[str, ...] = (
     "data_extractor_",
     "feature_engine_",
     "ml_engine_",
+    "ml_engine_leaderboard_",
+    "ml_engine_trials_",
     "nn_engine_",
+    "nn_engine_leaderboard_",
+    "nn_engine_trials_",
+    "validation_",
     "portfolio_optimization_",
     "trading_report_",
     "plot_",
@@ -23,6 +29,7 @@ ARTIFACT_PREFIXES: tuple[str, ...] = (
     "risk_",
 )
 _EXT_RE = re.compile(r"^[a-z0-9]{1,10}$")
+_STAMP = r"\d{8}_\d{6}\."
 
 
 class ArtifactStore:
@@ -47,12 +54,18 @@ class ArtifactStore:
                 return self.store.url(path)
             when += dt.timedelta(seconds=1)
 
-    def list(self, prefix: str = "") -> list[str]:
-        names = [p for p in self.store.ls(self.store.path()) if p.rsplit("/", 1)[-1].startswith(prefix)]
-        return [self.store.url(p) for p in sorted(names) if not p.rsplit("/", 1)[-1].startswith((".", "_"))]
+    def list(self, prefix: str = "", ext: str | None = None) -> list[str]:
+        """URLs of the artifacts named ``<prefix><timestamp>.<ext>`` (exactly that prefix: ``ml_engine_``
+        does not list ``ml_engine_leaderboard_...``), oldest first; no prefix: everything in the folder."""
+        if prefix:
+            pattern = re.compile(re.escape(prefix) + _STAMP + (re.escape(ext) if ext else "[a-z0-9]+") + "$")
+        else:
+            pattern = re.compile(r"^[^._].*")
+        names = [p for p in self.store.ls(self.store.path()) if pattern.match(p.rsplit("/", 1)[-1])]
+        return [self.store.url(p) for p in sorted(names)]
 
-    def latest(self, prefix: str) -> str | None:
-        found = self.list(prefix)
+    def latest(self, prefix: str, ext: str | None = None) -> str | None:
+        found = self.list(prefix, ext)
         return found[-1] if found else None
 
     def get(self, url: str) -> bytes:

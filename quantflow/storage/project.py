@@ -31,8 +31,10 @@ def project_lake(md: ProjectMetadata) -> Lake:
     return Lake(Store(resolve_root(md.project.storage.lake_root, md.project_dir), storage_options(md)))
 
 
-def project_artifacts(md: ProjectMetadata) -> ArtifactStore:
-    return ArtifactStore(Store(resolve_root(md.project.storage.blob_root, md.project_dir), storage_options(md)))
+def project_artifacts(md: ProjectMetadata, folder: str | None = None) -> ArtifactStore:
+    """The project's blob store, or one folder of it (``models/<name>``: a model's artifacts)."""
+    root = resolve_root(md.project.storage.blob_root, md.project_dir)
+    return ArtifactStore(Store(f"{root.rstrip('/')}/{folder}" if folder else root, storage_options(md)))
 
 
 def warehouse_path(md: ProjectMetadata) -> Path:

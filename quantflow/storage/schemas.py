@@ -61,6 +61,24 @@ MESSAGES_SCHEMA: dict[str, pl.DataType] = {
     "direction": pl.Int8,  # side of the resting order: +1 buy (bid), -1 sell (ask)
 }
 
+# out-of-sample predictions of a model (``pred_<model>``): the same for ML and DL models
+PREDICTIONS_SCHEMA: dict[str, pl.DataType] = {
+    "symbol": pl.Utf8,
+    "date": pl.Date,
+    "ts": UTC_NS,  # the event's start (its bar's close): when the prediction is known
+    "t1": UTC_NS,  # the label's end
+    "model": pl.Utf8,
+    "kind": pl.Utf8,  # ml | dl
+    "fold": pl.Int64,  # walk-forward fold that made the prediction
+    "train_start": UTC_NS,  # the fold's first training event
+    "train_end": UTC_NS,  # the fold's last training label end: before ts, always
+    "prediction": pl.Float64,  # expected label (classification) or predicted value (regression)
+    "predicted_label": pl.Int64,  # most probable class (null for regression)
+    "probability": pl.Float64,  # its probability (null when the model gives none)
+    "target": pl.Float64,  # what was learned, realized
+    "ret": pl.Float64,  # the label's return
+}
+
 BAD_ROWS_SCHEMA: dict[str, pl.DataType] = {
     "feed": pl.Utf8,
     "symbol": pl.Utf8,

@@ -24,6 +24,7 @@ ENRICHED_TABLE = "cdm_trade_enriched"
 LOB_TABLE = "cdm_lob_l2"
 LABELS_TABLE = "cdm_labels"  # the label engine's: one row per labelled event and label set
 FEATURES_TABLE = "ft_features"  # the feature engine's: one row per bar of its input table
+PREDICTIONS_PREFIX = "pred_"  # the models stage's: ``pred_<model>``, out-of-sample predictions per event
 DAILY_BAR_COLUMNS = ("open", "high", "low", "close", "volume", "adj_factor")
 # the state engine's bars from ticks add these (calendar bars come from cdm_bars_daily: daily columns)
 TICK_BAR_COLUMNS = ("open", "high", "low", "close", "volume", "dollar_volume", "vwap", "n_trades", "buy_volume",
@@ -61,3 +62,12 @@ def bar_columns(table: str) -> tuple[str, ...]:
 
 def raw_table_name(feed: str, kind: str) -> str:
     return f"raw_{feed}_{kind}"
+
+
+def predictions_table(model: str) -> str:
+    return f"{PREDICTIONS_PREFIX}{model}"
+
+
+def predictions_partition_width(label_input: str) -> str:
+    """``pred_<model>``: a year of events on daily bars, a month of intraday ones (as ``cdm_labels``)."""
+    return "year" if partition_width(label_input) == "year" else "month"

@@ -22,7 +22,7 @@ from math import e, sqrt
 import numpy as np
 from scipy.special import logit
 from scipy.stats import kurtosis as _kurtosis
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
 from scipy.stats import skew as _skew
 
 EULER_GAMMA = 0.5772156649015329
@@ -90,6 +90,26 @@ def min_track_record_length(sharpe: float, skew: float = 0.0, kurtosis: float = 
     return float(1.0 + factor * (norm.ppf(1 - alpha) / (sharpe - benchmark)) ** 2)
 
 
+def _cscv_sharpes(m: np.ndarray, n_blocks: int, combos: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """In- and out-of-sample Sharpe ratios (combinations x trials) from per-block sums, all at once."""
+    size = m.shape[0] // n_blocks
+    blocks = m.reshape(n_blocks, size, m.shape[1])
+    sums, squares = blocks.sum(axis=1), (blocks**2).sum(axis=1)  # blocks x trials
+    chosen = np.zeros((len(combos), n_blocks))
+    for c, combo in enumerate(combos):
+        chosen[c, list(combo)] = 1.0
+    half = size * n_blocks // 2
+
+    def sharpe(weights: np.ndarray) -> np.ndarray:
+        total, sq = weights @ sums, weights @ squares
+        mean = total / half
+        var = (sq - total * mean) / (half - 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return mean / np.sqrt(np.maximum(var, 0.0))
+
+    return sharpe(chosen), sharpe(1.0 - chosen)
+
+
 @dataclass(frozen=True)
 class PBOResult:
     """CSCV outcome: ``pbo`` is the share of the C(S, S/2) splits whose in-sample best trial ranks at or below
@@ -120,18 +140,23 @@ def probability_of_backtest_overfitting(returns, n_blocks: int = 16, metric=shar
     if t < 2 * n_blocks:
         raise ValueError(f"{t} periods are too few for {n_blocks} blocks (need at least 2 per block)")
     m = m[t % n_blocks:]
-    blocks = np.split(np.arange(m.shape[0]), n_blocks)
-    logits, is_best, oos_best = [], [], []
-    for chosen in combinations(range(n_blocks), n_blocks // 2):
-        inside = np.concatenate([blocks[b] for b in chosen])
-        outside = np.concatenate([blocks[b] for b in range(n_blocks) if b not in chosen])
-        r_is, r_oos = np.asarray(metric(m[inside])), np.asarray(metric(m[outside]))
-        best = int(np.argmax(r_is))
-        omega = rankdata(r_oos)[best] / (n + 1)
-        logits.append(float(logit(omega)))
-        is_best.append(r_is[best])
-        oos_best.append(r_oos[best])
-    lam = np.asarray(logits)
+    combos = list(combinations(range(n_blocks), n_blocks // 2))
+    if metric is sharpe_ratio:
+        r_is, r_oos = _cscv_sharpes(m, n_blocks, combos)
+    else:
+        blocks = np.split(np.arange(m.shape[0]), n_blocks)
+        r_is, r_oos = np.empty((len(combos), n)), np.empty((len(combos), n))
+        for c, chosen in enumerate(combos):
+            inside = np.concatenate([blocks[b] for b in chosen])
+            outside = np.concatenate([blocks[b] for b in range(n_blocks) if b not in chosen])
+            r_is[c], r_oos[c] = metric(m[inside]), metric(m[outside])
+    rows = np.arange(len(combos))
+    best = np.argmax(r_is, axis=1)
+    value = r_oos[rows, best][:, None]
+    rank = (r_oos < value).sum(axis=1) + ((r_oos == value).sum(axis=1) + 1) / 2  # average rank, as rankdata
+    logits = logit(rank / (n + 1))
+    is_best, oos_best = r_is[rows, best], r_oos[rows, best]
+    lam = np.asarray(logits, dtype=np.float64)
     x, y = np.asarray(is_best), np.asarray(oos_best)
     slope = float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else float("nan")
     return PBOResult(float(np.mean(lam <= 0)), lam, n_blocks, lam.size, n, float(np.mean(y < 0)), slope)

@@ -32,9 +32,18 @@ def test_sample_project_asset_graph_has_ingest_and_transform_with_lineage():
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(table)).parent_keys}
         expected = {"cdm_time_1w_bars": {"cdm_bars_daily"}, "cdm_lob_l2": {"cdm_quotes"}}
         assert parents == expected.get(table, {"cdm_trades", "cdm_quotes"}), table
+    # the models: one asset per model in the group of its kind, judged by its validation asset
+    assert (groups["pred_rf_fwd5"], groups["pred_lstm_fwd5"]) == ("ml", "dl")
+    for model in ("rf_fwd5", "lstm_fwd5"):
+        parents = {k.to_user_string() for k in graph.get(dg.AssetKey(f"pred_{model}")).parent_keys}
+        assert parents == {"ft_features", "cdm_labels"}
+        assert {k.to_user_string() for k in graph.get(dg.AssetKey(f"validation_{model}")).parent_keys} == {
+            f"pred_{model}"}
+        assert groups[f"validation_{model}"] == "validation"
     jobs = {job.name for job in defs.jobs}
     assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_transform", "quantflow_state_engine",
-                    "quantflow_label_engine", "quantflow_feature_engine"}
+                    "quantflow_label_engine", "quantflow_feature_engine", "quantflow_ml", "quantflow_dl",
+                    "quantflow_validation"}
     assert defs.resolve_job_def("quantflow_ingest")  # resolvable, with the dbt resource bound
     assert defs.resolve_job_def("quantflow_pipeline")
 

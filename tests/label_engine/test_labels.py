@@ -11,8 +11,9 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from quantflow.label_engine import label_bars, training_weights
+from quantflow.label_engine import label_bars
 from quantflow.metadata.schema.label_engine import LabelSetConfig
+from quantflow.validation.weights import training_weights
 from tests.label_engine import reference as ref
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "daily_us_equities"
@@ -71,10 +72,10 @@ def check_triple_barrier(close: np.ndarray, cfg: LabelSetConfig) -> pl.DataFrame
                                 ("return_attribution", "attribution")):
         np.testing.assert_allclose(got[column].to_numpy(), w[want_column].to_numpy(), rtol=1e-9, err_msg=column)
     for kind, base in (("uniqueness", "uniqueness"), ("return_attribution", "return_weight")):
-        weights = training_weights(got, cfg.model_copy(update={"sample_weight": kind}))
+        weights = training_weights(got, kind, cfg.time_decay)
         np.testing.assert_allclose(weights.to_numpy(), (w[base] * w["time_decay"]).to_numpy(), rtol=1e-9)
     shuffled = got.sample(fraction=1.0, shuffle=True, seed=3)  # the weights follow the rows' order
-    np.testing.assert_allclose(training_weights(shuffled, cfg).to_numpy(), (w["uniqueness"] * w["time_decay"])
+    np.testing.assert_allclose(training_weights(shuffled, cfg.sample_weight, cfg.time_decay).to_numpy(), (w["uniqueness"] * w["time_decay"])
                                .to_numpy()[np.argsort(np.argsort(shuffled["ts"].to_numpy()))], rtol=1e-9)
     return got
 

@@ -75,6 +75,8 @@ def test_pbo_equals_a_loop_implementation_and_its_extremes():
     ours = probability_of_backtest_overfitting(noise, n_blocks=8)
     assert ours.n_combinations == 70 and ours.n_trials == 12
     assert ours.pbo == pytest.approx(pbo_loops(noise, 8), abs=0)
+    generic = probability_of_backtest_overfitting(noise, n_blocks=8, metric=lambda r: sharpe_ratio(r))
+    np.testing.assert_allclose(generic.logits, ours.logits, rtol=1e-9)  # block sums = the direct metric
     # one trial better everywhere: never overfit
     skilled = noise.copy()
     skilled[:, 3] += 0.02

@@ -6,10 +6,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from quantflow.metadata.schema.base import NAME_RE, SYMBOL_RE, MetadataModel
+from quantflow.metadata.schema.base import NAME_RE, SYMBOL_RE, MetadataModel, repeated
 from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineConfig
 from quantflow.metadata.schema.ingest import IngestConfig
 from quantflow.metadata.schema.label_engine import LabelEngineConfig
+from quantflow.metadata.schema.models import ModelConfig, ValidationConfig
 from quantflow.metadata.schema.state_engine import StateEngineConfig
 
 
@@ -35,6 +36,8 @@ class ProjectConfig(MetadataModel):
     state_engine: StateEngineConfig | None = None
     label_engine: LabelEngineConfig | None = None
     feature_engine: FeatureEngineConfig | None = None
+    models: list[ModelConfig] | None = None
+    validation: ValidationConfig = ValidationConfig()
 
     def consistency_issues(self) -> list[tuple[tuple, str]]:
         """Problems that span sections (field path, message); each section is valid on its own."""
@@ -71,7 +74,41 @@ class ProjectConfig(MetadataModel):
                     if f.kind == "microstructure":
                         issues.append((where + ("features", i, "kind"), f"feature {f.name!r}: microstructure "
                                        "features need the state engine's cdm_trade_enriched (no state_engine)"))
+        issues += self._model_issues()
         return issues
+
+    def _model_issues(self) -> list[tuple[tuple, str]]:
+        from fnmatch import fnmatchcase
+
+        issues: list[tuple[tuple, str]] = []
+        label_sets = {s.name: s for s in (self.label_engine.labels if self.label_engine else [])}
+        try:  # a broken feature DAG is reported where it is; its models' feature names are then not checked
+            features = FeatureDAG.compile(self.feature_engine, self.symbols).outputs if self.feature_engine else None
+        except ValueError:
+            features = None
+        for i, m in enumerate(self.models or []):
+            where = ("project", "models", i)
+            if m.label_set not in label_sets:
+                issues.append((where + ("label_set",), f"model {m.name!r} learns label set {m.label_set!r}, which "
+                               f"project.label_engine does not define (known: {', '.join(label_sets) or 'none'})"))
+            elif m.target == "t_value" and label_sets[m.label_set].method != "trend_scanning":
+                issues.append((where + ("target",), f"model {m.name!r}: only trend_scanning labels have a t_value"))
+            if self.feature_engine is None:
+                issues.append((where, f"model {m.name!r} needs features: configure project.feature_engine"))
+                continue
+            for j, pattern in enumerate(m.features or []):
+                if features is not None and not any(fnmatchcase(f, pattern) for f in features):
+                    issues.append((where + ("features", j), f"model {m.name!r}: {pattern!r} matches no feature of "
+                                   f"ft_features"))
+        return issues
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_models(cls, models: list[ModelConfig] | None) -> list[ModelConfig] | None:
+        twice = repeated([m.name for m in models or []])
+        if twice:
+            raise ValueError(f"model names must be distinct; repeated: {', '.join(twice)}")
+        return models
 
     @field_validator("symbols")
     @classmethod
