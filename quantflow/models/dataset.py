@@ -1,11 +1,15 @@
 """The training set of a model: labels joined point in time to the features known when each event starts.
 
 A label event starts at ``ts`` (its bar's close) and ends at ``t1``. The features it may use are the last
-feature row *known* by then. When is a row known? A row of an intraday bar table at its ``ts`` (the bar's
-last trade); a row of a daily table at the end of its date, stamped ``date 00:00 UTC``, so it is known at
-``date + 1 day 00:00 UTC``. Joining on those "known at" times (as of, backward, per symbol) gives daily
-events the features of the same day, intraday events the daily features of the day before, and daily events
-the last intraday features of their day: no event sees a feature from after its start.
+feature row known by then, per symbol. Rows of daily tables (daily and calendar bars) stand for a whole
+trading ``date`` (the exchange-local date of the CDM) and are known at its close; rows of intraday tables
+are known at their ``ts`` (the bar's last trade). So:
+
+- daily events, daily features: the row of the same date;
+- intraday events, daily features: the row of the last date *before* the event's trading date;
+- daily events, intraday features: the last row of the event's trading date (by the exchange-local
+  ``date``, not the UTC clock: a session that starts before midnight UTC belongs to the next date);
+- intraday events, intraday features: the last row with ``ts`` at or before the event's ``ts``.
 
 Missing features (warm-up of long windows): ``drop`` removes the row; ``median`` and ``keep`` leave NaN for
 the model (imputed with the training fold's medians, or passed to an estimator that takes NaN). Rows with
@@ -33,9 +37,14 @@ def feature_columns(available: list[str], wanted: list[str] | None) -> list[str]
     return [c for c in candidates if any(fnmatchcase(c, p) for p in wanted)]
 
 
-def known_at(daily: bool) -> pl.Expr:
-    ts = pl.col("ts").cast(pl.Datetime("ns", "UTC"))
-    return (ts + pl.duration(days=1, time_unit="ns")) if daily else ts
+def _join_keys(features_daily: bool, labels_daily: bool) -> tuple[pl.Expr, pl.Expr]:
+    """The as-of keys (features, labels) of the rule in the module docstring: dates when either side is
+    daily (an intraday event looks up the day before its own), event times otherwise."""
+    if not (features_daily or labels_daily):
+        ts = pl.col("ts").cast(pl.Datetime("ns", "UTC"))
+        return ts, ts
+    day = pl.col("date").cast(pl.Date)
+    return day, (day - pl.duration(days=1)) if features_daily and not labels_daily else day
 
 
 @dataclass
@@ -75,11 +84,13 @@ class TrainingSet:
         return self.rows["t1"].cast(pl.Int64).to_numpy()
 
     def fingerprint(self) -> str:
-        """sha256 of what training sees (features, target, returns, weights' inputs, times, symbols)."""
+        """sha256 of what training sees: every feature row (a sequence model reads the bars before an event
+        too), which row each event uses, target, returns, weights' inputs, times, symbols."""
         h = hashlib.sha256()
         h.update("\x1f".join(self.features).encode())
         weights = self.rows.select("uniqueness", "return_attribution").to_numpy().astype(np.float64)
-        for arr in (np.ascontiguousarray(self.X), self.y.astype(np.float64), self.ret, weights, self.t0, self.t1):
+        for arr in (self.bars, self.bar_row, self.symbol_start, self.y.astype(np.float64), self.ret, weights,
+                    self.t0, self.t1):
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update("\x1f".join(self.rows["symbol"].to_list()).encode())
         return h.hexdigest()
@@ -100,14 +111,18 @@ def build_training_set(features: pl.DataFrame, labels: pl.DataFrame, columns: li
     """``features``: ``ft_features`` rows (symbol, date, ts, ``columns``); ``labels``: one label set's rows
     of ``cdm_labels``. See the module docstring for the point-in-time rule and the missing-value policy."""
     dropped: dict[str, int] = {}
+    feature_key, label_key = _join_keys(features_daily, labels_daily)
     bars = (features.select([*KEYS, *columns]).sort("symbol", "ts")
-            .with_row_index("bar").with_columns(known_at(features_daily).alias("known")))
+            .with_row_index("bar").with_columns(feature_key.alias("known")))
     first = bars.group_by("symbol").agg(pl.col("bar").min().alias("symbol_start"))
     events = (labels.select("symbol", "date", "ts", "t1", "ret", "label", "uniqueness", "return_attribution",
                             pl.col(target).cast(pl.Float64).alias("target"))
-              .with_columns(known_at(labels_daily).alias("known")).sort("known"))
-    joined = events.join_asof(bars.select("symbol", "known", "bar").sort("known"), on="known", by="symbol",
-                              strategy="backward", check_sortedness=False)  # sorted by known: so per symbol
+              .with_columns(label_key.alias("known")).sort("known"))
+    lookup = bars.select("symbol", "known", "bar")
+    if labels_daily and not features_daily:  # several intraday rows per date: the date's last one
+        lookup = lookup.group_by("symbol", "known").agg(pl.col("bar").max())
+    joined = events.join_asof(lookup.sort("known"), on="known", by="symbol", strategy="backward",
+                              check_sortedness=False)  # sorted by the key, so also within each symbol
     joined = joined.join(first, on="symbol", how="left")
     no_bar = joined["bar"].null_count()
     if no_bar:

@@ -160,49 +160,54 @@ def concat(parts: list[Predicted]) -> Predicted:
 
 @dataclass
 class CVOutcome:
-    """A configuration scored by purged CV: its folds' scores, the score it is ranked by, and its bets'
-    returns per period (averaged over the CPCV paths), the column it adds to the PBO matrix."""
+    """A configuration scored by purged CV: its folds' scores, the score it is ranked by, the Sharpe ratio
+    of its out-of-sample bets per period (CPCV: the mean over its backtest paths), and those bets' returns per
+    period (CPCV: averaged over the paths), the column it adds to the PBO matrix."""
 
     fold_scores: list[dict[str, float]]
     score: float
     times: np.ndarray
     returns: np.ndarray
+    sharpe: float = 0.0
 
 
-def cross_validate(data: TrainingSet, learner: Learner, params: dict[str, Any], cfg, weights_of: WeightsOf
-                   ) -> CVOutcome:
-    """Purged k-fold or CPCV (``cfg``: ``CVConfig``) of one configuration."""
-    t0, t1 = data.t0, data.t1
+def cross_validate(data: TrainingSet, learner: Learner, params: dict[str, Any], cfg, weights_of: WeightsOf,
+                   rows: np.ndarray | None = None) -> CVOutcome:
+    """Purged k-fold or CPCV (``cfg``: ``CVConfig``) of one configuration over ``rows`` of the training
+    set (default: all; ordered by event start)."""
+    rows = np.arange(data.n) if rows is None else np.asarray(rows)
+    t0, t1 = data.t0[rows], data.t1[rows]
     if cfg.method == "cpcv":
         splitter = CombinatorialPurgedCV(cfg.n_splits, cfg.n_test_groups, cfg.embargo)
     else:
         splitter = PurgedKFold(cfg.n_splits, cfg.embargo)
-    splits = list(splitter.split(t0, t1))
     scores, preds = [], []
-    for split in splits:
-        if split.train.size == 0:
+    for split in splitter.split(t0, t1):
+        train, test = rows[split.train], rows[split.test]
+        if train.size == 0:
             raise ValueError(f"cross-validation split {split.test_blocks}: no training rows left after purging")
-        fitted = learner.fit(data, split.train, weights_of(split.train), params, label=f"cv {split.test_blocks}")
-        pred = learner.predict(fitted, data, split.test)
+        fitted = learner.fit(data, train, weights_of(train), params, label=f"cv {split.test_blocks}")
+        pred = learner.predict(fitted, data, test)
         preds.append(pred)
         fs = fold_scores(data, pred, learner.meta, learner.cfg.task)
         if cfg.scoring == "neg_log_loss":
             fs["neg_log_loss"] = _neg_log_loss(data, pred, learner, fitted)
         scores.append(fs)
+    ret = np.nan_to_num(data.ret[rows])
     if cfg.method == "cpcv":
-        paths = splitter.assemble_paths(t0, [p.score for p in preds])
-        pnl = np.mean([bets(p, learner.meta) for p in paths], axis=0) * np.nan_to_num(data.ret)
+        paths = [bets(p, learner.meta) * ret for p in splitter.assemble_paths(t0, [p.score for p in preds])]
+        per_path = [period_returns(t0, pnl) for pnl in paths]
+        times = per_path[0][0]
+        returns = np.mean([r for _, r in per_path], axis=0)
+        sharpe = float(np.mean([safe_sharpe(r) for _, r in per_path]))
     else:
         score = np.empty(data.n)
         for p in preds:
             score[p.rows] = p.score
-        pnl = bets(score, learner.meta) * np.nan_to_num(data.ret)
-    times, returns = period_returns(t0, pnl)
-    if cfg.scoring == "sharpe":
-        value = safe_sharpe(returns)
-    else:
-        value = float(np.mean([s.get(cfg.scoring, np.nan) for s in scores]))
-    return CVOutcome(scores, value, times, returns)
+        times, returns = period_returns(t0, bets(score[rows], learner.meta) * ret)
+        sharpe = safe_sharpe(returns)
+    value = sharpe if cfg.scoring == "sharpe" else float(np.mean([s.get(cfg.scoring, np.nan) for s in scores]))
+    return CVOutcome(scores, value, times, returns, sharpe)
 
 
 def _neg_log_loss(data: TrainingSet, pred: Predicted, learner: Learner, fitted: Any) -> float:

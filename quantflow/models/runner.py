@@ -128,17 +128,32 @@ def load_training_set(md: ProjectMetadata, cfg, end: dt.date):
     return data, label_set, labels.height
 
 
-def _enough(cfg, data, n_labels: int) -> None:
-    """Enough bars for one walk-forward prediction and for the cross-validation's blocks, or NotEnoughData."""
+def selection_rows(cfg, data) -> np.ndarray:
+    """The rows the configuration is chosen on (the CV of a sweep or study, and the CV scores reported): the
+    events whose labels end before the walk-forward's first test block. Every prediction is then out of
+    sample for the fit and for the choice of its parameters, and the choice does not move as data is added."""
+    first_test = np.unique(data.t0)[cfg.walk_forward.train]
+    return np.flatnonzero(data.t1 < first_test)
+
+
+def _enough(cfg, data, n_labels: int) -> np.ndarray:
+    """The selection rows, when there are enough bars for one walk-forward prediction and for the
+    cross-validation's blocks before it; else NotEnoughData."""
     if data.n == 0:
         raise NotEnoughData(f"model {cfg.name}: none of the {n_labels:,} events of label set {cfg.label_set} has "
                             f"a complete feature row (dropped: {data.dropped}); more history, missing: median "
                             "or fewer features")
     bars = np.unique(data.t0).size
-    need = max(cfg.walk_forward.train + 1, cfg.cv.n_splits)
-    if bars < need:
-        raise NotEnoughData(f"model {cfg.name}: {bars} bars of labelled events; it needs {need} (walk_forward.train "
-                            f"{cfg.walk_forward.train} before its first prediction, {cfg.cv.n_splits} CV blocks)")
+    if bars <= cfg.walk_forward.train:
+        raise NotEnoughData(f"model {cfg.name}: {bars} bars of labelled events; it needs "
+                            f"{cfg.walk_forward.train + 1} (walk_forward.train {cfg.walk_forward.train} before "
+                            "its first prediction)")
+    rows = selection_rows(cfg, data)
+    if np.unique(data.t0[rows]).size < cfg.cv.n_splits:
+        raise NotEnoughData(f"model {cfg.name}: {np.unique(data.t0[rows]).size} bars of labels end before the "
+                            f"first walk-forward prediction; the {cfg.cv.method} CV needs {cfg.cv.n_splits}: "
+                            "raise walk_forward.train")
+    return rows
 
 
 def _storage_url(md: ProjectMetadata, cfg, artifacts) -> str:
@@ -175,7 +190,7 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     try:
         data, label_set, n_labels = load_training_set(md, cfg, window.end_date)
         result.training_rows, result.n_features, result.dropped = data.n, len(data.features), data.dropped
-        _enough(cfg, data, n_labels)
+        selection = _enough(cfg, data, n_labels)
     except NotEnoughData as exc:
         result.warnings.append(str(exc))
         result.seconds = time.perf_counter() - began
@@ -198,11 +213,12 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     try:
         if cfg.tuning is not None:
             with artifacts.store.lock(artifacts.store.path("optuna.db")):  # one study writer per model
-                search = tuning.tune(data, learner, weights_of, _storage_url(md, cfg, artifacts), progress)
+                search = tuning.tune(data, learner, weights_of, _storage_url(md, cfg, artifacts), progress,
+                                     selection, f"{label_set.sample_weight}:{label_set.time_decay}")
         elif cfg.sweep is not None:
-            search = tuning.sweep(data, learner, weights_of, progress)
+            search = tuning.sweep(data, learner, weights_of, progress, selection)
         else:
-            search = tuning.single(data, learner, weights_of)
+            search = tuning.single(data, learner, weights_of, selection)
         best = search.best
         since = int(dt.datetime.combine(window.start_date, dt.time(), dt.UTC).timestamp() * 1e9)
         pred, folds, fitted = engine.walk_forward(data, learner, best.params, cfg.walk_forward, weights_of,
@@ -234,7 +250,7 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
         result.preview[table] = mine.head(5)
     if fitted is not None:
         _store_artifacts(result, artifacts, learner, fitted, data, search, cfg, label_set, window, key,
-                         dict(in_window.group_by("symbol").len().iter_rows()))
+                         dict(in_window.group_by("symbol").len().iter_rows()), selection)
     result.seconds = time.perf_counter() - began
     return result
 
@@ -269,8 +285,25 @@ def run_key(data, cfg, label_set, window: RunWindow) -> str:
 
     libraries = {name: version(name) for name in ("scikit-learn", "torch", "optuna", "numpy")}
     parts = [data.fingerprint(), cfg.model_dump_json(), label_set.sample_weight, str(label_set.time_decay),
-             json.dumps(libraries, sort_keys=True), window.start_date.isoformat(), window.end_date.isoformat()]
+             json.dumps(libraries, sort_keys=True), window.start_date.isoformat(), window.end_date.isoformat(),
+             ",".join(sorted(window.symbols)), _code_version()]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _code_version() -> str:
+    """A hash of the code that fits and predicts (this package, the splits, the weights): a fix to it must
+    not leave predictions of the old code in place."""
+    import hashlib
+    from pathlib import Path
+
+    import quantflow.models
+    import quantflow.validation
+
+    h = hashlib.sha256()
+    for package in (quantflow.models, quantflow.validation):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _unchanged(md: ProjectMetadata, artifacts, learner, key: str, window: RunWindow, result: ModelResult) -> bool:
@@ -300,9 +333,7 @@ def _unchanged(md: ProjectMetadata, artifacts, learner, key: str, window: RunWin
 
 
 def _store_artifacts(result: ModelResult, artifacts, learner, fitted, data, search, cfg, label_set,
-                     window: RunWindow, key: str, by_symbol: dict[str, int]) -> None:
-    from quantflow.models.engine import safe_sharpe
-
+                     window: RunWindow, key: str, by_symbol: dict[str, int], selection: np.ndarray) -> None:
     prefix = learner.artifact_prefix
     info = {"name": cfg.name, "features": data.features,
             "classes": learner.classes.tolist() if learner.classes is not None else None}
@@ -324,7 +355,7 @@ def _store_artifacts(result: ModelResult, artifacts, learner, fitted, data, sear
         result.artifacts["leaderboard_url"] = artifacts.put(f"{prefix}leaderboard_", "csv",
                                                             board.write_csv().encode())
     best = search.best
-    sharpes = [safe_sharpe(t.outcome.returns) for t in search.trials]
+    sharpes = [t.outcome.sharpe for t in search.trials]
     card = {
         "model": cfg.name, "kind": cfg.kind, "task": cfg.task, "label_set": cfg.label_set,
         "label_method": label_set.method, "target": cfg.target, "meta_labels": learner.meta,
@@ -335,7 +366,9 @@ def _store_artifacts(result: ModelResult, artifacts, learner, fitted, data, sear
         "training_set": {"rows": data.n, "first_event": _iso(int(data.t0.min())), "last_event":
                          _iso(int(data.t0.max())), "dropped": data.dropped, "fingerprint": data.fingerprint()},
         "walk_forward": {**cfg.walk_forward.model_dump(), "folds": result.folds},
-        "cv": {**cfg.cv.model_dump(), "fold_scores": best.outcome.fold_scores, "score": best.outcome.score},
+        "cv": {**cfg.cv.model_dump(), "fold_scores": best.outcome.fold_scores, "score": best.outcome.score,
+               "selection_rows": int(selection.size),
+               "selection_last_label_end": _iso(int(data.t1[selection].max())) if selection.size else None},
         "search": {"method": search.method, "trials": len(search.trials), "study": search.study,
                    "best_trial": best.number, "best_params": best.params, "trial_sharpes": sharpes},
         "metrics": {"walk_forward_sharpe": result.oos_sharpe, "predictions": result.predictions},

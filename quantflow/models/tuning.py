@@ -18,7 +18,7 @@ import polars as pl
 
 from quantflow.compute.stage import Progress
 from quantflow.models.dataset import TrainingSet
-from quantflow.models.engine import CVOutcome, Learner, WeightsOf, cross_validate, safe_sharpe
+from quantflow.models.engine import CVOutcome, Learner, WeightsOf, cross_validate
 from quantflow.validation import probabilistic_sharpe_ratio
 
 
@@ -30,7 +30,7 @@ class Trial:
 
     @property
     def sharpe(self) -> float:
-        return safe_sharpe(self.outcome.returns)
+        return self.outcome.sharpe
 
 
 @dataclass
@@ -64,28 +64,31 @@ class Search:
         return board.with_row_index("rank", offset=1)
 
 
-def single(data: TrainingSet, learner: Learner, weights_of: WeightsOf) -> Search:
-    return Search("single", [Trial(0, {}, cross_validate(data, learner, {}, learner.cfg.cv, weights_of))])
+def single(data: TrainingSet, learner: Learner, weights_of: WeightsOf, rows: np.ndarray) -> Search:
+    return Search("single", [Trial(0, {}, cross_validate(data, learner, {}, learner.cfg.cv, weights_of, rows))])
 
 
-def sweep(data: TrainingSet, learner: Learner, weights_of: WeightsOf, progress: Progress) -> Search:
+def sweep(data: TrainingSet, learner: Learner, weights_of: WeightsOf, progress: Progress, rows: np.ndarray
+          ) -> Search:
     grid = learner.cfg.sweep
     names = list(grid)
     combos = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
     progress.begin(len(combos), "trials", f"{learner.cfg.name} sweep")
     trials = []
     for i, params in enumerate(combos):
-        trials.append(Trial(i, params, cross_validate(data, learner, params, learner.cfg.cv, weights_of)))
+        trials.append(Trial(i, params, cross_validate(data, learner, params, learner.cfg.cv, weights_of, rows)))
         progress.advance(1)
     return Search("sweep", trials)
 
 
-def study_name(learner: Learner, data: TrainingSet) -> str:
-    space = json.dumps({k: v.model_dump() for k, v in learner.cfg.tuning.space.items()}, sort_keys=True)
-    cv = learner.cfg.cv.model_dump_json()
-    settings = hashlib.sha256((space + cv + json.dumps(learner.cfg.params, sort_keys=True, default=str))
-                              .encode()).hexdigest()
-    return f"{learner.cfg.name}-{data.fingerprint()[:16]}-{settings[:8]}"
+def study_name(learner: Learner, data: TrainingSet, rows: np.ndarray, weighting: str) -> str:
+    """The model's whole configuration but the number of trials (raising it continues the study), the
+    weighting of its label set and the selection rows' fingerprint: any other change starts a new study."""
+    cfg = learner.cfg.model_dump(mode="json")
+    cfg["tuning"].pop("trials")
+    settings = json.dumps(cfg, sort_keys=True, default=str) + weighting + data.fingerprint()
+    settings += hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()
+    return f"{learner.cfg.name}-{hashlib.sha256(settings.encode()).hexdigest()[:24]}"
 
 
 def _suggest(trial, name: str, dim) -> Any:
@@ -96,15 +99,16 @@ def _suggest(trial, name: str, dim) -> Any:
     return trial.suggest_categorical(name, dim.choices)
 
 
-def tune(data: TrainingSet, learner: Learner, weights_of: WeightsOf, storage_url: str, progress: Progress
-         ) -> Search:
-    """Run (or resume) the model's Optuna study up to ``tuning.trials`` finished trials."""
+def tune(data: TrainingSet, learner: Learner, weights_of: WeightsOf, storage_url: str, progress: Progress,
+         rows: np.ndarray, weighting: str = "") -> Search:
+    """Run (or resume) the model's Optuna study up to ``tuning.trials`` finished trials, scoring each by
+    purged CV over ``rows``."""
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = learner.cfg.tuning
-    name = study_name(learner, data)
+    name = study_name(learner, data, rows, weighting)
     storage = optuna.storages.RDBStorage(storage_url)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed))
@@ -119,10 +123,11 @@ def tune(data: TrainingSet, learner: Learner, weights_of: WeightsOf, storage_url
 
     def objective(trial) -> float:
         params = {k: _suggest(trial, k, dim) for k, dim in cfg.space.items()}
-        outcome = cross_validate(data, learner, params, learner.cfg.cv, weights_of)
+        outcome = cross_validate(data, learner, params, learner.cfg.cv, weights_of, rows)
         trial.set_user_attr("returns", [float(x) for x in outcome.returns])
         trial.set_user_attr("times", [int(x) for x in outcome.times])
         trial.set_user_attr("fold_scores", outcome.fold_scores)
+        trial.set_user_attr("sharpe", outcome.sharpe)
         progress.advance(1)
         return outcome.score if np.isfinite(outcome.score) else -1e9
 
@@ -132,6 +137,6 @@ def tune(data: TrainingSet, learner: Learner, weights_of: WeightsOf, storage_url
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         attrs = t.user_attrs
         outcome = CVOutcome(attrs["fold_scores"], float(t.value), np.asarray(attrs["times"], dtype=np.int64),
-                            np.asarray(attrs["returns"], dtype=np.float64))
+                            np.asarray(attrs["returns"], dtype=np.float64), float(attrs["sharpe"]))
         trials.append(Trial(t.number, dict(t.params), outcome))
     return Search("optuna", trials, study=name)

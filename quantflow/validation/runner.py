@@ -154,11 +154,16 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
             result.warnings.append(f"model {model}: PBO over {blocks} blocks, not {gates.pbo_blocks}: "
                                    f"{matrix.shape[0]} periods of trial returns")
     severity = "error" if gates.blocking else "warn"  # gates that do not block are warnings
+    if result.pbo is not None:
+        pbo_ok, pbo_value = result.pbo <= gates.pbo_max, result.pbo
+    elif result.n_trials < 2:
+        pbo_ok, pbo_value = True, "n/a: one configuration, nothing was selected"
+    else:  # a selection was made, but the record is too short to judge it: not a pass
+        pbo_ok, pbo_value = False, f"not computable: {matrix.shape[0]} periods of trial returns for {result.n_trials} trials"
+        result.warnings.append(f"model {model}: PBO {pbo_value}")
     result.checks["pbo_gate"] = CheckOutcome(
-        "pbo_gate", result.pbo is None or result.pbo <= gates.pbo_max,
-        f"probability of backtest overfitting <= {gates.pbo_max}", severity,
-        {"pbo": result.pbo if result.pbo is not None else "n/a: one configuration, nothing was selected",
-         "pbo_max": gates.pbo_max, "trials": result.n_trials})
+        "pbo_gate", pbo_ok, f"probability of backtest overfitting <= {gates.pbo_max}", severity,
+        {"pbo": pbo_value, "pbo_max": gates.pbo_max, "trials": result.n_trials})
     dsr_ok = math.isfinite(result.dsr) and result.dsr >= gates.dsr_min
     result.checks["dsr_gate"] = CheckOutcome(
         "dsr_gate", dsr_ok, f"deflated Sharpe ratio >= {gates.dsr_min}", severity,

@@ -100,7 +100,11 @@ def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
     everything = runner.run(stage="all", write_mode="overwrite", **window)
     assert everything.success, everything.error
     assert [job for job, _ in everything.runs] == ["quantflow_ingest", "quantflow_transform", "quantflow_state_engine",
-                                                   "quantflow_label_engine", "quantflow_feature_engine"]
+                                                   "quantflow_label_engine", "quantflow_feature_engine", "quantflow_ml",
+                                                   "quantflow_dl", "quantflow_validation"]
+    # two days are too little history for the models: they say so, and their gates (not blocking here) fail
+    assert "models pred_rf_fwd5" in everything.summary() and "nothing to learn from yet" in everything.summary()
+    assert everything.checks["validation_rf_fwd5:dsr_gate"] is False
     assert {"raw_sample", "cdm_trades", "cdm_trade_enriched", "cdm_time_1m_bars", "cdm_labels", "ft_features"} <= set(
         everything.materializations)
     assert "OK: stage all" in everything.summary() and "state_engine_full: 2 shards" in everything.summary()

@@ -97,17 +97,32 @@ def test_fingerprint_changes_with_the_data():
 
 @pytest.mark.parametrize("daily", [True, False])
 def test_no_event_sees_a_feature_row_known_after_it(daily):
+    """Intraday events at random times; daily feature rows (one per date) or intraday ones at random times:
+    the row each event gets is the latest known before it (an earlier date, or an earlier-or-equal time)."""
     rng = np.random.default_rng(0)
     base = dt.datetime(2024, 1, 1, tzinfo=UTC)
-    times = sorted(base + dt.timedelta(hours=int(h)) for h in rng.choice(24 * 60, 200, replace=False))
+    if daily:
+        times = [base + dt.timedelta(days=i) for i in range(60)]
+    else:
+        times = sorted(base + dt.timedelta(minutes=int(m)) for m in rng.choice(60 * 24 * 60, 300, replace=False))
     f = features([("AAA", t.date(), t, float(i), 0.0) for i, t in enumerate(times)])
-    events = sorted(base + dt.timedelta(minutes=int(m)) for m in rng.choice(24 * 60 * 60, 100, replace=False))
+    events = sorted(base + dt.timedelta(minutes=int(m)) for m in rng.choice(60 * 24 * 60, 200, replace=False))
     lab = labels([("AAA", t.date(), t, t + dt.timedelta(hours=5), 1) for t in events])
     data = build(f, lab, features_daily=daily, labels_daily=False)
-    known = np.array([(t + (dt.timedelta(days=1) if daily else dt.timedelta())).timestamp() for t in times])
-    used = known[data.X[:, 0].astype(int)]
-    starts = np.array([t.timestamp() for t in data.rows["ts"].to_list()])
-    assert (used <= starts).all()
-    # and it is the latest such row
-    later = known[np.minimum(data.X[:, 0].astype(int) + 1, len(known) - 1)]
-    assert ((later > starts) | (data.X[:, 0].astype(int) == len(known) - 1)).all()
+    assert data.n > 150
+    chosen = data.X[:, 0].astype(int)
+    starts = data.rows["ts"].to_list()
+    for row, event in zip(chosen, starts):
+        if daily:
+            assert times[row].date() < event.date() and (row + 1 == len(times) or times[row + 1].date() >= event.date())
+        else:
+            assert times[row] <= event and (row + 1 == len(times) or times[row + 1] > event)
+
+
+def test_a_session_that_opens_before_midnight_utc_belongs_to_its_own_date():
+    """An exchange at UTC+11 (Sydney in summer): the session of Jan 3 starts on Jan 2 at 23:00 UTC. A daily
+    event of Jan 2 must not see it, though it comes before Jan 3 00:00 UTC."""
+    intraday = features([("AAA", D1, ts(2024, 1, 2, 4), 1.0, 1.0),          # Jan 2 session, 15:00 local
+                         ("AAA", D2, ts(2024, 1, 2, 23, 30), 2.0, 2.0)])   # Jan 3 session, 10:30 local
+    data = build(intraday, labels([("AAA", D1, ts(2024, 1, 2), ts(2024, 1, 3), 1)]), features_daily=False)
+    np.testing.assert_array_equal(data.X, [[1.0, 1.0]])

@@ -42,6 +42,10 @@ def issues(tmp_path, text: str):
     ("name: net", "name: rf", 10, "project.models", "model names must be distinct; repeated: rf"),
     ("label_set: fwd5, network", "label_set: fwd5, target: t_value, network", 12, "project.models.1.target",
      "only trend_scanning labels have a t_value"),
+    ("network: lstm,", "network: lstm, walk_forward: {test: 10, step: 5},", 12, "project.models.1.walk_forward",
+     "step 5 < test 10: test blocks would overlap"),
+    ("estimator: RandomForest,", "estimator: RandomForest, cv: {scoring: r2},", 11, "project.models.0",
+     "cv.scoring r2 does not score classification"),
 ])
 def test_a_bad_model_is_reported_at_its_line(tmp_path, old, new, line, field, message):
     [issue] = issues(tmp_path, PROJECT.replace(old, new))

@@ -59,10 +59,16 @@ def test_predictions_are_out_of_sample_and_tagged_with_their_fold(md):
     assert pred.schema == pl.Schema(PREDICTIONS_SCHEMA)
     assert (pred["train_end"] < pred["ts"]).all()  # no prediction inside its model's training window
     assert (pred["train_start"] <= pred["train_end"]).all()
-    # every training label of every fold ended before each of the fold's predictions, rebuilt independently
+    # each fold's training rows by the definition (the 120 bars before its block, labels ending before it):
+    # their last label end is the stored train_end, and it precedes every prediction of the fold
     data, _, _ = runner.load_training_set(md, runner.model_config(md, "rf"), DAYS[-1])
-    for split in WalkForward(120, 40).split(data.t0, data.t1):
-        assert data.t1[split.train].max() < data.t0[split.test].min()
+    times = np.unique(data.t0)
+    for k, fold in pred.group_by("fold"):
+        first = times[120 + 40 * k[0]]
+        train = (data.t0 >= times[40 * k[0]]) & (data.t0 < first) & (data.t1 < first)
+        assert fold["ts"].cast(pl.Int64).min() == first
+        assert fold["train_end"].cast(pl.Int64).unique().to_list() == [data.t1[train].max()]
+        assert fold["train_start"].cast(pl.Int64).unique().to_list() == [data.t0[train].min()]
     first_bars = np.unique(data.t0)[:120]
     assert not pred["ts"].cast(pl.Int64).is_in(first_bars.tolist()).any()  # the first bars only train
     assert pred["fold"].n_unique() == len(result.folds) and set(pred["predicted_label"].unique()) <= {-1, 0, 1}
@@ -99,8 +105,9 @@ def test_window_by_window_and_a_symbol_subset_give_the_same_bits(md, tmp_path):
     runner.run(other, window(other, DAYS[251], DAYS[-1], symbols=["AAA", "CCC"]), model="rf")
     assert_frame_equal(stored(other, "rf"), whole)
     # a rerun on unchanged inputs keeps what is stored; overwrite refits, to the same bits
-    again = runner.run(other, window(other, DAYS[251], DAYS[-1]), model="rf")
+    again = runner.run(other, window(other, DAYS[251], DAYS[-1], symbols=["AAA", "CCC"]), model="rf")
     assert again.unchanged and "kept" in again.headline() and not again.tables
+    assert not runner.run(other, window(other, DAYS[251], DAYS[-1], symbols=["BBB"]), model="rf").unchanged
     again = runner.run(other, window(other, DAYS[251], DAYS[-1], write_mode="overwrite"), model="rf")
     assert not again.unchanged and again.tables["pred_rf"].rows_written == whole.filter(
         pl.col("date") >= DAYS[251]).height
@@ -181,7 +188,7 @@ def test_a_bad_configuration_fails_with_the_model_and_cause(md, tmp_path):
     result = runner.run(short, window(short, DAYS[0], DAYS[59]), model="rf")
     assert result.predictions == 0 and not result.artifacts
     assert result.warnings == ["model rf: 35 bars of labelled events; it needs 121 (walk_forward.train 120 before "
-                               "its first prediction, 4 CV blocks)"]
+                               "its first prediction)"]
     from quantflow.validation import runner as validation_runner
 
     judged = validation_runner.run(short, window(short, DAYS[0], DAYS[59]), model="rf")

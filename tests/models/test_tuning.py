@@ -88,14 +88,39 @@ def test_a_killed_study_resumes_where_it_stopped(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # mid-study, likely mid-trial
     proc.wait()
     before = finished(db)
+    with sqlite3.connect(db) as con:
+        interrupted = con.execute("select count(*) from trials where state = 'RUNNING'").fetchone()[0]
     assert 3 <= len(before) < 8
     result = runner.run(md, window(md, DAYS[0], DAYS[-1]), model="hgb")
     assert result.search == "optuna" and result.trials == 8 == completed(db)
     with sqlite3.connect(db) as con:
         states = dict(con.execute("select state, count(*) from trials group by state").fetchall())
-    assert states.get("RUNNING", 0) == 0  # a trial the kill interrupted is marked failed
+    assert states.get("RUNNING", 0) == 0 and states.get("FAIL", 0) == interrupted  # interrupted: marked failed
     after = finished(db)
     assert {n: after[n] for n in before} == before  # the finished trials were kept, not rerun
     # rerunning a finished study runs no new trial, and the same data keeps the same study
     again = runner.run(md, window(md, DAYS[0], DAYS[-1]), model="hgb")
     assert again.trials == 8 == completed(db) and again.best_params == result.best_params
+
+
+def test_the_study_follows_everything_but_the_number_of_trials(tmp_path):
+    import numpy as np
+
+    from quantflow.models.ml import SklearnLearner
+    from quantflow.models.tuning import study_name
+
+    md = build_project(tmp_path, TUNED.format(trials=8))
+    cfg = runner.model_config(md, "hgb")
+    data, _, _ = runner.load_training_set(md, cfg, DAYS[-1])
+    rows = runner.selection_rows(cfg, data)
+
+    def name(**changes) -> str:
+        changed = cfg.model_copy(update=changes)
+        return study_name(SklearnLearner(changed, None), data, rows, "uniqueness:1.0")
+
+    base = name()
+    assert name(tuning=cfg.tuning.model_copy(update={"trials": 50})) == base  # more trials: the same study
+    assert name(estimator="RandomForest") != base and name(missing="median") != base and name(seed=1) != base
+    assert study_name(SklearnLearner(cfg, None), data, rows, "return_attribution:1.0") != base
+    assert study_name(SklearnLearner(cfg, None), data, rows[:-1], "uniqueness:1.0") != base
+    assert isinstance(rows, np.ndarray) and data.t1[rows].max() < np.unique(data.t0)[120]

@@ -38,6 +38,13 @@ class WalkForwardConfig(MetadataModel):
     step: int | None = Field(None, ge=1, description="bars between refits (default: test)")
     expanding: bool = Field(False, description="train on everything before each block, not a rolling window")
 
+    @model_validator(mode="after")
+    def _once(self) -> WalkForwardConfig:
+        if self.step is not None and self.step < self.test:
+            raise ValueError(f"step {self.step} < test {self.test}: test blocks would overlap and predict an "
+                             "event twice; use step >= test")
+        return self
+
 
 class CVConfig(MetadataModel):
     """The purged cross-validation that scores tuning trials and sweeps (and reports CV scores per fold)."""
