@@ -158,10 +158,12 @@ def _enough(cfg, data, n_labels: int) -> np.ndarray:
 
 def _storage_url(md: ProjectMetadata, cfg, artifacts) -> str:
     if cfg.tuning.storage == "postgres":
-        pg = md.local.postgres
-        password = pg.password.get_secret_value()
-        auth = f"{pg.user}:{password}" if password else pg.user
-        return f"postgresql+psycopg2://{auth}@{pg.host}:{pg.port}/{pg.dbname}"
+        from sqlalchemy.engine import URL
+
+        pg = md.local.postgres  # the password comes from the environment; the URL is never logged
+        url = URL.create("postgresql+psycopg2", pg.user, pg.password.get_secret_value() or None, pg.host,
+                         pg.port, pg.dbname)
+        return url.render_as_string(hide_password=False)
     store = artifacts.store
     if store.remote:
         folder = md.project_dir / ".quantflow" / "optuna"

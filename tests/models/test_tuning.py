@@ -18,6 +18,7 @@ from quantflow.models import runner
 from quantflow.storage.project import project_artifacts
 from tests.conftest import window
 from tests.models.conftest import DAYS, build_project
+from tests.postgres_server import postgres_server  # noqa: F401  (session fixture)
 
 SWEEP = """\
     - name: rf
@@ -124,3 +125,20 @@ def test_the_study_follows_everything_but_the_number_of_trials(tmp_path):
     assert study_name(SklearnLearner(cfg, None), data, rows, "return_attribution:1.0") != base
     assert study_name(SklearnLearner(cfg, None), data, rows[:-1], "uniqueness:1.0") != base
     assert isinstance(rows, np.ndarray) and data.t1[rows].max() < np.unique(data.t0)[120]
+
+
+@pytest.mark.slow
+def test_a_study_on_the_production_postgresql(postgres_server, tmp_path):  # noqa: F811
+    md = build_project(tmp_path, TUNED.format(trials=3).replace("seed: 5", "seed: 5\n        storage: postgres"))
+    (md.project_dir / "project_metadata" / "local.yaml").write_text(postgres_server.local_yaml())
+    from quantflow.metadata import get_metadata_manager
+
+    md = get_metadata_manager(md.project_dir).load_all()
+    result = runner.run(md, window(md, DAYS[0], DAYS[-1]), model="hgb")
+    assert result.search == "optuna" and result.trials == 3
+    assert not (md.project_dir / ".quantflow" / "artifacts" / "models" / "hgb" / "optuna.db").exists()
+    with postgres_server.connect() as con, con.cursor() as cur:
+        cur.execute("select s.study_name, count(*) from studies s join trials t using (study_id) "
+                    "where t.state = 'COMPLETE' group by s.study_name")
+        [(name, finished_trials)] = cur.fetchall()
+    assert name.startswith("hgb-") and finished_trials == 3
