@@ -222,7 +222,9 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
         else:
             search = tuning.single(data, learner, weights_of, selection)
         best = search.best
-        since = int(dt.datetime.combine(window.start_date, dt.time(), dt.UTC).timestamp() * 1e9)
+        # folds reaching the window's first date (a day early: a session may open before midnight UTC); the
+        # rows are then kept by their exchange date
+        since = int(dt.datetime.combine(window.start_date - dt.timedelta(days=1), dt.time(), dt.UTC).timestamp() * 1e9)
         pred, folds, fitted = engine.walk_forward(data, learner, best.params, cfg.walk_forward, weights_of,
                                                   since, progress)
     except ValueError as exc:

@@ -20,7 +20,6 @@ from tests.conftest import window
 from tests.models.conftest import DAYS, build_project
 from tests.models.test_tuning import SWEEP
 
-
 # half the grid cannot learn (a leaf needs more rows than there are): the search has a real choice to make
 GRID = SWEEP.replace("sweep: {max_depth: [2, 3], min_samples_leaf: [1, 20]}",
                      "sweep: {max_depth: [2, 4], min_samples_leaf: [1, 5000]}")
