@@ -95,6 +95,18 @@ class TrainingSet:
         h.update("\x1f".join(self.rows["symbol"].to_list()).encode())
         return h.hexdigest()
 
+    def fingerprint_of(self, rows: np.ndarray, window: int = 1) -> str:
+        """sha256 of what a model sees of some rows: their last ``window`` feature rows, target, returns,
+        weights' inputs, times and symbols (the selection period's, which stays put as data is added)."""
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.features).encode())
+        weights = self.rows[rows].select("uniqueness", "return_attribution").to_numpy().astype(np.float64)
+        for arr in (self.sequences(rows, max(window, 1)), self.y[rows].astype(np.float64), self.ret[rows],
+                    weights, self.t0[rows], self.t1[rows]):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update("\x1f".join(self.rows["symbol"].gather(rows).to_list()).encode())
+        return h.hexdigest()
+
     def sequences(self, rows: np.ndarray, window: int) -> np.ndarray:
         """(len(rows), window, n_features): the ``window`` feature rows up to each row's own, oldest first;
         before the symbol's first bar, NaN."""

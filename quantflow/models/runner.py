@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import platform
 import time
@@ -149,10 +150,10 @@ def _enough(cfg, data, n_labels: int) -> np.ndarray:
                             f"{cfg.walk_forward.train + 1} (walk_forward.train {cfg.walk_forward.train} before "
                             "its first prediction)")
     rows = selection_rows(cfg, data)
-    if np.unique(data.t0[rows]).size < cfg.cv.n_splits:
-        raise NotEnoughData(f"model {cfg.name}: {np.unique(data.t0[rows]).size} bars of labels end before the "
-                            f"first walk-forward prediction; the {cfg.cv.method} CV needs {cfg.cv.n_splits}: "
-                            "raise walk_forward.train")
+    if np.unique(data.t0[rows]).size < cfg.cv.n_splits:  # fixed by the configuration: more data does not help
+        raise StageError(f"model {cfg.name}: {np.unique(data.t0[rows]).size} bars of labels end before the "
+                         f"first walk-forward prediction; the {cfg.cv.method} CV needs {cfg.cv.n_splits}: "
+                         "raise walk_forward.train or lower cv.n_splits")
     return rows
 
 
@@ -216,7 +217,7 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
         if cfg.tuning is not None:
             with artifacts.store.lock(artifacts.store.path("optuna.db")):  # one study writer per model
                 search = tuning.tune(data, learner, weights_of, _storage_url(md, cfg, artifacts), progress,
-                                     selection, f"{label_set.sample_weight}:{label_set.time_decay}")
+                                     selection, f"{label_set.sample_weight}:{label_set.time_decay}", _code_version())
         elif cfg.sweep is not None:
             search = tuning.sweep(data, learner, weights_of, progress, selection)
         else:
@@ -233,7 +234,7 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     result.cv_score = float(best.outcome.score)
     result.folds = [f.as_dict() for f in folds]
 
-    frame = predictions_frame(data, pred, folds, cfg)
+    frame = predictions_frame(data, pred, folds, cfg, config_key(cfg, label_set))
     in_window = frame.filter(pl.col("date").is_between(window.start_date, window.end_date))
     result.predictions = in_window.height
     if in_window.height:
@@ -254,18 +255,18 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
         result.preview[table] = mine.head(5)
     if fitted is not None:
         _store_artifacts(result, artifacts, learner, fitted, data, search, cfg, label_set, window, key,
-                         dict(in_window.group_by("symbol").len().iter_rows()), selection)
+                         _predictions_digest(in_window), selection)
     result.seconds = time.perf_counter() - began
     return result
 
 
-def predictions_frame(data, pred, folds, cfg) -> pl.DataFrame:
+def predictions_frame(data, pred, folds, cfg, config: str) -> pl.DataFrame:
     by_fold = {f.index: f for f in folds}
     rows = data.rows[pred.rows]
     n = pred.rows.size
     return pl.DataFrame({
         "symbol": rows["symbol"], "date": rows["date"], "ts": rows["ts"], "t1": rows["t1"],
-        "model": [cfg.name] * n, "kind": [cfg.kind] * n, "fold": pred.fold,
+        "model": [cfg.name] * n, "kind": [cfg.kind] * n, "config": [config] * n, "fold": pred.fold,
         "train_start": pl.Series([by_fold[k].train_start for k in pred.fold], dtype=pl.Int64).cast(UTC_NS),
         "train_end": pl.Series([by_fold[k].train_end for k in pred.fold], dtype=pl.Int64).cast(UTC_NS),
         "prediction": pred.score,
@@ -281,23 +282,37 @@ def _versions(learner) -> dict[str, str]:
             **learner.versions()}
 
 
-def run_key(data, cfg, label_set, window: RunWindow) -> str:
-    """What a run's predictions depend on: the training set, the model's and its weights' configuration,
-    the libraries that fit it, the window. Equal keys, equal predictions (the models are seeded)."""
-    import hashlib
+def config_key(cfg, label_set) -> str:
+    """The model as a method, data aside: its configuration, its label set's weighting, the libraries and
+    the code that fit it. Stored on every prediction, so a track record is judged one method at a time."""
     from importlib.metadata import version
 
     libraries = {name: version(name) for name in ("scikit-learn", "torch", "optuna", "numpy")}
-    parts = [data.fingerprint(), cfg.model_dump_json(), label_set.sample_weight, str(label_set.time_decay),
-             json.dumps(libraries, sort_keys=True), window.start_date.isoformat(), window.end_date.isoformat(),
-             ",".join(sorted(window.symbols)), _code_version()]
+    parts = [cfg.model_dump_json(), label_set.sample_weight, str(label_set.time_decay),
+             json.dumps(libraries, sort_keys=True), _code_version()]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def run_key(data, cfg, label_set, window: RunWindow) -> str:
+    """What a run's predictions depend on: the training set, the method (``config_key``), the window and
+    its symbols. Equal keys, equal predictions (the models are seeded)."""
+    parts = [data.fingerprint(), config_key(cfg, label_set), window.start_date.isoformat(),
+             window.end_date.isoformat(), ",".join(sorted(window.symbols))]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _predictions_digest(frame: pl.DataFrame) -> dict[str, list]:
+    """Per symbol: [rows, hash of (ts, prediction)] of stored predictions, to know they are still those."""
+    out = {}
+    for (symbol,), part in frame.sort("symbol", "ts").group_by("symbol", maintain_order=True):
+        values = part.select(pl.col("ts").cast(pl.Int64), "prediction").to_numpy()
+        out[symbol] = [part.height, hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]]
+    return out
 
 
 def _code_version() -> str:
     """A hash of the code that fits and predicts (this package, the splits, the weights): a fix to it must
     not leave predictions of the old code in place."""
-    import hashlib
     from pathlib import Path
 
     import quantflow.models
@@ -320,12 +335,11 @@ def _unchanged(md: ProjectMetadata, artifacts, learner, key: str, window: RunWin
     if card.get("run_key") != key:
         return False
     stored = project_lake(md).read(predictions_table(card["model"]), list(window.symbols), window.start_date,
-                                   window.end_date, columns=["symbol"])
-    expected = {s: n for s, n in card["predictions_by_symbol"].items() if s in window.symbols}
-    counts = dict(stored.group_by("symbol").len().iter_rows()) if stored.height else {}
-    if counts != expected:
+                                   window.end_date, columns=["symbol", "ts", "prediction"])
+    expected = {s: d for s, d in card["predictions_by_symbol"].items() if s in window.symbols}
+    if (_predictions_digest(stored) if stored.height else {}) != expected:
         return False
-    result.predictions = sum(expected.values())
+    result.predictions = sum(n for n, _ in expected.values())
     result.folds = card["walk_forward"]["folds"]
     result.search, result.trials = card["search"]["method"], card["search"]["trials"]
     result.best_params, result.cv_score = card["search"]["best_params"], card["cv"]["score"]
@@ -337,7 +351,7 @@ def _unchanged(md: ProjectMetadata, artifacts, learner, key: str, window: RunWin
 
 
 def _store_artifacts(result: ModelResult, artifacts, learner, fitted, data, search, cfg, label_set,
-                     window: RunWindow, key: str, by_symbol: dict[str, int], selection: np.ndarray) -> None:
+                     window: RunWindow, key: str, by_symbol: dict[str, list], selection: np.ndarray) -> None:
     prefix = learner.artifact_prefix
     info = {"name": cfg.name, "features": data.features,
             "classes": learner.classes.tolist() if learner.classes is not None else None}
@@ -379,6 +393,7 @@ def _store_artifacts(result: ModelResult, artifacts, learner, fitted, data, sear
         "predictions_table": predictions_table(cfg.name),
         "predictions_by_symbol": by_symbol,
         "run_key": key,
+        "config_key": config_key(cfg, label_set),
         "artifacts": dict(result.artifacts),
         "versions": _versions(learner),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

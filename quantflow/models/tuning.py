@@ -81,13 +81,14 @@ def sweep(data: TrainingSet, learner: Learner, weights_of: WeightsOf, progress: 
     return Search("sweep", trials)
 
 
-def study_name(learner: Learner, data: TrainingSet, rows: np.ndarray, weighting: str) -> str:
-    """The model's whole configuration but the number of trials (raising it continues the study), the
-    weighting of its label set and the selection rows' fingerprint: any other change starts a new study."""
+def study_name(learner: Learner, data: TrainingSet, rows: np.ndarray, weighting: str, code: str = "") -> str:
+    """The model's whole configuration but the number of trials (raising it continues the study), its label
+    set's weighting, the code that scores trials, and what the selection rows hold (which stays put as data
+    is added, so a daily run resumes the study): any other change starts a new study."""
     cfg = learner.cfg.model_dump(mode="json")
     cfg["tuning"].pop("trials")
-    settings = json.dumps(cfg, sort_keys=True, default=str) + weighting + data.fingerprint()
-    settings += hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()
+    window = int(learner.cfg.dl_params()["window"]) if learner.cfg.kind == "dl" and learner.cfg.network != "mlp" else 1
+    settings = json.dumps(cfg, sort_keys=True, default=str) + weighting + code + data.fingerprint_of(rows, window)
     return f"{learner.cfg.name}-{hashlib.sha256(settings.encode()).hexdigest()[:24]}"
 
 
@@ -100,7 +101,7 @@ def _suggest(trial, name: str, dim) -> Any:
 
 
 def tune(data: TrainingSet, learner: Learner, weights_of: WeightsOf, storage_url: str, progress: Progress,
-         rows: np.ndarray, weighting: str = "") -> Search:
+         rows: np.ndarray, weighting: str = "", code: str = "") -> Search:
     """Run (or resume) the model's Optuna study up to ``tuning.trials`` finished trials, scoring each by
     purged CV over ``rows``."""
     import optuna
@@ -108,7 +109,7 @@ def tune(data: TrainingSet, learner: Learner, weights_of: WeightsOf, storage_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = learner.cfg.tuning
-    name = study_name(learner, data, rows, weighting)
+    name = study_name(learner, data, rows, weighting, code)
     storage = optuna.storages.RDBStorage(storage_url)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed))

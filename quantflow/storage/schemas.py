@@ -69,6 +69,7 @@ PREDICTIONS_SCHEMA: dict[str, pl.DataType] = {
     "t1": UTC_NS,  # the label's end
     "model": pl.Utf8,
     "kind": pl.Utf8,  # ml | dl
+    "config": pl.Utf8,  # the method that made it (configuration, code, libraries): one track record per config
     "fold": pl.Int64,  # walk-forward fold that made the prediction
     "train_start": UTC_NS,  # the fold's first training event
     "train_end": UTC_NS,  # the fold's last training label end: before ts, always

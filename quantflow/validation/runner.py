@@ -56,12 +56,14 @@ class ValidationResult(StageResult):
     trials_sharpe_variance: float = 0.0
     pbo: float | None = None
     pbo_blocks: int = 0
+    pbo_note: str = "n/a (one trial)"  # why there is no PBO
+    other_configurations: int = 0  # stored predictions of earlier configurations, not judged
     leakage_rows: int = 0
     cv_folds: list[dict[str, Any]] = field(default_factory=list)
     summary_artifacts: ClassVar[tuple[str, ...]] = ("validation_url",)
 
     def headline(self) -> str:
-        pbo = f"PBO {self.pbo:.2f} ({self.pbo_blocks} blocks)" if self.pbo is not None else "PBO n/a (one trial)"
+        pbo = f"PBO {self.pbo:.2f} ({self.pbo_blocks} blocks)" if self.pbo is not None else f"PBO {self.pbo_note}"
         return (f"{self.model}: Sharpe {self.sharpe:.3f}/period over {self.n_periods} periods, PSR {self.psr:.2f}, "
                 f"DSR {self.dsr:.2f} ({self.n_trials} trials), {pbo}, "
                 f"{self.leakage_rows} leaking predictions")
@@ -74,8 +76,8 @@ class ValidationResult(StageResult):
                 "sharpe_per_period": num(self.sharpe), "skew": num(self.skew), "kurtosis": num(self.kurtosis),
                 "psr": num(self.psr), "dsr": num(self.dsr), "min_track_record_periods": num(self.min_track_record),
                 "trials_sharpe_variance": num(self.trials_sharpe_variance),
-                "pbo": "n/a (one trial)" if self.pbo is None else round(self.pbo, 6),
-                "leaking_predictions": self.leakage_rows,
+                "pbo": self.pbo_note if self.pbo is None else round(self.pbo, 6),
+                "leaking_predictions": self.leakage_rows, "other_configurations": self.other_configurations,
                 "cv_fold_scores": {"folds": self.cv_folds}}
 
 
@@ -129,6 +131,15 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
         return _nothing_to_judge(result, model, gates, began)
     card = json.loads(artifacts.get(card_url))
     result.cv_folds = card["cv"]["fold_scores"]
+    mine = pred.filter(pl.col("config") == card["config_key"])  # the newest configuration's record only
+    result.other_configurations = pred.height - mine.height
+    if result.other_configurations:
+        result.warnings.append(f"model {model}: {result.other_configurations:,} stored predictions come from earlier "
+                               "configurations or code and are not judged; rerun the model over the whole "
+                               "history to judge one record")
+    pred = mine
+    if not pred.height:
+        return _nothing_to_judge(result, model, gates, began)
     result.leakage_rows = pred.filter(pl.col("train_end") >= pl.col("ts")).height
     returns = bet_returns(pred, bool(card["meta_labels"]))
     result.n_periods = returns.size
@@ -160,6 +171,7 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
         pbo_ok, pbo_value = True, "n/a: one configuration, nothing was selected"
     else:  # a selection was made, but the record is too short to judge it: not a pass
         pbo_ok, pbo_value = False, f"not computable: {matrix.shape[0]} periods of trial returns for {result.n_trials} trials"
+        result.pbo_note = pbo_value
         result.warnings.append(f"model {model}: PBO {pbo_value}")
     result.checks["pbo_gate"] = CheckOutcome(
         "pbo_gate", pbo_ok, f"probability of backtest overfitting <= {gates.pbo_max}", severity,

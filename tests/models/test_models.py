@@ -183,6 +183,11 @@ def test_a_bad_configuration_fails_with_the_model_and_cause(md, tmp_path):
     bad = build_project(tmp_path / "bad", RF.replace("max_depth: 3", "max_depht: 3"))
     with pytest.raises(StageError, match="model 'rf': sklearn.ensemble.RandomForestClassifier rejects its params"):
         runner.run(bad, window(bad, DAYS[0], DAYS[-1]), model="rf")
+    # a selection period too short for the CV is the configuration's fault: more data would not help
+    tight = build_project(tmp_path / "tight", RF.replace("train: 120, test: 40", "train: 6, test: 40"))
+    with pytest.raises(StageError, match="model rf: 1 bars of labels end before the first walk-forward prediction; "
+                                         "the purged_kfold CV needs 4: raise walk_forward.train or lower cv.n_splits"):
+        runner.run(tight, window(tight, DAYS[0], DAYS[-1]), model="rf")
     # too little history is not a failure: a warning, no predictions, and a validation with nothing to judge
     short = build_project(tmp_path / "short", RF, days=DAYS[:60])
     result = runner.run(short, window(short, DAYS[0], DAYS[59]), model="rf")

@@ -64,7 +64,7 @@ def test_a_sweep_ranks_every_combination_and_trains_the_best(tmp_path):
 
 def finished(db) -> dict[int, float]:
     """trial number -> value of the study's finished trials."""
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db, timeout=30) as con:  # the study process may hold a write lock
         return dict(con.execute("select t.number, v.value from trials t join trial_values v using (trial_id) "
                                 "where t.state = 'COMPLETE'").fetchall())
 
@@ -89,12 +89,12 @@ def test_a_killed_study_resumes_where_it_stopped(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # mid-study, likely mid-trial
     proc.wait()
     before = finished(db)
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db, timeout=30) as con:  # the study process may hold a write lock
         interrupted = con.execute("select count(*) from trials where state = 'RUNNING'").fetchone()[0]
     assert 3 <= len(before) < 8
     result = runner.run(md, window(md, DAYS[0], DAYS[-1]), model="hgb")
     assert result.search == "optuna" and result.trials == 8 == completed(db)
-    with sqlite3.connect(db) as con:
+    with sqlite3.connect(db, timeout=30) as con:  # the study process may hold a write lock
         states = dict(con.execute("select state, count(*) from trials group by state").fetchall())
     assert states.get("RUNNING", 0) == 0 and states.get("FAIL", 0) == interrupted  # interrupted: marked failed
     after = finished(db)
@@ -142,3 +142,16 @@ def test_a_study_on_the_production_postgresql(postgres_server, tmp_path):  # noq
                     "where t.state = 'COMPLETE' group by s.study_name")
         [(name, finished_trials)] = cur.fetchall()
     assert name.startswith("hgb-") and finished_trials == 3
+
+
+def test_the_study_resumes_as_data_is_added(tmp_path):
+    from quantflow.models.ml import SklearnLearner
+    from quantflow.models.tuning import study_name
+
+    md = build_project(tmp_path, TUNED.format(trials=8))
+    cfg = runner.model_config(md, "hgb")
+    names = []
+    for end in (DAYS[299], DAYS[-1]):  # a year later: more bars, the same selection period
+        data, _, _ = runner.load_training_set(md, cfg, end)
+        names.append(study_name(SklearnLearner(cfg, None), data, runner.selection_rows(cfg, data), "w"))
+    assert names[0] == names[1]
