@@ -97,7 +97,9 @@ RAW_KINDS: dict[str, dict[str, pl.DataType]] = {
 }
 
 # columns a feed may leave out: they are filled with their default (see ``conform``)
-OPTIONAL_COLUMNS = ("side", "adj_factor", "order_id", "complete")  # complete: bars stored before it existed
+# complete: bars stored before it existed; config: predictions stored before it existed (null: an unknown
+# method, which the validation stage does not judge)
+OPTIONAL_COLUMNS = ("side", "adj_factor", "order_id", "complete", "config")
 
 
 @dataclass(frozen=True)

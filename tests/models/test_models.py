@@ -233,3 +233,20 @@ def test_meta_labels_bet_on_the_primary_side_when_the_model_says_so(tmp_path):
     bets = np.where(pred["prediction"].to_numpy() > 0.5, pred["ret"].to_numpy(), 0.0)
     expected = pl.DataFrame({"ts": pred["ts"], "b": bets}).group_by("ts").agg(pl.col("b").mean()).sort("ts")["b"]
     np.testing.assert_allclose(validation_runner.bet_returns(pred, True), expected.to_numpy())
+
+
+def test_predictions_stored_before_the_config_column_are_kept_and_not_judged(tmp_path):
+    from quantflow.validation import runner as validation_runner
+
+    md = build_project(tmp_path, RF)
+    runner.run(md, window(md, DAYS[0], DAYS[-1]), model="rf")
+    for path in (md.project_dir / ".quantflow" / "lake" / "pred_rf").rglob("*.parquet"):  # as an older release
+        pl.read_parquet(path).drop("config").write_parquet(path)
+    later = runner.run(md, window(md, DAYS[300], DAYS[-1], write_mode="overwrite"), model="rf")
+    pred = stored(md, "rf")
+    assert pred.filter(pl.col("date") < DAYS[300])["config"].null_count() == pred.filter(
+        pl.col("date") < DAYS[300]).height > 0
+    judged = validation_runner.run(md, window(md, DAYS[0], DAYS[-1]), model="rf")
+    assert judged.n_periods == pred.filter(pl.col("date") >= DAYS[300])["ts"].n_unique() and later.predictions
+    assert judged.other_configurations == pred.filter(pl.col("config").is_null()).height
+    assert "not judged" in judged.warnings[0]
