@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 from bench_feature_engine import daily_bars  # noqa: E402
 from bench_state_engine import best_of  # noqa: E402
 
-from quantflow.validation import CombinatorialPurgedCV, PurgedKFold  # noqa: E402
+from quantflow.compute.purged_cv import CombinatorialPurgedCV, PurgedKFold  # noqa: E402
 
 FEATURES = """\
       - {name: ret, kind: returns, params: {horizons: [1, 5, 20, 60], log: true}}

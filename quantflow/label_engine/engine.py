@@ -4,7 +4,7 @@
 in time order, and returns the ``cdm_labels`` rows: the event (``date``, ``ts``: when its bar closed), the
 end of its label (``t1``, the bar whose close decided it), the return to there, the label, and the sample
 weights of AFML ch. 4 that belong to one event (concurrency, average uniqueness, return attribution) over the
-events of that set and symbol; ``quantflow.validation.weights.training_weights`` turns them into a training
+events of that set and symbol; ``quantflow.compute.sample_weights.training_weights`` turns them into a training
 set's weights. No I/O, no Dagster.
 
 Time of a bar: ``ts_last`` (its last trade) for bars built from ticks, the ``date`` at 00:00 UTC for daily

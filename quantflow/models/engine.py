@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from quantflow.compute.overfitting import sharpe_ratio
+from quantflow.compute.purged_cv import CombinatorialPurgedCV, PurgedKFold, WalkForward
 from quantflow.compute.stage import Progress
 from quantflow.models.dataset import TrainingSet
-from quantflow.validation import CombinatorialPurgedCV, PurgedKFold, WalkForward, sharpe_ratio
 
 
 @dataclass

@@ -183,8 +183,8 @@ def _iso(ns: int) -> str:
 def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = None,
         model: str) -> ModelResult:
     """Train ``model`` walk-forward and store its out-of-sample predictions for the window."""
+    from quantflow.compute.sample_weights import training_weights
     from quantflow.models import engine, tuning
-    from quantflow.validation.weights import training_weights
 
     progress = progress or Progress()
     cfg = model_config(md, model)
@@ -311,17 +311,17 @@ def _predictions_digest(frame: pl.DataFrame) -> dict[str, list]:
 
 
 def _code_version() -> str:
-    """A hash of the code that fits and predicts (this package, the splits, the weights): a fix to it must
-    not leave predictions of the old code in place."""
+    """A hash of the code that fits and predicts (this package, the splits, the statistics, the weights): a
+    fix to it must not leave predictions of the old code in place."""
     from pathlib import Path
 
     import quantflow.models
-    import quantflow.validation
+    from quantflow.compute import overfitting, purged_cv, sample_weights
 
     h = hashlib.sha256()
-    for package in (quantflow.models, quantflow.validation):
-        for path in sorted(Path(package.__file__).parent.glob("*.py")):
-            h.update(path.read_bytes())
+    paths = sorted(Path(quantflow.models.__file__).parent.glob("*.py"))
+    for path in [*paths, *(Path(m.__file__) for m in (overfitting, purged_cv, sample_weights))]:
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from quantflow.compute.overfitting import probabilistic_sharpe_ratio
 from quantflow.compute.stage import Progress
 from quantflow.models.dataset import TrainingSet
 from quantflow.models.engine import CVOutcome, Learner, WeightsOf, cross_validate
-from quantflow.validation import probabilistic_sharpe_ratio
 
 
 @dataclass

@@ -1,18 +1,12 @@
-"""Honest validation for models on overlapping labels: purged splits and overfitting statistics.
+"""Honest validation for models on overlapping labels: purged splits and overfitting statistics, and the
+validation stage (``runner.run``, the overfitting gates).
 
-Plain numpy and scipy, usable without Dagster or the rest of QuantFlow. Part of the core layer: the models
-stage splits with it, and the validation and backtest stages report its statistics.
+The splits and statistics live in core (``quantflow.compute.purged_cv``, ``quantflow.compute.overfitting``:
+plain numpy and scipy, usable without Dagster), because the models stage splits with them and the
+validation and backtest stages report them; this package is where a researcher finds them.
 """
 
-from quantflow.validation.splits import (
-    CombinatorialPurgedCV,
-    PurgedKFold,
-    Split,
-    WalkForward,
-    event_times,
-    purged_train,
-)
-from quantflow.validation.statistics import (
+from quantflow.compute.overfitting import (
     PBOResult,
     deflated_sharpe_ratio,
     expected_max_sharpe,
@@ -21,6 +15,14 @@ from quantflow.validation.statistics import (
     probability_of_backtest_overfitting,
     psr_from_returns,
     sharpe_ratio,
+)
+from quantflow.compute.purged_cv import (
+    CombinatorialPurgedCV,
+    PurgedKFold,
+    Split,
+    WalkForward,
+    event_times,
+    purged_train,
 )
 
 __all__ = [

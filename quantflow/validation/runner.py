@@ -27,16 +27,16 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from quantflow.compute.stage import CheckOutcome, Progress, RunWindow, StageResult
-from quantflow.metadata.manager import ProjectMetadata
-from quantflow.storage.project import project_artifacts, project_lake
-from quantflow.storage.tables import predictions_table
-from quantflow.validation.statistics import (
+from quantflow.compute.overfitting import (
     deflated_sharpe_ratio,
     min_track_record_length,
     probabilistic_sharpe_ratio,
     probability_of_backtest_overfitting,
 )
+from quantflow.compute.stage import CheckOutcome, Progress, RunWindow, StageResult
+from quantflow.metadata.manager import ProjectMetadata
+from quantflow.storage.project import project_artifacts, project_lake
+from quantflow.storage.tables import predictions_table
 
 STAGE = "validation"
 PREFIXES = {"ml": "ml_engine_", "dl": "nn_engine_"}

@@ -28,7 +28,7 @@ from quantflow.storage.writes import WriteResult
 from tests.conftest import REPO_ROOT, write_project
 
 PACKAGE = REPO_ROOT / "quantflow"
-CORE = {"metadata", "storage", "compute", "validation"}  # validation: statistics every stage may report
+CORE = {"metadata", "storage", "compute"}
 HEAVY = ("numba", "ray", "torch", "vectorbt")
 DATA_LIBRARIES = ("polars", "duckdb", "pyarrow")  # loaded when a stage runs, not to declare its assets
 

@@ -11,9 +11,9 @@ import pandas as pd
 import polars as pl
 import pytest
 
+from quantflow.compute.sample_weights import training_weights
 from quantflow.label_engine import label_bars
 from quantflow.metadata.schema.label_engine import LabelSetConfig
-from quantflow.validation.weights import training_weights
 from tests.label_engine import reference as ref
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "daily_us_equities"

@@ -13,13 +13,13 @@ import pytest
 import torch
 from polars.testing import assert_frame_equal
 
+from quantflow.compute.purged_cv import WalkForward
+from quantflow.compute.sample_weights import training_weights
 from quantflow.compute.stage import StageError
 from quantflow.models import runner
 from quantflow.models.dl import TorchLearner
 from quantflow.storage.project import project_artifacts, project_lake
 from quantflow.storage.schemas import PREDICTIONS_SCHEMA
-from quantflow.validation import WalkForward
-from quantflow.validation.weights import training_weights
 from tests.conftest import window
 from tests.models.conftest import DAYS, RF, build_project
 

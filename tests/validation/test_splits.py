@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantflow.validation import CombinatorialPurgedCV, PurgedKFold, WalkForward
+from quantflow.compute.purged_cv import CombinatorialPurgedCV, PurgedKFold, WalkForward
 from tests.validation.reference import cpcv_first_block_only, purged_kfold_pandas, split_problems
 
 
@@ -49,7 +49,7 @@ def test_no_training_row_falls_in_a_purged_or_embargoed_window(ev, n_groups, n_t
 
 
 def _groups(t0, n_groups, chosen):
-    from quantflow.validation.splits import blocks_of_times
+    from quantflow.compute.purged_cv import blocks_of_times
 
     blocks = blocks_of_times(t0, n_groups)
     return [blocks[g] for g in chosen]
