@@ -58,6 +58,7 @@ class TrainingSet:
     bar_row: np.ndarray  # each row's feature row in ``bars``
     symbol_start: np.ndarray  # each row's symbol's first row in ``bars``
     dropped: dict[str, int] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, repr=False)  # computed once: the run key and the card use it
 
     @property
     def n(self) -> int:
@@ -86,6 +87,8 @@ class TrainingSet:
     def fingerprint(self) -> str:
         """sha256 of what training sees: every feature row (a sequence model reads the bars before an event
         too), which row each event uses, target, returns, weights' inputs, times, symbols."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         h = hashlib.sha256()
         h.update("\x1f".join(self.features).encode())
         weights = self.rows.select("uniqueness", "return_attribution").to_numpy().astype(np.float64)
@@ -93,7 +96,8 @@ class TrainingSet:
                     self.t0, self.t1):
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update("\x1f".join(self.rows["symbol"].to_list()).encode())
-        return h.hexdigest()
+        self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def fingerprint_of(self, rows: np.ndarray, window: int = 1) -> str:
         """sha256 of what a model sees of some rows: their last ``window`` feature rows, target, returns,
