@@ -62,3 +62,15 @@ class ModelRunConfig(WindowConfig):
 
 class ValidationRunConfig(WindowConfig):
     """Run configuration of a model's validation asset: its track record up to ``end_date``."""
+
+
+class PortfolioRunConfig(WindowConfig):
+    """Run configuration of ``pf_weights``: the rebalance dates whose weights it writes."""
+
+
+class BacktestRunConfig(WindowConfig):
+    """Run configuration of ``trading_report``: the window the strategy trades in (from cash)."""
+
+
+class ReportsRunConfig(WindowConfig):
+    """Run configuration of the report assets: the backtest's newest report, data up to ``end_date``."""

@@ -71,6 +71,13 @@ STAGE_GROUPS: tuple[StageGroup, ...] = (
     StageGroup("validation", "Each model's track record judged: CV folds, PSR, deflated Sharpe, PBO, leakage "
                "(overfitting gates).",
                f"{_ASSETS}.validation:build_validation_assets", f"{_CONFIG}:ValidationRunConfig"),
+    StageGroup("portfolio", "A model's predictions -> target weights per rebalance date (riskfolio-lib; pf_weights).",
+               f"{_ASSETS}.portfolio:build_portfolio_assets", f"{_CONFIG}:PortfolioRunConfig"),
+    StageGroup("backtest", "Target weights -> a vectorbt backtest against equal-weight and buy-and-hold "
+               "benchmarks, metrics and a parameter sweep (trading_report).",
+               f"{_ASSETS}.portfolio:build_backtest_assets", f"{_CONFIG}:BacktestRunConfig"),
+    StageGroup("reports", "The backtested strategy -> plot, stress-test and risk reports (HTML, PNG, CSV).",
+               f"{_ASSETS}.portfolio:build_reports_assets", f"{_CONFIG}:ReportsRunConfig"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(g.name for g in STAGE_GROUPS)
 PIPELINE_JOB = "quantflow_pipeline"

@@ -24,10 +24,20 @@ ARTIFACT_PREFIXES: tuple[str, ...] = (
     "validation_",
     "portfolio_optimization_",
     "trading_report_",
+    "equity_curve_",
+    "orders_",
+    "backtest_leaderboard_",
     "plot_",
     "stress_test_",
     "risk_",
 )
+# a model's fitted artifact and JSON card, by model kind (in ``models/<name>/``)
+MODEL_CARD_PREFIX = {"ml": "ml_engine_", "dl": "nn_engine_"}
+# the stress-test report of one scenario family: ``stress_test_<family>_<ts>.html``
+STRESS_FAMILIES = ("historical", "hypothetical")
+# the risk report of one kind: ``risk_<kind>_<ts>.{html,png,csv}``
+RISK_KINDS = ("var", "drawdown", "rolling", "contributions", "weights")
+ARTIFACT_PREFIXES += tuple(f"stress_test_{f}_" for f in STRESS_FAMILIES) + tuple(f"risk_{k}_" for k in RISK_KINDS)
 _EXT_RE = re.compile(r"^[a-z0-9]{1,10}$")
 _STAMP = r"\d{8}_\d{6}\."
 

@@ -80,6 +80,19 @@ PREDICTIONS_SCHEMA: dict[str, pl.DataType] = {
     "ret": pl.Float64,  # the label's return
 }
 
+WEIGHTS_SCHEMA: dict[str, pl.DataType] = {
+    "symbol": pl.Utf8,
+    "date": pl.Date,  # the rebalance date: the weights use what was known at its close
+    "ts": UTC_NS,  # the date at 00:00 UTC, the lake's key for daily rows (the weights use that date's close)
+    "weight": pl.Float64,  # the weight held from the next execution (after the turnover cap and cash buffer)
+    "target": pl.Float64,  # what the optimizer asked for, before the turnover cap
+    "signal": pl.Float64,  # the model's prediction used (null: none recent enough)
+    "expected_return": pl.Float64,  # the expected daily return from the signal (what mean_variance and nco use)
+    "method": pl.Utf8,
+    "model": pl.Utf8,
+    "config": pl.Utf8,  # hash of the portfolio configuration and the model's prediction config
+}
+
 BAD_ROWS_SCHEMA: dict[str, pl.DataType] = {
     "feed": pl.Utf8,
     "symbol": pl.Utf8,

@@ -24,6 +24,7 @@ ENRICHED_TABLE = "cdm_trade_enriched"
 LOB_TABLE = "cdm_lob_l2"
 LABELS_TABLE = "cdm_labels"  # the label engine's: one row per labelled event and label set
 FEATURES_TABLE = "ft_features"  # the feature engine's: one row per bar of its input table
+WEIGHTS_TABLE = "pf_weights"  # the portfolio stage's: target weights per (symbol, rebalance date)
 PREDICTIONS_PREFIX = "pred_"  # the models stage's: ``pred_<model>``, out-of-sample predictions per event
 DAILY_BAR_COLUMNS = ("open", "high", "low", "close", "volume", "adj_factor")
 # the state engine's bars from ticks add these (calendar bars come from cdm_bars_daily: daily columns)

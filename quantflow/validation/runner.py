@@ -35,11 +35,11 @@ from quantflow.compute.overfitting import (
 )
 from quantflow.compute.stage import CheckOutcome, Progress, RunWindow, StageResult
 from quantflow.metadata.manager import ProjectMetadata
+from quantflow.storage.artifacts import MODEL_CARD_PREFIX
 from quantflow.storage.project import project_artifacts, project_lake
 from quantflow.storage.tables import predictions_table
 
 STAGE = "validation"
-PREFIXES = {"ml": "ml_engine_", "dl": "nn_engine_"}
 
 
 @dataclass
@@ -125,7 +125,7 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     progress.begin(1, "model", f"validation {model}")
     result = ValidationResult(STAGE, window, model=model)
     artifacts = project_artifacts(md, f"models/{model}")
-    card_url = artifacts.latest(PREFIXES[cfg.kind], "json")
+    card_url = artifacts.latest(MODEL_CARD_PREFIX[cfg.kind], "json")
     pred = project_lake(md).read(predictions_table(model), list(md.symbols), None, window.end_date)
     if card_url is None or not pred.height:
         return _nothing_to_judge(result, model, gates, began)

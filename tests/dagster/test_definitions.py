@@ -40,10 +40,18 @@ def test_sample_project_asset_graph_has_ingest_and_transform_with_lineage():
         assert {k.to_user_string() for k in graph.get(dg.AssetKey(f"validation_{model}")).parent_keys} == {
             f"pred_{model}"}
         assert groups[f"validation_{model}"] == "validation"
+    # the research half: weights wait for the model's validation (its blocking gates), reports for the backtest
+    parents = lambda key: {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}  # noqa: E731
+    assert parents("pf_weights") == {"pred_rf_fwd5", "validation_rf_fwd5", "cdm_bars_daily"}
+    assert parents("trading_report") == {"pf_weights", "cdm_bars_daily"}
+    assert parents("report_plot") == {"trading_report", "ft_features", "pred_rf_fwd5"}
+    assert parents("report_stress_test") == parents("report_risk") == {"trading_report"}
+    assert (groups["pf_weights"], groups["trading_report"], groups["report_risk"]) == ("portfolio", "backtest",
+                                                                                       "reports")
     jobs = {job.name for job in defs.jobs}
     assert jobs == {"quantflow_pipeline", "quantflow_ingest", "quantflow_transform", "quantflow_state_engine",
                     "quantflow_label_engine", "quantflow_feature_engine", "quantflow_ml", "quantflow_dl",
-                    "quantflow_validation"}
+                    "quantflow_validation", "quantflow_portfolio", "quantflow_backtest", "quantflow_reports"}
     assert defs.resolve_job_def("quantflow_ingest")  # resolvable, with the dbt resource bound
     assert defs.resolve_job_def("quantflow_pipeline")
 

@@ -101,7 +101,8 @@ def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
     assert everything.success, everything.error
     assert [job for job, _ in everything.runs] == ["quantflow_ingest", "quantflow_transform", "quantflow_state_engine",
                                                    "quantflow_label_engine", "quantflow_feature_engine", "quantflow_ml",
-                                                   "quantflow_dl", "quantflow_validation"]
+                                                   "quantflow_dl", "quantflow_validation", "quantflow_portfolio",
+                                                   "quantflow_backtest", "quantflow_reports"]
     # two days are too little history for the models: they say so, and their gates (not blocking here) fail
     assert "models pred_rf_fwd5" in everything.summary() and "nothing to learn from yet" in everything.summary()
     assert everything.checks["validation_rf_fwd5:dsr_gate"] is False
@@ -118,7 +119,7 @@ def test_batch_pipeline_runner_stage_by_stage(sample_project_copy, monkeypatch):
     cdm = lake.read("cdm_trades", ["CCC"])
     assert cdm.height > 0 and cdm["ts"].dtype == pl.Datetime("ns", "UTC")
     with pytest.raises(ValueError, match="stage must be one of"):
-        runner.run(stage="backtest")
+        runner.run(stage="bogus")
     with pytest.raises(ValueError, match="after end_date"):
         runner.run(stage="ingest", start_date="2024-02-06", end_date="2024-02-05")
 

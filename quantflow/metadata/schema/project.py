@@ -11,6 +11,7 @@ from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineCo
 from quantflow.metadata.schema.ingest import IngestConfig
 from quantflow.metadata.schema.label_engine import LabelEngineConfig
 from quantflow.metadata.schema.models import ModelConfig, ValidationConfig
+from quantflow.metadata.schema.portfolio import BacktestConfig, PortfolioConfig, ReportsConfig
 from quantflow.metadata.schema.state_engine import StateEngineConfig
 
 
@@ -38,6 +39,9 @@ class ProjectConfig(MetadataModel):
     feature_engine: FeatureEngineConfig | None = None
     models: list[ModelConfig] | None = None
     validation: ValidationConfig = ValidationConfig()
+    portfolio: PortfolioConfig | None = None
+    backtest: BacktestConfig | None = None
+    reports: ReportsConfig | None = None
 
     def consistency_issues(self) -> list[tuple[tuple, str]]:
         """Problems that span sections (field path, message); each section is valid on its own."""
@@ -75,6 +79,29 @@ class ProjectConfig(MetadataModel):
                         issues.append((where + ("features", i, "kind"), f"feature {f.name!r}: microstructure "
                                        "features need the state engine's cdm_trade_enriched (no state_engine)"))
         issues += self._model_issues()
+        issues += self._portfolio_issues()
+        return issues
+
+    def _portfolio_issues(self) -> list[tuple[tuple, str]]:
+        issues: list[tuple[tuple, str]] = []
+        models = {m.name: m for m in self.models or []}
+        pf = self.portfolio
+        if pf is not None:
+            label_sets = {s.name: s for s in (self.label_engine.labels if self.label_engine else [])}
+            model = models.get(pf.model)
+            if model is None:
+                issues.append((("project", "portfolio", "model"), f"the portfolio takes the predictions of model "
+                               f"{pf.model!r}, which project.models does not define (known: {', '.join(models) or 'none'})"))
+            elif getattr(label_sets.get(model.label_set), "meta_labeling", False):
+                issues.append((("project", "portfolio", "model"), f"model {pf.model!r} learns meta-labels (did the "
+                               "primary bet win): its predictions carry no side to hold; use a model of a "
+                               "fixed_horizon, trend_scanning or side-less triple_barrier label set"))
+        if self.backtest is not None and pf is None:
+            issues.append((("project", "backtest"), "the backtest trades the portfolio's weights: configure "
+                           "project.portfolio"))
+        if self.reports is not None and (pf is None or self.backtest is None):
+            issues.append((("project", "reports"), "the reports read the portfolio and its backtest: configure "
+                           "project.portfolio and project.backtest"))
         return issues
 
     def _model_issues(self) -> list[tuple[tuple, str]]:

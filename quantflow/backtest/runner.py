@@ -1,0 +1,209 @@
+"""Backtest stage entry point: the portfolio's weights traded by vectorbt, against two benchmarks.
+
+``run(md, window)`` reads ``pf_weights`` (the rebalances decided inside the window, of the newest portfolio
+configuration) and the daily opens and closes of the project's symbols, simulates the strategy from cash
+at the window's first execution bar up to its end, and writes to ``backtest/`` in the blob store:
+``trading_report_<ts>.json`` (the metrics, the benchmarks', the deflated Sharpe ratio of the model from the
+validation stage, the sweep's leaderboard), ``equity_curve_<ts>.parquet`` (per date: the three equity
+curves, returns, drawdown, exposure, cash) and ``orders_<ts>.parquet`` (every order); with
+``backtest.sweep``, ``backtest_leaderboard_<ts>.csv``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from quantflow.compute.overfitting import deflated_sharpe_ratio
+from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
+from quantflow.metadata.manager import ProjectMetadata
+from quantflow.storage.panels import daily_panel
+from quantflow.storage.project import project_artifacts, project_lake
+from quantflow.storage.tables import WEIGHTS_TABLE
+
+STAGE = "backtest"
+HEADLINE = ("total_return", "annual_return", "sharpe", "sortino", "calmar", "max_drawdown")
+
+
+@dataclass
+class BacktestResult(StageResult):
+    metrics: dict[str, Any] = field(default_factory=dict)
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dsr: float | None = None
+    sweep_size: int = 0
+    sweep_seconds: float = 0.0
+    vectorbt_seconds: float = 0.0
+    leaderboard: pd.DataFrame | None = field(default=None, repr=False)
+    summary_artifacts: ClassVar[tuple[str, ...]] = ("trading_report_url",)
+
+    def headline(self) -> str:
+        m = self.metrics
+        if not m:
+            return "no rebalance to trade"
+        ew = self.benchmarks.get("equal_weight", {})
+        dsr = f", DSR {self.dsr:.2f}" if self.dsr is not None else ""
+        return (f"return {_pct(m['total_return'], '+.2%')} ({_pct(m['annual_return'], '+.1%')}/yr), Sharpe "
+                f"{_pct(m['sharpe'], '.2f')}, max drawdown {_pct(m['max_drawdown'], '.1%')}, {m['orders']} orders; "
+                f"equal weight {_pct(ew.get('total_return'), '+.2%')}, Sharpe {_pct(ew.get('sharpe'), '.2f')}{dsr}")
+
+    def key_figures(self) -> dict[str, Any]:
+        figures = {k: v for k, v in self.metrics.items() if v is not None}
+        for name, bench in self.benchmarks.items():
+            figures.update({f"{name}/{k}": v for k, v in bench.items() if k in HEADLINE and v is not None})
+        if self.dsr is not None:
+            figures["deflated_sharpe_ratio"] = self.dsr
+        figures["vectorbt_seconds"] = round(self.vectorbt_seconds, 3)
+        if self.sweep_size:
+            figures["sweep_combinations"] = self.sweep_size
+            figures["sweep_combinations_per_second"] = round(self.sweep_size / max(self.sweep_seconds, 1e-9), 1)
+        return figures
+
+
+def _pct(value, spec: str) -> str:
+    """A figure for the headline; n/a when it does not exist (no variation: no Sharpe ratio)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _weights(md: ProjectMetadata, window: RunWindow) -> tuple[pd.DataFrame, str | None, list[str]]:
+    """Rebalance dates x symbols of the newest portfolio configuration, decided inside the window."""
+    rows = project_lake(md).read(WEIGHTS_TABLE, list(md.symbols), window.start_date, window.end_date)
+    if not rows.height:
+        return pd.DataFrame(), None, []
+    url = project_artifacts(md, "portfolio").latest("portfolio_optimization_", "json")
+    key = json.loads(project_artifacts(md, "portfolio").get(url))["config"] if url else rows["config"][-1]
+    mine = rows.filter(pl.col("config") == key)
+    notes = [f"{WEIGHTS_TABLE}: {rows.height - mine.height:,} rows of earlier portfolio configurations are not "
+             "traded"] if mine.height < rows.height else []
+    frame = mine.to_pandas()
+    frame["date"] = pd.to_datetime(frame["date"])
+    wide = frame.pivot_table(index="date", columns="symbol", values="weight", aggfunc="last")
+    return wide.reindex(columns=list(md.symbols)).fillna(0.0).sort_index(), key, notes
+
+
+def model_dsr(md: ProjectMetadata, model: str) -> float | None:
+    """The deflated Sharpe ratio of the model's newest validation report, when there is one."""
+    store = project_artifacts(md, f"models/{model}")
+    url = store.latest("validation_", "json")
+    value = json.loads(store.get(url)).get("dsr") if url else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    pl.from_pandas(frame).write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = None) -> BacktestResult:
+    from quantflow.backtest import engine
+
+    progress = progress or Progress()
+    began = time.perf_counter()
+    cfg, pf_cfg = md.project.backtest, md.project.portfolio
+    if cfg is None or pf_cfg is None:
+        raise StageError(f"{STAGE}: configure project.portfolio and project.backtest")
+    result = BacktestResult(STAGE, window)
+    weights, key, notes = _weights(md, window)
+    result.warnings += notes
+    if weights.empty:
+        result.warnings.append(f"no rebalance in {WEIGHTS_TABLE} between {window.start_date} and "
+                               f"{window.end_date}: nothing to backtest (run the portfolio first)")
+        result.seconds = time.perf_counter() - began
+        return result
+    panel = daily_panel(md, window.end_date, ("open", "close"))
+    listed = panel["close"].loc[weights.index[0]:]  # NaN where a symbol has no bar (not listed yet, delisted)
+    full_close = listed.ffill()
+    full_price = (panel["open"] if cfg.execution_price == "open" else panel["close"]).loc[full_close.index[0]:]
+    full_price = full_price.where(full_price.notna(), full_close)  # no bar that day: the last close
+    close, price = full_close, full_price
+    progress.begin(3 if cfg.sweep else 2, "simulations", "backtest")
+    vbt_began = time.perf_counter()
+    sizes = engine.execution_sizes(weights, close.index, cfg.execution_lag)
+    if not sizes.notna().any().any():
+        result.warnings.append(f"every rebalance's execution bar (+{cfg.execution_lag}) lies after "
+                               f"{window.end_date}: nothing traded")
+        result.seconds = time.perf_counter() - began
+        return result
+    start = sizes.index[sizes.notna().any(axis=1)][0]  # from cash at the first execution bar
+    close, price, sizes, listed = close.loc[start:], price.loc[start:], sizes.loc[start:], listed.loc[start:]
+    costs = {"fees": cfg.fees, "slippage": cfg.slippage, "init_cash": cfg.init_cash}
+    strategy = engine.simulate(close, price, sizes, **costs)
+    result.vectorbt_seconds = time.perf_counter() - vbt_began
+    progress.advance(1)
+    curves, orders_of = {"strategy": strategy}, {"strategy": sizes}
+    for name, hold in (("equal_weight", False), ("buy_and_hold", True)):
+        orders_of[name] = engine.equal_weight_sizes(sizes, listed, hold)
+        curves[name] = engine.simulate(close, price, orders_of[name], **costs)
+    progress.advance(1)
+    returns = {name: pf.returns() for name, pf in curves.items()}
+    result.metrics = {**engine.metrics(returns["strategy"], cfg.year_days, returns["equal_weight"]),
+                      **engine.trading_figures(strategy, sizes)}
+    result.benchmarks = {name: {**engine.metrics(returns[name], cfg.year_days),
+                                **engine.trading_figures(curves[name], orders_of[name])}
+                         for name in ("equal_weight", "buy_and_hold")}
+    result.dsr = model_dsr(md, pf_cfg.model)
+    store = project_artifacts(md, "backtest")
+    report: dict[str, Any] = {"window": [str(window.start_date), str(window.end_date)], "portfolio_config": key,
+                              "model": pf_cfg.model, "backtest": cfg.model_dump(), "first_execution": str(start.date()),
+                              "metrics": result.metrics, "benchmarks": result.benchmarks,
+                              "model_deflated_sharpe_ratio": result.dsr}
+    if cfg.sweep:
+        grid = cfg.sweep.grid(cfg)
+        sweep_began = time.perf_counter()
+        board, sweep_returns = engine.sweep(full_close, full_price, weights, grid, cfg.init_cash, cfg.year_days,
+                                            start)
+        result.sweep_seconds, result.sweep_size = time.perf_counter() - sweep_began, len(grid)
+        board["deflated_sharpe_ratio"] = _sweep_dsr(board, sweep_returns)
+        result.leaderboard = board
+        report["sweep"] = {"combinations": len(grid), "seconds": result.sweep_seconds,
+                           "best": board.iloc[0].to_dict(), "leaderboard_url": store.put(
+                               "backtest_leaderboard_", "csv", board.to_csv().encode())}
+        progress.advance(1)
+    equity = pd.DataFrame({name: pf.value() for name, pf in curves.items()})
+    value = equity["strategy"]
+    equity["strategy_return"] = returns["strategy"]
+    equity["equal_weight_return"] = returns["equal_weight"]
+    equity["buy_and_hold_return"] = returns["buy_and_hold"]
+    equity["drawdown"] = value / value.cummax() - 1
+    equity["gross_exposure"] = strategy.asset_value(group_by=False).abs().sum(axis=1) / value
+    equity["cash"] = strategy.cash()
+    equity.index.name = "date"
+    orders = strategy.orders.records_readable.rename(columns={"Column": "symbol", "Timestamp": "date"})
+    orders.columns = [c.lower().replace(" ", "_") for c in orders.columns]
+    report["equity_curve_url"] = store.put("equity_curve_", "parquet", _parquet(equity.reset_index()))
+    report["orders_url"] = store.put("orders_", "parquet", _parquet(orders))
+    result.artifacts["trading_report_url"] = store.put("trading_report_", "json",
+                                                       json.dumps(report, indent=2, default=str).encode())
+    result.artifacts["equity_curve_url"] = report["equity_curve_url"]
+    result.artifacts["orders_url"] = report["orders_url"]
+    progress.detail(result.headline())
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def _sweep_dsr(board: pd.DataFrame, returns: pd.DataFrame) -> list[float | None]:
+    """Each combination's deflated Sharpe ratio against the best of all of them (per-day Sharpe, trials'
+    variance ddof=1): how much of the best result the number of combinations tried explains."""
+    from scipy.stats import kurtosis, skew
+
+    daily = returns.to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):  # a combination that never trades: no Sharpe ratio
+        sharpes = daily.mean(axis=0) / daily.std(axis=0, ddof=1)
+    finite = sharpes[np.isfinite(sharpes)]
+    if finite.size < 2 or daily.shape[0] < 3:
+        return [None] * len(board)
+    variance = float(np.var(finite, ddof=1))
+    out = []
+    for combo in board.index:
+        r, sr = daily[:, combo], sharpes[combo]
+        ok = np.isfinite(sr) and np.std(r) > 0
+        out.append(float(deflated_sharpe_ratio(sr, r.size, float(skew(r)), float(kurtosis(r, fisher=False)),
+                                               finite.size, variance)) if ok else None)
+    return out

@@ -1,0 +1,1 @@
+"""Portfolio stage: predictions -> target weights with riskfolio-lib (see runner.py)."""

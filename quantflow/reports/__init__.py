@@ -1,0 +1,1 @@
+"""Reports stage: the plot, stress-test and risk reports of a backtested strategy (see runner.py)."""
