@@ -97,7 +97,7 @@ def _cmd_artifacts(args: argparse.Namespace) -> int:
     from quantflow.storage.project import project_artifacts
 
     md = get_metadata_manager(args.project_dir).load_all()
-    folder = f"models/{args.model}" if args.model else None
+    folder = f"models/{args.model}" if args.model else args.stage
     for url in project_artifacts(md, folder).list(args.prefix):
         print(url)
     return 0
@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("artifacts", help="list artifacts in the blob store")
     p.add_argument("prefix", nargs="?", default="", help="e.g. data_extractor_")
-    p.add_argument("--model", help="a model's artifacts (its folder models/<name>/)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--model", help="a model's artifacts (its folder models/<name>/)")
+    where.add_argument("--stage", choices=["portfolio", "backtest", "reports"],
+                       help="a research stage's artifacts (its folder), e.g. --stage reports plot_")
     p.set_defaults(func=_cmd_artifacts)
     return parser
 

@@ -12,6 +12,7 @@ Metrics use vectorbt's returns accessor (the definitions of empyrical: Sharpe wi
 
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any
 
@@ -120,7 +121,8 @@ def sweep(close: pd.DataFrame, price: pd.DataFrame, weights: pd.DataFrame, grid:
     returns = []
     for first in range(0, len(grid), chunk):
         r, _ = _simulate_combinations(close, price, weights, grid[first: first + chunk], init_cash)
-        returns.append(r.loc[start:])
+        returns.append(r.loc[start:].copy())
+        gc.collect()  # vectorbt's portfolio objects hold reference cycles: free each batch's arrays now
     daily = pd.concat(returns, axis=1, ignore_index=True)
     acc = daily.vbt.returns(freq="1D", year_freq=f"{year_days} days")
     board = pd.DataFrame(grid)

@@ -113,10 +113,8 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     weights, key, notes = _weights(md, window)
     result.warnings += notes
     if weights.empty:
-        result.warnings.append(f"no rebalance in {WEIGHTS_TABLE} between {window.start_date} and "
-                               f"{window.end_date}: nothing to backtest (run the portfolio first)")
-        result.seconds = time.perf_counter() - began
-        return result
+        return _nothing_traded(md, result, f"no rebalance in {WEIGHTS_TABLE} between {window.start_date} and "
+                               f"{window.end_date}: nothing to backtest (run the portfolio first)", began)
     panel = daily_panel(md, window.end_date, ("open", "close"))
     listed = panel["close"].loc[weights.index[0]:]  # NaN where a symbol has no bar (not listed yet, delisted)
     full_close = listed.ffill()
@@ -127,10 +125,8 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     vbt_began = time.perf_counter()
     sizes = engine.execution_sizes(weights, close.index, cfg.execution_lag)
     if not sizes.notna().any().any():
-        result.warnings.append(f"every rebalance's execution bar (+{cfg.execution_lag}) lies after "
-                               f"{window.end_date}: nothing traded")
-        result.seconds = time.perf_counter() - began
-        return result
+        return _nothing_traded(md, result, f"every rebalance's execution bar (+{cfg.execution_lag}) lies after "
+                               f"{window.end_date}: nothing traded", began)
     start = sizes.index[sizes.notna().any(axis=1)][0]  # from cash at the first execution bar
     close, price, sizes, listed = close.loc[start:], price.loc[start:], sizes.loc[start:], listed.loc[start:]
     costs = {"fees": cfg.fees, "slippage": cfg.slippage, "init_cash": cfg.init_cash}
@@ -184,6 +180,16 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     result.artifacts["equity_curve_url"] = report["equity_curve_url"]
     result.artifacts["orders_url"] = report["orders_url"]
     progress.detail(result.headline())
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def _nothing_traded(md: ProjectMetadata, result: BacktestResult, why: str, began: float) -> BacktestResult:
+    """A trading report that says so: the reports then show nothing rather than an older backtest."""
+    result.warnings.append(why)
+    report = {"window": [str(result.window.start_date), str(result.window.end_date)], "metrics": {}, "note": why}
+    result.artifacts["trading_report_url"] = project_artifacts(md, "backtest").put(
+        "trading_report_", "json", json.dumps(report, indent=2).encode())
     result.seconds = time.perf_counter() - began
     return result
 

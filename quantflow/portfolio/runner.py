@@ -88,15 +88,14 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     if not pred.height:
         result.warnings.append(f"model {cfg.model} has no out-of-sample predictions up to {window.end_date}: "
                                "no weights (run the model first)")
-        result.seconds = time.perf_counter() - began
-        return result
-    frame = pred.select("symbol", "date", "ts", "prediction").sort("ts").to_pandas()
+    frame = pred.select("symbol", "date", "ts", "prediction").sort("ts").to_pandas() if pred.height else \
+        pd.DataFrame({"symbol": [], "date": [], "prediction": []})
     frame["date"] = pd.to_datetime(frame["date"])
     signals = engine.latest_signals(frame, close.index, cfg.signal_max_age).reindex(columns=close.columns)
     plan = engine.plan_rebalances(cfg, close.index, signals, pd.Timestamp(window.end_date))
     progress.begin(len(plan or []), "rebalances", f"portfolio {cfg.method} on {cfg.model}")
     path = engine.weight_path(cfg, close, signals, pd.Timestamp(window.end_date), on_rebalance=progress.advance)
-    result.warnings += path.notes
+    result.warnings += path.notes if pred.height else []
     empty = [r for r in path.rebalances if r.note]
     if empty:
         result.warnings.append(f"portfolio: {len(empty)} of {len(path.rebalances)} rebalances held only cash, "

@@ -79,6 +79,8 @@ def load_inputs(md: ProjectMetadata, window: RunWindow) -> Inputs | None:
     if url is None:
         return None
     trading = json.loads(backtests.get(url))
+    if "equity_curve_url" not in trading:  # the newest backtest traded nothing
+        return None
     trading["url"] = url
     equity = pl.read_parquet(io.BytesIO(backtests.get(trading["equity_curve_url"]))).to_pandas()
     equity = equity.set_index(pd.to_datetime(equity["date"])).drop(columns="date")
@@ -421,12 +423,18 @@ def risk_reports(md: ProjectMetadata, window: RunWindow, inp: Inputs, store, res
 
 
 def _stacked_bars(ax, frame: pd.DataFrame) -> None:
-    """Bars per date stacked by column: positive parts up from zero, negative parts down."""
+    """Bars per date stacked by column: positive parts up from zero, negative parts down; each bar as wide
+    as the typical gap between rebalances (matplotlib's default, 0.8 day, vanishes over years)."""
+    import matplotlib.dates as mdates
+
+    days = mdates.date2num(pd.DatetimeIndex(frame.index).to_pydatetime())
+    width = 0.9 * float(np.median(np.diff(days))) if len(days) > 1 else 0.8
     up, down = np.zeros(len(frame)), np.zeros(len(frame))
     for column in frame.columns:
         values = frame[column].to_numpy(dtype=float)
-        ax.bar(frame.index, values, bottom=np.where(values >= 0, up, down), label=column)
+        ax.bar(days, values, width=width, bottom=np.where(values >= 0, up, down), label=column)
         up, down = up + np.clip(values, 0, None), down + np.clip(values, None, 0)
+    ax.xaxis_date()
     ax.axhline(0, color="black", linewidth=0.8)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), ncol=max(1, math.ceil(len(frame.columns) / 20)),
               fontsize="small")
@@ -447,8 +455,8 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     progress.begin(1, "reports", f"report {report}")
     inp = load_inputs(md, window)
     if inp is None or inp.weights.empty:
-        result.warnings.append(f"report {report}: no backtest (trading_report) or no weights yet: nothing to "
-                               "report (run the portfolio and backtest first)")
+        result.warnings.append(f"report {report}: the newest backtest traded nothing, or there is none yet: "
+                               "nothing to report (run the portfolio and the backtest first)")
         result.seconds = time.perf_counter() - began
         return result
     BUILDERS[report](md, window, inp, project_artifacts(md, "reports"), result)

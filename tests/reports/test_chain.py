@@ -181,3 +181,14 @@ def test_an_all_cash_portfolio_backtests_and_reports_without_a_sharpe_ratio(rese
     finally:
         portfolio_runner.run(md, whole)
         backtest_runner.run(md, whole)
+
+
+def test_qf_artifacts_lists_a_stages_folder(research):
+    import subprocess
+    import sys
+
+    md, _, results = research
+    proc = subprocess.run([sys.executable, "-m", "quantflow.cli", "--project-dir", str(md.project_dir),
+                           "artifacts", "--stage", "reports", "plot_"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert results["plot"].artifacts["plot_url"] in proc.stdout.split()
