@@ -28,6 +28,13 @@ from tests.reports.browser import render
 pytestmark = pytest.mark.slow
 
 RESEARCH = RF + """\
+    - name: net
+      kind: dl
+      label_set: fwd5
+      network: mlp
+      params: {hidden: 8, epochs: 3}
+      walk_forward: {train: 120, test: 40}
+      cv: {n_splits: 3, embargo: 5}
   portfolio:
     model: rf
     method: hrp
@@ -50,8 +57,9 @@ RESEARCH = RF + """\
 def research(tmp_path_factory):
     md = build_project(tmp_path_factory.mktemp("research"), models=RESEARCH, momentum=0.2)
     whole = window(md, DAYS[0], DAYS[-1])
-    model_runner.run(md, whole, model="rf")
-    validation_runner.run(md, whole, model="rf")
+    for model in ("rf", "net"):
+        model_runner.run(md, whole, model=model)
+        validation_runner.run(md, whole, model=model)
     results = {"portfolio": portfolio_runner.run(md, whole), "backtest": backtest_runner.run(md, whole)}
     for report in reports_runner.REPORTS:
         results[report] = reports_runner.run(md, whole, report=report)
@@ -192,3 +200,20 @@ def test_qf_artifacts_lists_a_stages_folder(research):
                            "artifacts", "--stage", "reports", "plot_"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert results["plot"].artifacts["plot_url"] in proc.stdout.split()
+
+
+def test_a_dl_models_predictions_drive_the_portfolio_as_well(research):
+    import dataclasses
+
+    md, whole, results = research
+    on_net = dataclasses.replace(md, project=md.project.model_copy(update={
+        "portfolio": md.project.portfolio.model_copy(update={"model": "net"})}))
+    try:
+        result = portfolio_runner.run(on_net, whole)
+        assert result.rebalances == results["portfolio"].rebalances and result.mean_held > 0
+        stored = project_lake(md).read("pf_weights", list(md.symbols))
+        assert stored["model"].unique().to_list() == ["net"]
+        assert backtest_runner.run(on_net, whole).metrics["orders"] > 0
+    finally:
+        portfolio_runner.run(md, whole)
+        backtest_runner.run(md, whole)
