@@ -44,6 +44,15 @@ def write_project(root: Path, project_yaml: str = SMALL_PROJECT_YAML, local_yaml
     return root
 
 
+def metadata_issues(root: Path, project_yaml: str) -> list:
+    """The issues ``load_all`` raises for a project file (it must raise)."""
+    from quantflow.metadata import MetadataError, get_metadata_manager
+
+    with pytest.raises(MetadataError) as excinfo:
+        get_metadata_manager(write_project(root, project_yaml)).load_all()
+    return excinfo.value.issues
+
+
 @pytest.fixture
 def small_project(tmp_path: Path) -> Path:
     """A two-symbol synthetic project in a temp dir (its own lake, warehouse and dbt project)."""

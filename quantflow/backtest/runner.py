@@ -162,19 +162,8 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
                            "best": board.iloc[0].to_dict(), "leaderboard_url": store.put(
                                "backtest_leaderboard_", "csv", board.to_csv().encode())}
         progress.advance(1)
-    equity = pd.DataFrame({name: pf.value() for name, pf in curves.items()})
-    value = equity["strategy"]
-    equity["strategy_return"] = returns["strategy"]
-    equity["equal_weight_return"] = returns["equal_weight"]
-    equity["buy_and_hold_return"] = returns["buy_and_hold"]
-    equity["drawdown"] = value / value.cummax() - 1
-    equity["gross_exposure"] = strategy.asset_value(group_by=False).abs().sum(axis=1) / value
-    equity["cash"] = strategy.cash()
-    equity.index.name = "date"
-    orders = strategy.orders.records_readable.rename(columns={"Column": "symbol", "Timestamp": "date"})
-    orders.columns = [c.lower().replace(" ", "_") for c in orders.columns]
-    report["equity_curve_url"] = store.put("equity_curve_", "parquet", _parquet(equity.reset_index()))
-    report["orders_url"] = store.put("orders_", "parquet", _parquet(orders))
+    report["equity_curve_url"] = store.put("equity_curve_", "parquet", _parquet(_equity_table(curves, returns)))
+    report["orders_url"] = store.put("orders_", "parquet", _parquet(_orders_table(strategy)))
     result.artifacts["trading_report_url"] = store.put("trading_report_", "json",
                                                        json.dumps(report, indent=2, default=str).encode())
     result.artifacts["equity_curve_url"] = report["equity_curve_url"]
@@ -182,6 +171,25 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     progress.detail(result.headline())
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _equity_table(curves: dict[str, Any], returns: dict[str, pd.Series]) -> pd.DataFrame:
+    """Per date: the three equity curves and their returns, the strategy's drawdown, gross exposure, cash."""
+    equity = pd.DataFrame({name: pf.value() for name, pf in curves.items()})
+    for name in curves:
+        equity[f"{name}_return"] = returns[name]
+    strategy, value = curves["strategy"], equity["strategy"]
+    equity["drawdown"] = value / value.cummax() - 1
+    equity["gross_exposure"] = strategy.asset_value(group_by=False).abs().sum(axis=1) / value
+    equity["cash"] = strategy.cash()
+    return equity.rename_axis("date").reset_index()
+
+
+def _orders_table(strategy) -> pd.DataFrame:
+    """Every order of the strategy: symbol, date, size, price, fees, side (vectorbt's records)."""
+    orders = strategy.orders.records_readable.rename(columns={"Column": "symbol", "Timestamp": "date"})
+    orders.columns = [c.lower().replace(" ", "_") for c in orders.columns]
+    return orders
 
 
 def _nothing_traded(md: ProjectMetadata, result: BacktestResult, why: str, began: float) -> BacktestResult:

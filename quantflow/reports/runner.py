@@ -46,6 +46,8 @@ class ReportResult(StageResult):
                                                     "stress_test_hypothetical_url", "risk_var_html_url")
 
     def headline(self) -> str:
+        if not self.artifacts:  # the backtest's own warning says why; one line here, not one per report
+            return "nothing to report: the newest backtest traded nothing, or there is none yet"
         shown = ", ".join(f"{k} {v:.4g}" for k, v in list(self.figures.items())[:4])
         files = f"{len(self.artifacts)} file{'s' if len(self.artifacts) != 1 else ''}"
         if self.report == "risk" and self.artifacts:
@@ -455,8 +457,6 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     progress.begin(1, "reports", f"report {report}")
     inp = load_inputs(md, window)
     if inp is None or inp.weights.empty:
-        result.warnings.append(f"report {report}: the newest backtest traded nothing, or there is none yet: "
-                               "nothing to report (run the portfolio and the backtest first)")
         result.seconds = time.perf_counter() - began
         return result
     BUILDERS[report](md, window, inp, project_artifacts(md, "reports"), result)

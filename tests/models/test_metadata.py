@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from quantflow.metadata import MetadataError, get_metadata_manager
+from quantflow.metadata import get_metadata_manager
 from quantflow.metadata.schema.models import ModelConfig
-from tests.conftest import write_project
+from tests.conftest import metadata_issues, write_project
 
 PROJECT = """\
 project:
@@ -25,9 +25,7 @@ project:
 
 
 def issues(tmp_path, text: str):
-    with pytest.raises(MetadataError) as excinfo:
-        get_metadata_manager(write_project(tmp_path, text)).load_all()
-    return excinfo.value.issues
+    return metadata_issues(tmp_path, text)
 
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from quantflow.metadata import MetadataError, get_metadata_manager
-from tests.conftest import write_project
+from quantflow.metadata import get_metadata_manager
+from tests.conftest import metadata_issues, write_project
 
 PROJECT = """\
 project:
@@ -28,9 +28,7 @@ project:
 
 
 def issues(tmp_path, text: str):
-    with pytest.raises(MetadataError) as excinfo:
-        get_metadata_manager(write_project(tmp_path, text)).load_all()
-    return excinfo.value.issues
+    return metadata_issues(tmp_path, text)
 
 
 @pytest.mark.parametrize("old, new, line, field, message", [
