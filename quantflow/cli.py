@@ -103,6 +103,22 @@ def _cmd_artifacts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image_build(args: argparse.Namespace) -> int:
+    from quantflow.deploy.image import ImageBuildError, build
+
+    root = Path(args.project_dir).resolve()
+    if not (root / "docker" / "Dockerfile").is_file():
+        print(f"error: {root / 'docker' / 'Dockerfile'} not found: run from the repository root", file=sys.stderr)
+        return 1
+    try:
+        tag = build(root, tag=args.tag, offline=args.offline, base=args.base)
+    except ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"built {tag}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qf", description="QuantFlow command line")
     parser.add_argument("--project-dir", default=".", help="project directory (holds project_metadata/)")
@@ -149,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--stage", choices=["portfolio", "backtest", "reports"],
                        help="a research stage's artifacts (its folder), e.g. --stage reports plot_")
     p.set_defaults(func=_cmd_artifacts)
+
+    p = sub.add_parser("image", help="the deployment's Docker image (docker/Dockerfile)")
+    image_sub = p.add_subparsers(dest="image_command", required=True)
+    b = image_sub.add_parser("build", help="docker build the project image (README: Deploy)")
+    b.add_argument("--tag", default="quantflow:latest")
+    b.add_argument("--offline", action="store_true",
+                   help="no image registry: a debootstrapped Debian base and a local wheelhouse")
+    b.add_argument("--base", help="base image (default python:3.11-slim; offline: quantflow-base:bookworm)")
+    b.set_defaults(func=_cmd_image_build)
     return parser
 
 

@@ -114,8 +114,9 @@ def _wait_ready(server: PostgresServer, timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def running_postgres(dbname: str = "quantflow_test") -> Iterator[PostgresServer]:
-    """Start a fresh server with database ``dbname``; stop it and delete its files on exit."""
+def running_postgres(dbname: str = "quantflow_test", listen: str = "127.0.0.1") -> Iterator[PostgresServer]:
+    """Start a fresh server with database ``dbname``; stop it and delete its files on exit. ``listen``: its
+    addresses (``*`` for containers on a Docker network too, with password authentication from anywhere)."""
     reason = binaries_missing()
     if reason:
         raise RuntimeError(reason)
@@ -133,10 +134,13 @@ def running_postgres(dbname: str = "quantflow_test") -> Iterator[PostgresServer]
         _run([str(PG_BIN / "initdb"), "-D", str(data_dir), "-U", "postgres", f"--pwfile={pwfile}",
               "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C"], "initdb")
         pwfile.unlink()
+        if listen != "127.0.0.1":
+            with open(data_dir / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
         server = None
         for _attempt in range(3):  # the free port can be taken between probing and binding
             port = _free_port()
-            options = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' "
+            options = (f"-c listen_addresses='{listen}' -p {port} -c unix_socket_directories='' "
                        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                        "-c shared_buffers=32MB -c max_connections=40")
             proc = subprocess.run(_as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data_dir), "-l",

@@ -22,9 +22,11 @@ from quantflow.compute.stage import RunWindow, StageResult, one_line
 from quantflow.metadata.manager import MetadataManager, ProjectMetadata
 from quantflow.pipeline.console import ConsoleReporter
 from quantflow.pipeline.dagster.assets.transform import GROUP as DBT_GROUP
+from quantflow.pipeline.dagster.automation import stage_ops_config
 from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
 from quantflow.pipeline.instance import PROCESS_TAG, fail_abandoned_runs, process_tag, project_instance
 from quantflow.pipeline.stages import STAGE_GROUPS, STAGE_NAMES, stage_group
+from quantflow.pipeline.telemetry import USER_TAG, local_user, report_run
 
 STAGES = ("all", *STAGE_NAMES)
 
@@ -175,19 +177,16 @@ class BatchPipelineRunner:
 
     def _run_job(self, step: str, options: dict[str, Any], log_level: str, out: PipelineRunResult) -> None:
         job = self._job(step, options["skip_test"])
-        ops = {}
-        for node in job.graph.nodes:
-            schema = node.definition.config_schema
-            if schema:
-                fields = schema.config_type.fields
-                ops[node.name] = {"config": {k: v for k, v in options.items() if k in fields}}
-        run_config = {"ops": ops, "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
+        run_config = {**stage_ops_config(((n.name, n.definition) for n in job.graph.nodes), options),
+                      "loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
         self.reporter.results.clear()
         try:
+            tags = {PROCESS_TAG: process_tag(), **({USER_TAG: user} if (user := local_user()) else {})}
             result = job.execute_in_process(run_config=run_config, instance=self.instance(), raise_on_error=False,
-                                            tags={PROCESS_TAG: process_tag()})
+                                            tags=tags)
         finally:
             self.reporter.close()
+        report_run(self.instance(), result.run_id, self.metadata.project.telemetry, self.metadata.name)
         out.runs.append((job.name, result.run_id))
         out.results.update(self.reporter.results)
         for event in result.get_asset_materialization_events():

@@ -251,6 +251,19 @@ class Store:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def modified_times(self, pattern: str) -> dict[str, float]:
+        """The files matching ``pattern`` with their modification times (epoch seconds), in one listing."""
+        if not self.remote:
+            import glob
+
+            times = {}
+            for path in glob.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):  # replaced or dropped while listing
+                    times[path] = os.stat(path).st_mtime
+            return times
+        found = self.fs.glob(pattern, detail=True)
+        return {path: info["LastModified"].timestamp() for path, info in found.items() if "LastModified" in info}
+
     def glob(self, pattern: str) -> list[str]:
         if not self.remote:
             import glob

@@ -67,6 +67,15 @@ class Partition:
     path: str
 
 
+def parse_partition(path: str) -> Partition | None:
+    """The partition a file path names (``<table>/symbol=<S>/<key>=<value>/data.parquet``), or None."""
+    m = _PART_RE.search(path)
+    if not m:
+        return None
+    table = path[: m.start()].rstrip("/").rsplit("/", 1)[-1]
+    return Partition(table, m["symbol"], _parse_path_value(m["value"], m["key"]), path)
+
+
 def period_start(day: dt.date, width: str) -> dt.date:
     if width == "day":
         return day

@@ -28,6 +28,16 @@ def duration_ns(text: str) -> int:
     return int(m.group(1)) * DURATION_UNITS_NS[m.group(2)]
 
 
+def valid_timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (expected an IANA name like America/New_York)") from None
+    return name
+
+
 class MetadataModel(BaseModel):
     """Base: unknown keys are kept as extras, so the loader can report them (errors in strict mode)."""
 

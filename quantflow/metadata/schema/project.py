@@ -11,6 +11,7 @@ from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineCo
 from quantflow.metadata.schema.ingest import IngestConfig
 from quantflow.metadata.schema.label_engine import LabelEngineConfig
 from quantflow.metadata.schema.models import ModelConfig, ValidationConfig
+from quantflow.metadata.schema.operations import ScheduleConfig, SensorConfig, TelemetryConfig
 from quantflow.metadata.schema.portfolio import BacktestConfig, PortfolioConfig, ReportsConfig
 from quantflow.metadata.schema.state_engine import StateEngineConfig
 
@@ -42,6 +43,19 @@ class ProjectConfig(MetadataModel):
     portfolio: PortfolioConfig | None = None
     backtest: BacktestConfig | None = None
     reports: ReportsConfig | None = None
+    schedules: list[ScheduleConfig] = []
+    sensors: list[SensorConfig] = []
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    def configured_stages(self) -> list[str]:
+        """The stages this project runs, in pipeline order (each is a job ``quantflow_<stage>``)."""
+        kinds = {m.kind for m in self.models or []}
+        present = {"ingest": True, "transform": True, "state_engine": self.state_engine is not None,
+                   "label_engine": self.label_engine is not None, "feature_engine": self.feature_engine is not None,
+                   "ml": "ml" in kinds, "dl": "dl" in kinds, "validation": bool(self.models),
+                   "portfolio": self.portfolio is not None, "backtest": self.backtest is not None,
+                   "reports": self.reports is not None}
+        return [stage for stage, configured in present.items() if configured]
 
     def consistency_issues(self) -> list[tuple[tuple, str]]:
         """Problems that span sections (field path, message); each section is valid on its own."""
@@ -80,6 +94,29 @@ class ProjectConfig(MetadataModel):
                                        "features need the state engine's cdm_trade_enriched (no state_engine)"))
         issues += self._model_issues()
         issues += self._portfolio_issues()
+        issues += self._operations_issues()
+        return issues
+
+    def _operations_issues(self) -> list[tuple[tuple, str]]:
+        issues: list[tuple[tuple, str]] = []
+        jobs = ["quantflow_pipeline", *(f"quantflow_{stage}" for stage in self.configured_stages())]
+        names = [s.name for s in self.schedules] + [s.name for s in self.sensors]
+        for section, entries in (("schedules", self.schedules), ("sensors", self.sensors)):
+            for i, entry in enumerate(entries):
+                where = ("project", section, i)
+                if entry.job not in jobs:
+                    issues.append((where + ("job",), f"{entry.name!r} runs job {entry.job!r}, which this project "
+                                   f"does not have (jobs: {', '.join(jobs)})"))
+                if names.count(entry.name) > 1:
+                    issues.append((where + ("name",), f"schedule and sensor names must be distinct; "
+                                   f"{entry.name!r} is used twice"))
+                unknown = sorted(set(entry.run_config.symbols or []) - set(self.symbols))
+                if unknown:
+                    issues.append((where + ("run_config", "symbols"), f"{', '.join(unknown)} not in "
+                                   "project.symbols"))
+            if section == "sensors" and entries and not self.ingest.enabled_feeds:
+                issues.append((("project", "sensors"), "the new_raw_data sensors watch the raw tables of the "
+                               "enabled feeds, and no feed is enabled"))
         return issues
 
     def _portfolio_issues(self) -> list[tuple[tuple, str]]:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel, repeated
+from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel, repeated, valid_timezone
 
 BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance", "dollar_imbalance",
              "tick_run", "volume_run", "dollar_run")
@@ -120,10 +120,4 @@ class StateEngineConfig(MetadataModel):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, tz: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {tz!r} (expected an IANA name like America/New_York)") from None
-        return tz
+        return valid_timezone(tz)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from quantflow.metadata.manager import ProjectMetadata
+from quantflow.pipeline.dagster.automation import build_automation
 from quantflow.pipeline.dagster.reporting import REPORTER_KEY, StageReporter, reporter_resource
 from quantflow.pipeline.stages import PIPELINE_JOB, STAGE_GROUPS
 
@@ -27,13 +28,17 @@ def build_jobs(assets_by_group: dict[str, list]) -> list:
 
 
 def build_defs_from_metadata(md: ProjectMetadata, reporter: StageReporter | None = None) -> dg.Definitions:
-    """``reporter``: where the stage assets report progress and results (default: the run's log)."""
+    """``reporter``: where the stage assets report progress and results (default: the run's log). Schedules
+    and sensors come from ``project.schedules`` / ``project.sensors`` (see ``automation``)."""
     assets_by_group = {group.name: group.build_assets(md) for group in STAGE_GROUPS}
     resources = {REPORTER_KEY: reporter_resource(reporter)}
     for group in STAGE_GROUPS:
         resources.update(group.build_resources(md))
+    schedules, sensors = build_automation(md, assets_by_group)
     return dg.Definitions(
         assets=[a for assets in assets_by_group.values() for a in assets],
         jobs=build_jobs(assets_by_group),
+        schedules=schedules,
+        sensors=sensors,
         resources=resources,
     )

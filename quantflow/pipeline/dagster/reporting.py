@@ -24,6 +24,7 @@ import dagster as dg
 from quantflow.compute.stage import Progress, StageError, StageResult, failure_line
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.pipeline.instance import fail_abandoned_runs, tag_run_process
+from quantflow.pipeline.telemetry import TelemetryEvent, emit, user_of
 
 REPORTER_KEY = "quantflow_reporter"
 
@@ -104,14 +105,27 @@ def call_stage(context: dg.AssetExecutionContext, md: ProjectMetadata, label: st
     tag_run_process(context.instance, context.run)
     fail_abandoned_runs(context.instance)  # a run killed earlier ends as failed when the next one starts
     reporter = reporter_of(context)
+    began, began_s = time.monotonic(), time.time()
     try:
         result = call(reporter.progress(context.log, label))
     except Exception as exc:
+        _stage_telemetry(context, md, label, False, began, began_s)
         line = failure_line(exc, md.redact)
         text = md.redact("".join(traceback.format_exception(exc)))
         partial = exc.result if isinstance(exc, StageError) else None
         raise StageFailed(line, text, partial) from None
+    _stage_telemetry(context, md, label, True, began, began_s)
     for warning in result.warnings:
         context.log.warning(md.redact(warning))
     reporter.record(label, result)
     return result
+
+
+def _stage_telemetry(context: dg.AssetExecutionContext, md: ProjectMetadata, label: str, success: bool,
+                     began: float, began_s: float) -> None:
+    groups = set(context.assets_def.group_names_by_key.values())
+    event = TelemetryEvent(kind="stage", name=label, success=success,
+                           duration_ms=int(round((time.monotonic() - began) * 1000)),
+                           user=user_of(context.run.tags), run_id=context.run.run_id, start_time_s=began_s,
+                           stage=min(groups) if groups else None, project=md.name)
+    emit(event, context.instance, context.run, md.project.telemetry)

@@ -1,0 +1,1 @@
+"""Deployment tooling: the Docker image (``image``) and the run launcher of the deployment (``launcher``)."""
