@@ -120,7 +120,7 @@ def test_raw_data_sensor_runs_the_stages_after_ingest_over_what_landed(tmp_path)
     data, cursor = evaluate(cursor)
     [request] = data.run_requests
     keys = {k.to_user_string() for k in request.asset_selection}
-    assert "raw_sample" not in keys and "cdm_trades" in keys and "bars_time_1m" in keys
+    assert "raw_sample" not in keys and "cdm_trades" in keys and "cdm_time_1m_bars" in keys
     config = request.run_config["ops"]["state_engine_full"]["config"]
     assert (config["start_date"], config["end_date"], config["symbols"]) == ("2024-01-03", "2024-01-04", ["BBB"])
     assert config["write_mode"] == "overwrite"
@@ -132,7 +132,7 @@ def test_raw_data_sensor_runs_the_stages_after_ingest_over_what_landed(tmp_path)
     result = job.execute_in_process(run_config=request.run_config, instance=instance)
     assert result.success
     assert project_lake(get_metadata_manager(root).load_all()).stored_days(
-        "bars_time_1m", "BBB", dt.date(2024, 1, 3), dt.date(2024, 1, 4)) == {dt.date(2024, 1, 3), dt.date(2024, 1, 4)}
+        "cdm_time_1m_bars", "BBB", dt.date(2024, 1, 3), dt.date(2024, 1, 4)) == {dt.date(2024, 1, 3), dt.date(2024, 1, 4)}
 
 
 def test_landing_cursor_finds_partitions_written_in_the_second_of_the_last_look(small_project):

@@ -152,12 +152,13 @@ def test_dagster_job_execute_on_the_production_configuration(deployment):
     config.write_text(json.dumps(ingest_config("2024-01-10", "2024-01-10")))  # JSON is YAML
     config.chmod(0o644)
     before = {r for (r,) in deployment.sql("select run_id from runs")}
-    out = subprocess.run(["docker", "run", "--rm", "--network", deployment.network, *env, *volumes, "-v", f"{config}:/tmp/run_config.yaml:ro", IMAGE,
+    out = subprocess.run(["docker", "run", "--rm", "--network", deployment.network, *env, *volumes,
+                          "-v", f"{config}:/tmp/run_config.yaml:ro", IMAGE,
                           "dagster", "job", "execute", "-m", "quantflow.pipeline.dagster.auto",
                           "-d", CONTAINER_PROJECT, "-j", "quantflow_ingest", "-c", "/tmp/run_config.yaml"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    executed = [(run_id, status) for run_id, status, job in deployment.sql("select run_id, status, job_name from runs")
+    executed = [(run_id, status) for run_id, status, job in deployment.sql("select run_id, status, pipeline_name from runs")
                 if run_id not in before and job == "quantflow_ingest"
                 and "docker/container_id" not in dict(deployment.sql("select key, value from run_tags where "
                                                                      "run_id = %s", run_id))]
