@@ -3,15 +3,16 @@
 - ``docker_engine()``: Debian's ``docker.io`` installed when missing and ``dockerd`` started when not running.
 - ``project_image()``: the project image built offline (``quantflow.deploy.image``: a debootstrapped base
   image and a local wheelhouse, both reused across runs; the dependency layer is cached by Docker).
-- ``Deployment``: PostgreSQL (a real server, listening for containers), a Docker network, the user-code
-  gRPC server in a container of the image, and the Dagster webserver and daemon as processes on this
-  machine with the production ``docker/dagster.yaml`` and ``docker/workspace.yaml``. Only what a test on one
-  machine must change is changed: the lake volume is a folder here, and run monitoring polls faster.
+- ``Deployment``: PostgreSQL (a real server on this machine, listening for containers, in place of compose's
+  ``postgres`` service), a Docker network, and the services of ``docker/docker-compose.yaml`` (user-code gRPC
+  server, webserver, daemon) started from their compose definitions (command, user, environment, volumes,
+  network alias) with the production ``docker/dagster.yaml`` and ``docker/workspace.yaml``. Only what a test
+  on one machine must change is changed: the PostgreSQL address and credentials, a network and lake folder
+  per test, the webserver's port on 127.0.0.1, and faster run monitoring.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -26,6 +27,9 @@ from tests.conftest import REPO_ROOT
 
 IMAGE = "quantflow:test"
 CONTAINER_PROJECT = "/opt/quantflow"
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker" / "docker-compose.yaml").read_text())
+CODE_SERVICE = "quantflow-user-code"
+SERVICES = (CODE_SERVICE, "webserver", "daemon")
 
 
 def _sh(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -73,14 +77,11 @@ class Deployment:
         self.id = uuid.uuid4().hex[:8]
         self.root = root
         self.network = f"qf-test-{self.id}"
-        self.code_container = f"qf-code-{self.id}"
         self.home = root / "dagster_home"
         self.lake_dir = root / "lake"
         self.project_metadata = project_metadata
         self.postgres = postgres
         self.web_port = free_port()
-        self.code_port = free_port()
-        self.processes: dict[str, subprocess.Popen] = {}
 
     # ------------------------------------------------------------------ set up
     def start(self) -> Deployment:
@@ -106,50 +107,56 @@ class Deployment:
                 f"{self.project_metadata}:{CONTAINER_PROJECT}/project_metadata:ro"]
 
     def env(self) -> dict[str, str]:
+        """What the test changes of compose's environment: its PostgreSQL and its network."""
         pg = self.postgres
         return {"DAGSTER_PG_HOST": self.gateway, "DAGSTER_PG_PORT": str(pg.port), "DAGSTER_PG_USER": pg.user,
-                "DAGSTER_PG_PASSWORD": pg.password, "DAGSTER_PG_DB": "dagster", "QF_DOCKER_NETWORK": self.network,
-                "QF_CODE_HOST": "127.0.0.1", "QF_CODE_PORT": str(self.code_port)}
+                "DAGSTER_PG_PASSWORD": pg.password, "DAGSTER_PG_DB": "dagster", "QF_DOCKER_NETWORK": self.network}
+
+    def container(self, service: str) -> str:
+        return f"qf-{service}-{self.id}"
+
+    def run_service(self, service: str, publish: list[str] = ()) -> None:
+        """``docker run`` of a compose service as compose would start it, with :meth:`env` over its values."""
+        spec = COMPOSE["services"][service]
+        env = {**{k: str(v) for k, v in spec.get("environment", {}).items()}, **self.env()}
+        unresolved = [k for k, v in env.items() if "${" in v and k != "DAGSTER_CURRENT_IMAGE"]
+        assert not unresolved, f"compose service {service}: {unresolved} left to the test to fill in"
+        if "DAGSTER_CURRENT_IMAGE" in env:
+            env["DAGSTER_CURRENT_IMAGE"] = IMAGE
+        volumes = [v for v in spec.get("volumes", []) if not v.startswith("quantflow_lake:")]
+        volumes += self.volumes() + [f"{self.home}:/opt/dagster/home"]
+        cmd = ["docker", "run", "-d", "--name", self.container(service), "--network", self.network,
+               "--network-alias", service, *(["--user", spec["user"]] if "user" in spec else []),
+               *(arg for k, v in env.items() for arg in ("-e", f"{k}={v}")),
+               *(arg for v in volumes for arg in ("-v", v)), *(arg for p in publish for arg in ("-p", p)),
+               IMAGE, *spec.get("command", [])]
+        self.check(cmd)
 
     def start_code_server(self) -> None:
-        env = [arg for k, v in self.env().items() for arg in ("-e", f"{k}={v}")]
-        volumes = [arg for v in self.volumes() for arg in ("-v", v)]
-        self.check(["docker", "run", "-d", "--name", self.code_container, "--network", self.network,
-                    "-p", f"127.0.0.1:{self.code_port}:4000", "-e", f"DAGSTER_CURRENT_IMAGE={IMAGE}", *env,
-                    *volumes, IMAGE])
-        self.wait_for(lambda: "Started Dagster code server" in self.logs(self.code_container), 180,
+        self.run_service(CODE_SERVICE)
+        self.wait_for(lambda: "Started Dagster code server" in self.logs(self.container(CODE_SERVICE)), 180,
                       "the user-code server to start")
 
     def start_services(self) -> None:
-        bin_dir = Path(os.sys.executable).parent
-        env = {**os.environ, **self.env(), "DAGSTER_HOME": str(self.home)}
-        workspace = str(self.home / "workspace.yaml")
-        for name, cmd in {
-            "webserver": [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.web_port),
-                          "-w", workspace],
-            "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", workspace],
-        }.items():
-            log = open(self.root / f"{name}.log", "a")  # noqa: SIM115  (closed with the process)
-            self.processes[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                    cwd=self.root, start_new_session=True)
+        self.run_service("webserver", publish=[f"127.0.0.1:{self.web_port}:3000"])
+        self.run_service("daemon")
         self.wait_for(self._webserver_up, 120, "the webserver to answer")
 
+    def services_running(self) -> bool:
+        state = self.check(["docker", "inspect", "-f", "{{.State.Running}}",
+                            *(self.container(s) for s in SERVICES)])
+        return state.split() == ["true"] * len(SERVICES)
+
     def stop_services(self) -> None:
-        for proc in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 15)
-        for proc in self.processes.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-        self.processes.clear()
+        for service in ("webserver", "daemon"):
+            _sh(["docker", "stop", "-t", "30", self.container(service)], timeout=60)
+            _sh(["docker", "rm", "-f", self.container(service)])
 
     def stop(self) -> None:
         self.stop_services()
         for container in _sh(["docker", "ps", "-aq", "--filter", f"network={self.network}"]).stdout.split():
             _sh(["docker", "rm", "-f", container])
-        _sh(["docker", "rm", "-f", self.code_container])
+        _sh(["docker", "rm", "-f", self.container(CODE_SERVICE)])
         _sh(["docker", "network", "rm", self.network])
 
     # ------------------------------------------------------------------ use
@@ -193,11 +200,9 @@ class Deployment:
 
     def diagnostics(self) -> str:
         parts = []
-        for name in ("webserver", "daemon"):
-            path = self.root / f"{name}.log"
-            if path.exists():
-                parts.append(f"--- {name} log (tail) ---\n" + "\n".join(path.read_text().splitlines()[-25:]))
-        parts.append("--- code server (tail) ---\n" + "\n".join(self.logs(self.code_container).splitlines()[-15:]))
+        for service, lines in (("webserver", 25), ("daemon", 25), (CODE_SERVICE, 15)):
+            parts.append(f"--- {service} (tail) ---\n"
+                         + "\n".join(self.logs(self.container(service)).splitlines()[-lines:]))
         return "\n".join(parts)
 
     def sql(self, query: str, *args) -> list[tuple]:
