@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-_]{0,15}$")
 NAME_RE = r"^[a-z][a-z0-9_]{0,40}$"
@@ -36,6 +37,10 @@ def valid_timezone(name: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {name!r} (expected an IANA name like America/New_York)") from None
     return name
+
+
+TimeZoneName = Annotated[str, AfterValidator(valid_timezone)]
+"""An IANA time zone name, checked when the metadata loads."""
 
 
 class MetadataModel(BaseModel):

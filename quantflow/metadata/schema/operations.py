@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from quantflow.metadata.schema.base import NAME_RE, MetadataModel, valid_timezone
+from quantflow.metadata.schema.base import NAME_RE, MetadataModel, TimeZoneName
 
 
 class RunOptions(MetadataModel):
@@ -33,7 +33,7 @@ class ScheduleConfig(MetadataModel):
     name: str = Field(pattern=NAME_RE)
     job: str = Field("quantflow_pipeline", description="quantflow_pipeline or quantflow_<stage>")
     cron: str = Field(description="cron expression, e.g. '30 18 * * 1-5' (weekdays at 18:30)")
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     days: int = Field(1, ge=1, description="calendar days in each run's window")
     lag_days: int = Field(0, ge=0, description="the window ends this many days before the tick's date")
     running: bool = Field(False, description="start running when first deployed (else switch it on in the UI)")
@@ -47,11 +47,6 @@ class ScheduleConfig(MetadataModel):
         if not croniter.is_valid(cron) or len(cron.split()) != 5:
             raise ValueError(f"{cron!r} is not a five-field cron expression (minute hour day month weekday)")
         return cron
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_timezone(cls, name: str) -> str:
-        return valid_timezone(name)
 
 
 class SensorConfig(MetadataModel):

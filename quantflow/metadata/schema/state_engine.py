@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel, repeated, valid_timezone
+from quantflow.metadata.schema.base import DURATION_RE, NAME_RE, MetadataModel, TimeZoneName, repeated
 
 BAR_TYPES = ("time", "tick", "volume", "dollar", "tick_imbalance", "volume_imbalance", "dollar_imbalance",
              "tick_run", "volume_run", "dollar_run")
@@ -102,7 +102,7 @@ class StateEngineConfig(MetadataModel):
     executor: Literal["ray", "local"] = "ray"
     carry_state: bool = False
     tie_break: Literal["quotes_first", "sequence"] = "quotes_first"
-    timezone: str = "America/New_York"
+    timezone: TimeZoneName = "America/New_York"
     retries: int = Field(1, ge=0, le=10)
     ray_min_trades: int = Field(2_000_000, ge=0, description="executor ray: a run with fewer trades runs in "
                                 "process (starting Ray would cost more than it saves); 0: always Ray")
@@ -116,8 +116,3 @@ class StateEngineConfig(MetadataModel):
         if dupes:
             raise ValueError(f"bar types write the same table twice: {', '.join(dupes)}; give them distinct 'name's")
         return bars
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, tz: str) -> str:
-        return valid_timezone(tz)

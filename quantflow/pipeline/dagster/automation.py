@@ -105,6 +105,9 @@ def build_raw_data_sensor(md: ProjectMetadata, cfg, assets_by_group: dict[str, l
         if window is None:
             return dg.SkipReason(f"{len(landed.partitions)} raw partitions were written, with no rows")
         symbols = [s for s in landed.symbols if s in md.symbols]
+        if not symbols:
+            return dg.SkipReason(f"raw data landed only for symbols outside project.symbols: "
+                                 f"{', '.join(landed.symbols)}")
         options = {**cfg.run_config.options(), "start_date": window[0].isoformat(),
                    "end_date": window[1].isoformat(), "symbols": symbols}
         context.log.info(f"{len(landed.partitions)} raw partitions landed: {', '.join(symbols)} "
