@@ -25,7 +25,7 @@ run: install
 	$(BIN)/qf run --stage all --start $(SAMPLE_START) --end $(SAMPLE_END)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -9,7 +9,11 @@ Offline (``qf image build --offline``), for machines that reach no image registr
    base image's Python (the CPU build of PyTorch and every other requirement, kept per ``pyproject.toml``
    content in ``~/.cache/quantflow``);
 3. the build's containers reach the wheelhouse over HTTP on the Docker bridge, so no wheel is copied into
-   an image layer.
+   an image layer. Always on the same port (``QF_WHEELHOUSE_PORT``): the URL is part of a build argument,
+   and a new one would make Docker rebuild the dependency layer (minutes) for every code change.
+
+Each build removes the project's images it left untagged (the previous build of the tag), so rebuilds do
+not pile up gigabytes of dangling images.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 TORCH = "torch==2.13.0"  # the CPU build this machine's pip finds locally (see the Makefile)
 CACHE_DIR = Path(os.environ.get("QF_CACHE_DIR") or Path.home() / ".cache" / "quantflow")
+WHEELHOUSE_PORT = int(os.environ.get("QF_WHEELHOUSE_PORT") or 18_733)
+IMAGE_LABEL = "org.quantflow.image"  # set on every build, so pruning touches only this project's images
 
 
 class ImageBuildError(RuntimeError):
@@ -133,10 +139,18 @@ def network_gateway(network: str) -> str:
 
 
 @contextlib.contextmanager
-def serve_folder(folder: Path, host: str) -> Iterator[str]:
-    """``folder`` over HTTP on ``host`` (a free port) while the block runs; yields its URL."""
+def serve_folder(folder: Path, host: str, port: int = 0, log: Callable[[str], None] = print) -> Iterator[str]:
+    """``folder`` over HTTP on ``host``:``port`` (a free port when 0, or when ``port`` is taken) while the
+    block runs; yields its URL."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        if not port:
+            raise
+        log(f"wheelhouse: port {port} is taken ({exc.strerror}); serving on another, so Docker rebuilds the "
+            f"dependency layer (set QF_WHEELHOUSE_PORT to a free port to keep it cached)")
+        server = http.server.ThreadingHTTPServer((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -155,7 +169,7 @@ def build(root: Path, tag: str = DEFAULT_TAG, offline: bool = False, base: str |
           log: Callable[[str], None] = print) -> str:
     """Build ``docker/Dockerfile`` from the repository ``root`` as ``tag``; returns the tag."""
     root = Path(root).resolve()
-    args = ["docker", "build", "-f", str(root / "docker" / "Dockerfile"), "-t", tag]
+    args = ["docker", "build", "-f", str(root / "docker" / "Dockerfile"), "-t", tag, "--label", f"{IMAGE_LABEL}=1"]
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}  # the classic builder: what Debian's docker.io has
     if offline:
         base = base or base_image(log=log)
@@ -163,10 +177,11 @@ def build(root: Path, tag: str = DEFAULT_TAG, offline: bool = False, base: str |
         args += ["--build-arg", f"BASE_IMAGE={base}"]
     if not offline:
         _run([*args, str(root)], f"docker build {tag}", log, env=env, timeout=3600)
-        return tag
-    house = wheelhouse(root, *image_python(base), log=log)
-    host = bridge_gateway()
-    with serve_folder(house, host) as url:
-        _run([*args, "--build-arg", f"PIP_OPTIONS=--no-index --find-links {url} --trusted-host {host}", str(root)],
-             f"docker build {tag}", log, env=env, timeout=3600)
+    else:
+        house = wheelhouse(root, *image_python(base), log=log)
+        host = bridge_gateway()
+        with serve_folder(house, host, WHEELHOUSE_PORT, log) as url:
+            _run([*args, "--build-arg", f"PIP_OPTIONS=--no-index --find-links {url} --trusted-host {host}",
+                  str(root)], f"docker build {tag}", log, env=env, timeout=3600)
+    _run(["docker", "image", "prune", "--force", "--filter", f"label={IMAGE_LABEL}"], "docker image prune", log)
     return tag

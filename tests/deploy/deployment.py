@@ -63,6 +63,11 @@ def project_image(log=print) -> str:
     return build(REPO_ROOT, tag=IMAGE, offline=True, log=log)
 
 
+LOCATIONS_QUERY = """
+{ workspaceOrError { ... on Workspace { locationEntries { loadStatus locationOrLoadError { __typename } } } } }
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,7 +145,7 @@ class Deployment:
     def start_services(self) -> None:
         self.run_service("webserver", publish=[f"127.0.0.1:{self.web_port}:3000"])
         self.run_service("daemon")
-        self.wait_for(self._webserver_up, 120, "the webserver to answer")
+        self.wait_for(self._webserver_up, 120, "the webserver to answer with the code location loaded")
 
     def services_running(self) -> bool:
         state = self.check(["docker", "inspect", "-f", "{{.State.Running}}",
@@ -166,13 +171,15 @@ class Deployment:
         return DagsterGraphQLClient("127.0.0.1", port_number=self.web_port, timeout=60)
 
     def _webserver_up(self) -> bool:
+        """The webserver answers and has loaded the code location (a run submitted before that fails)."""
         try:
             with socket.create_connection(("127.0.0.1", self.web_port), timeout=1):
                 pass
-            self.client()._execute("{ version }")
-            return True
+            entries = self.client()._execute(LOCATIONS_QUERY)["workspaceOrError"]["locationEntries"]
         except Exception:
             return False
+        return bool(entries) and all(e["loadStatus"] == "LOADED" and e["locationOrLoadError"]["__typename"]
+                                     == "RepositoryLocation" for e in entries)
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         return self.client()._execute(query, variables)
