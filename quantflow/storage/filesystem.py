@@ -137,6 +137,37 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def staging_folder(self) -> Iterator[Path]:
+        """A new local folder in the staging area (the tables' file system, outside every table folder) for
+        files another library writes before :meth:`install` moves them; removed with what is left in it."""
+        import shutil
+
+        folder = Path(self._base) / STAGING_DIR / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def install(self, staged: Path, path: str, replace: bool = True) -> bool:
+        """Move a staged local file to ``path`` atomically, synced first: over what is there (``replace``),
+        or only if nothing is (a ``link``; False when the name is taken)."""
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if replace:
+            os.replace(staged, path)
+            return True
+        try:
+            os.link(staged, path)
+            return True
+        except FileExistsError:
+            return False
+
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Local: a staged file renamed over the target. S3: one PUT is atomic."""
         if self.remote:

@@ -66,6 +66,27 @@ def test_skip_if_exists_keeps_stored_days(lake):
     assert got.filter(pl.col("date") == D2).height == 2
 
 
+def test_many_days_written_at_once_are_the_files_one_day_at_a_time_would_be(lake, tmp_path):
+    """Day partitions written in one call (one encoder call for all, then a move per day under its lock)
+    hold exactly the rows of their (symbol, day), sorted, without the symbol column; nothing stays staged."""
+    days = [D1, D2, D3]
+    frames = [trades(d, 2 + i + j, price=10.0 + i, symbol=s) for i, s in enumerate(["AAA", "BRK.B", "X-Y_1"])
+              for j, d in enumerate(days)]
+    df = pl.concat(frames).sample(fraction=1.0, shuffle=True, seed=1)
+    res = lake.write(TRADES, df, "overwrite")
+    assert (res.rows_written, res.days_written, len(res.partitions)) == (df.height, 9, 9)
+    for frame in frames:
+        symbol, day = frame["symbol"][0], frame["date"][0]
+        stored = pl.read_parquet(lake.partition_path("raw_t_trades", symbol, day))
+        assert stored.columns == [c for c in TRADES.schema if c != "symbol"]  # conformed to the table's schema
+        assert stored.select(frame.columns[1:]).equals(frame.drop("symbol")), (symbol, day)
+    assert not [p for p in (tmp_path / "lake" / "_staging").rglob("*") if p.is_file()]
+    again = lake.write(TRADES, pl.concat([trades(D1, 9, price=99.0), trades(dt.date(2024, 1, 5), 1)]),
+                       "skip_if_exists")
+    assert (again.days_skipped, again.days_written, again.rows_written) == (1, 1, 1)
+    assert lake.read("raw_t_trades", ["AAA"], D1, D1)["price"].to_list() == [10.0, 10.0]
+
+
 def test_overwrite_replaces_only_the_days_written(lake):
     lake.write(BARS, bars([D1, D2, D3], close=1.0))
     lake.write(BARS, bars([D2], close=2.0), "overwrite")
