@@ -100,7 +100,7 @@ class Deployment:
         production = yaml.safe_load((REPO_ROOT / "docker" / "dagster.yaml").read_text())
         kwargs = production["run_launcher"]["config"]["container_kwargs"]
         kwargs["volumes"] = self.volumes()
-        production["run_monitoring"].update(poll_interval_seconds=3, start_timeout_seconds=90)
+        production["run_monitoring"].update(poll_interval_seconds=3, start_timeout_seconds=60)  # a run container starts in ~10 s here
         (self.home / "dagster.yaml").write_text(yaml.safe_dump(production))
         shutil.copy(REPO_ROOT / "docker" / "workspace.yaml", self.home / "workspace.yaml")
         self.start_code_server()

@@ -33,12 +33,14 @@ def _env(project: Path) -> dict[str, str]:
     return env
 
 
-def _run_config(project: Path, cfg: dict) -> Path:
+def _run_config(project: Path, cfg: dict, only: tuple[str, ...] = ()) -> Path:
+    """A run config giving ``cfg`` to every configurable op of the pipeline (those in ``only``, if given)."""
     from quantflow.pipeline.dagster.definitions import build_defs_from_metadata
 
     defs = build_defs_from_metadata(get_metadata_manager(project).load_all())
     job = defs.resolve_job_def("quantflow_pipeline")
-    ops = {n.name: {"config": cfg} for n in job.graph.nodes if n.definition.config_schema}
+    ops = {n.name: {"config": cfg} for n in job.graph.nodes
+           if n.definition.config_schema and (not only or n.name in only)}
     path = project / "run_config.yaml"
     path.write_text(yaml.safe_dump({"ops": ops}))
     return path
@@ -66,10 +68,11 @@ def test_dagster_job_execute_runs_ingest_and_dbt(sample_project_copy):
     output = proc.stdout + proc.stderr
     assert "emitted no result" not in output and "Token authentication" not in output  # no default warnings
 
-    # and with a run config for a fixed window, so the output can be checked
-    cfg = {"start_date": "2024-03-04", "end_date": "2024-03-06", "symbols": ["AAA", "BBB"]}
+    # and with a run config for a fixed window, so the output can be checked: ingest and dbt, selected by op
+    cfg, ops = {"start_date": "2024-03-04", "end_date": "2024-03-06", "symbols": ["AAA", "BBB"]}, ("raw_sample", "dbt_cdm")
     proc = subprocess.run([DAGSTER, "job", "execute", "-m", "quantflow.pipeline.dagster.auto", "-j",
-                           "quantflow_pipeline", "-c", str(_run_config(project, cfg))], cwd=project,
+                           "quantflow_pipeline", "-o", ",".join(ops), "-c", str(_run_config(project, cfg, ops))],
+                          cwd=project,
                           env=_env(project), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lake = project_lake(get_metadata_manager(project).load_all())
