@@ -150,23 +150,15 @@ class Store:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def install(self, staged: Path, path: str, replace: bool = True) -> bool:
-        """Move a staged local file to ``path`` atomically, synced first: over what is there (``replace``),
-        or only if nothing is (a ``link``; False when the name is taken)."""
+    def install(self, staged: Path, path: str) -> None:
+        """Move a staged local file over ``path`` atomically, synced first (as :meth:`write_bytes_atomic`)."""
         fd = os.open(staged, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if replace:
-            os.replace(staged, path)
-            return True
-        try:
-            os.link(staged, path)
-            return True
-        except FileExistsError:
-            return False
+        os.replace(staged, path)
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Local: a staged file renamed over the target. S3: one PUT is atomic."""
