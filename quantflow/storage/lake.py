@@ -118,10 +118,13 @@ def _parse_path_value(value: str, width: str) -> dt.date:
     return dt.date(int(value), 1, 1)
 
 
+# zstd level 1: about the size of the default level here, at a fraction of the encoding time
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "statistics": True}
+
+
 def _parquet_bytes(df: pl.DataFrame) -> bytes:
-    """zstd level 1: about the size of the default level here, at a fraction of the encoding time."""
     buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", compression_level=1, statistics=True)
+    df.write_parquet(buf, **PARQUET_OPTIONS)
     return buf.getvalue()
 
 
@@ -300,7 +303,7 @@ class Lake:
 
         def one(item) -> WriteResult:
             symbol, pstart, part = item
-            if spec.partition == "day" and mode != "append":
+            if spec.partition == "day" and mode != "append":  # remote roots (local ones: ``_write_days``)
                 return self._write_day(spec, symbol, pstart, part, mode)
             replaced = set(part["date"].unique().to_list()) if mode == "overwrite" else None
             return self._update_partition(spec, symbol, pstart, _merge_by_mode(part, mode, spec.sort_by),
@@ -324,11 +327,21 @@ class Lake:
         place under its partition's lock, kept out when the day is stored (``skip_if_exists``)."""
         result = WriteResult(spec.name)
         rows = {(symbol, day): n for symbol, day, n in df.group_by("symbol", "date").len().iter_rows()}
+        if mode == "skip_if_exists":  # days stored already are not encoded (checked again under the lock)
+            stored = [k for k in rows if self.store.exists(self.partition_path(spec.name, *k, "day"))]
+            if stored:
+                result.merge(WriteResult(spec.name, days_skipped=len(stored)))
+                for key in stored:
+                    del rows[key]
+                keys = pl.DataFrame(stored, schema={"symbol": pl.Utf8, "date": pl.Date}, orient="row")
+                df = df.join(keys, on=["symbol", "date"], how="anti", maintain_order="left")
+            if not rows:
+                return result
         with self.store.staging_folder() as folder:
             df.lazy().with_columns(pl.col("date").alias(_STAGED_DAY)).sink_parquet(
                 pl.PartitionBy(folder, key=["symbol", _STAGED_DAY], include_key=False, approximate_bytes_per_file=None,
                                file_path_provider=_staged_day_file),
-                compression="zstd", compression_level=1, statistics=True, mkdir=True)
+                mkdir=True, **PARQUET_OPTIONS)
             for (symbol, day), n in sorted(rows.items()):
                 staged = folder / symbol / f"{day.isoformat()}.parquet"
                 path = self.partition_path(spec.name, symbol, day, "day")

@@ -69,11 +69,11 @@ def test_dagster_job_execute_runs_ingest_and_dbt(sample_project_copy):
     assert "emitted no result" not in output and "Token authentication" not in output  # no default warnings
 
     # and with a run config for a fixed window, so the output can be checked: ingest and dbt, selected by op
-    cfg, ops = {"start_date": "2024-03-04", "end_date": "2024-03-06", "symbols": ["AAA", "BBB"]}, ("raw_sample", "dbt_cdm")
+    cfg = {"start_date": "2024-03-04", "end_date": "2024-03-06", "symbols": ["AAA", "BBB"]}
+    ops = ("raw_sample", "dbt_cdm")
     proc = subprocess.run([DAGSTER, "job", "execute", "-m", "quantflow.pipeline.dagster.auto", "-j",
                            "quantflow_pipeline", "-o", ",".join(ops), "-c", str(_run_config(project, cfg, ops))],
-                          cwd=project,
-                          env=_env(project), capture_output=True, text=True, timeout=600)
+                          cwd=project, env=_env(project), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lake = project_lake(get_metadata_manager(project).load_all())
     start, end = dt.date(2024, 3, 4), dt.date(2024, 3, 6)
