@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ class ShardOutcome:
     error: str | None = None
     attempts: int = 1
     seconds: float = 0.0
+    node: str = ""  # the Ray node that ran it ("" in process)
 
     @property
     def ok(self) -> bool:
@@ -45,6 +47,11 @@ class ExecutionReport:
     @property
     def failed(self) -> list[ShardOutcome]:
         return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def nodes(self) -> set[str]:
+        """The Ray nodes that ran shards (empty in process): a cluster run shows it used every node."""
+        return {o.node for o in self.outcomes if o.node}
 
     def raise_on_failure(self) -> None:
         if self.failed:
@@ -116,7 +123,28 @@ def _run_in_worker(payload: bytes) -> ShardOutcome:
     fn, shard, retries = pickle.loads(payload)  # imports fn's module (the state engine) in a fresh worker
     if first:
         gc.freeze()  # the modules just imported live as long as the worker too
-    return _run_with_retries(fn, shard, retries)
+    import dataclasses
+
+    import ray
+
+    outcome = _run_with_retries(fn, shard, retries)
+    return dataclasses.replace(outcome, node=ray.get_runtime_context().get_node_id())
+
+
+def _connect_error(address: str, exc: BaseException) -> Exception:
+    """One line for a run that cannot reach its cluster. Ray buries a refused token deep in a traceback's
+    text (and its joining nodes and clients default to no token while ``ray start --head`` turns it on)."""
+    from quantflow.compute.stage import StageError
+
+    text = "".join(traceback.format_exception(exc))
+    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+        why = ("Ray's token authentication refused the run (Authentication token is missing or incorrect): set "
+               "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token from the head)")
+    else:
+        while exc.__cause__ is not None:
+            exc = exc.__cause__
+        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return StageError(f"cannot connect to the Ray cluster at RAY_ADDRESS={address}: {why}")
 
 
 class RayExecutor:
@@ -139,7 +167,10 @@ class RayExecutor:
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS")
             if address:
-                ray.init(address=address, log_to_driver=False)
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                except Exception as exc:
+                    raise _connect_error(address, exc) from exc
             else:
                 # Ray's default token authentication stays on; only its notice about it on every start goes
                 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)

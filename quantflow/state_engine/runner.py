@@ -352,6 +352,7 @@ class StateEngineResult(StageResult):
     shards_skipped: int = 0
     shards_failed: list[str] = field(default_factory=list)
     plan: str = ""  # how the shards were run: tasks, trades, executor (and why)
+    nodes: int = 0  # the Ray nodes that ran tasks (0 in process)
     trades: int = 0
     skipped_tables: dict[str, str] = field(default_factory=dict)  # table -> why it was not built
 
@@ -365,12 +366,14 @@ class StateEngineResult(StageResult):
 
     def headline(self) -> str:
         kept = f" ({self.shards_skipped} already stored)" if self.shards_skipped else ""
-        return (f"{self.shards} shards{kept} on {self.executor}, {self.trades:,} trades in {self.seconds:.1f}s "
+        nodes = f" ({self.nodes} nodes)" if self.nodes > 1 else ""
+        return (f"{self.shards} shards{kept} on {self.executor}{nodes}, {self.trades:,} trades in {self.seconds:.1f}s "
                 f"({self.trades_per_second:,.0f} trades/s)")
 
     def key_figures(self) -> dict[str, Any]:
         figures = {"executor": self.executor, "shards": self.shards, "shards_skipped": self.shards_skipped,
-                   "trades": self.trades, "trades_per_second": round(self.trades_per_second, 1)}
+                   "trades": self.trades, "trades_per_second": round(self.trades_per_second, 1),
+                   **({"ray_nodes": self.nodes} if self.nodes else {})}
         return {**figures, "task_plan": self.plan} if self.plan else figures
 
 
@@ -595,6 +598,7 @@ def run(
                     progress.advance(units(outcome.shard))
 
             report: ExecutionReport = runner.map(run_task, work, on_done)
+            result.nodes = len(report.nodes)
             failed_packs = [o for o in report.outcomes if not o.ok and isinstance(o.shard, TaskPack)]
             if failed_packs:  # run those units one by one, so a bad shard fails alone and the others are written
                 progress.detail(f"state engine: {len(failed_packs)} tasks failed; running their shards one by one")
