@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,18 +198,32 @@ def run_pack(pack: TaskPack) -> ShardResult:
     daily = _daily(tuple(row for u in pack.units for row in u.daily))
     out, _ = process_shard(trades, quotes, engine_spec(cfg), None, messages, daily)
     units = {(u.symbol, d) for u in pack.units for d in u.dates}
-    # the done marker last (see the module docstring): the book before it, the bars first
-    for table in sorted(tables, key=lambda t: (t == ENRICHED_TABLE, t == LOB_TABLE)):
+
+    def write(table: str, before_install=None) -> None:
         df = out.get(table)
         have: set = set()
         if df is not None and df.height:
             spec = TableSpec(table, dict(df.schema), partition_width(table),
                              SORT_KEYS.get(table, ("symbol", "date", "ts_first")))
-            written[table].merge(lake.write(spec, df, "skip_if_exists" if mode == "skip_if_exists" else "overwrite"))
+            written[table].merge(lake.write(spec, df, "skip_if_exists" if mode == "skip_if_exists" else "overwrite",
+                                            before_install=before_install))
             have = set(df.select("symbol", "date").unique().iter_rows())
+        elif before_install:
+            before_install()
         if mode != "skip_if_exists":  # a unit with no rows in the table this time loses what it had
             for symbol, day in sorted(units - have):
                 written[table].merge(lake.drop_day(table, symbol, day))
+
+    # the done marker last (see the module docstring): the bars, then the book; the enriched trades are
+    # encoded meanwhile (Parquet encoding in polars holds no GIL) and installed once the others are written
+    others = sorted((t for t in tables if t != ENRICHED_TABLE), key=lambda t: t == LOB_TABLE)
+    if ENRICHED_TABLE not in tables:
+        for table in others:
+            write(table)
+    else:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            rest = pool.submit(lambda: [write(t) for t in others])
+            write(ENRICHED_TABLE, before_install=rest.result)
     return ShardResult(written, trades.height if trades is not None else 0, time.perf_counter() - began)
 
 

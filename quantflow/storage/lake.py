@@ -290,16 +290,25 @@ class Lake:
                                                          as_dict=True).items():
             yield symbol, pstart, part.drop("__period")
 
-    def write(self, spec: TableSpec, df: pl.DataFrame, mode: WriteMode = "skip_if_exists") -> WriteResult:
-        """Write ``df`` (any number of symbols and days) into ``spec.name`` obeying ``mode``."""
+    def write(self, spec: TableSpec, df: pl.DataFrame, mode: WriteMode = "skip_if_exists",
+              before_install: Callable[[], object] | None = None) -> WriteResult:
+        """Write ``df`` (any number of symbols and days) into ``spec.name`` obeying ``mode``.
+
+        ``before_install`` runs before the first partition changes (an exception from it changes nothing):
+        a caller that must have other tables written first lets them be written while this one is encoded,
+        which local day partitions do before they call it."""
         if mode not in WRITE_MODES:
             raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}; got {mode!r}")
         result = WriteResult(spec.name)
         if df.height == 0:
+            if before_install:
+                before_install()
             return result
         df = self._prepare(spec, df).sort(list(dict.fromkeys(["symbol", "date", *spec.sort_by])), maintain_order=True)
         if spec.partition == "day" and mode != "append" and not self.store.remote:
-            return self._write_days(spec, df, mode)
+            return self._write_days(spec, df, mode, before_install)
+        if before_install:
+            before_install()
 
         def one(item) -> WriteResult:
             symbol, pstart, part = item
@@ -320,7 +329,8 @@ class Lake:
                 result.merge(written)
         return result
 
-    def _write_days(self, spec: TableSpec, df: pl.DataFrame, mode: WriteMode) -> WriteResult:
+    def _write_days(self, spec: TableSpec, df: pl.DataFrame, mode: WriteMode,
+                    before_install: Callable[[], object] | None = None) -> WriteResult:
         """Whole local day partitions, as :meth:`_write_day` writes them, for many days at once: one polars
         call encodes every partition side by side (in Rust, without the GIL: a Python loop over many small
         days spent most of its time around the encoder) into a staging folder; then each file moves into
@@ -336,12 +346,16 @@ class Lake:
                 keys = pl.DataFrame(stored, schema={"symbol": pl.Utf8, "date": pl.Date}, orient="row")
                 df = df.join(keys, on=["symbol", "date"], how="anti", maintain_order="left")
             if not rows:
+                if before_install:
+                    before_install()
                 return result
         with self.store.staging_folder() as folder:
             df.lazy().with_columns(pl.col("date").alias(_STAGED_DAY)).sink_parquet(
                 pl.PartitionBy(folder, key=["symbol", _STAGED_DAY], include_key=False, approximate_bytes_per_file=None,
                                file_path_provider=_staged_day_file),
                 mkdir=True, **PARQUET_OPTIONS)
+            if before_install:
+                before_install()
             for (symbol, day), n in sorted(rows.items()):
                 staged = folder / symbol / f"{day.isoformat()}.parquet"
                 path = self.partition_path(spec.name, symbol, day, "day")

@@ -87,6 +87,31 @@ def test_many_days_written_at_once_are_the_files_one_day_at_a_time_would_be(lake
     assert lake.read("raw_t_trades", ["AAA"], D1, D1)["price"].to_list() == [10.0, 10.0]
 
 
+@pytest.mark.parametrize("table", [TRADES, BARS], ids=["day partitions", "month partitions"])
+def test_before_install_runs_before_any_partition_changes_and_its_failure_changes_nothing(lake, tmp_path, table):
+    """The state engine writes its done marker (the enriched trades) with the bar tables written meanwhile
+    in ``before_install``: nothing of the table may be in place before it returns, nor after it raises."""
+    make = (lambda d: trades(d, 2)) if table is TRADES else (lambda d: bars([d], close=1.0))
+    lake.write(table, make(D1))
+    seen = []
+
+    def look():
+        seen.append(lake.read(table.name).sort("date")["date"].to_list())
+
+    lake.write(table, pl.concat([make(D2), make(D3)]), "overwrite", before_install=look)
+    assert seen == [[D1] * lake.read(table.name, None, D1, D1).height]
+    assert sorted(set(lake.read(table.name)["date"].to_list())) == [D1, D2, D3]
+
+    def fail():
+        raise RuntimeError("the other tables failed")
+
+    before = lake.read(table.name).sort("date")
+    with pytest.raises(RuntimeError, match="the other tables failed"):
+        lake.write(table, pl.concat([make(D1), make(dt.date(2024, 1, 5))]), "overwrite", before_install=fail)
+    assert lake.read(table.name).sort("date").equals(before)
+    assert not [p for p in (tmp_path / "lake" / "_staging").rglob("*") if p.is_file()]
+
+
 def test_overwrite_replaces_only_the_days_written(lake):
     lake.write(BARS, bars([D1, D2, D3], close=1.0))
     lake.write(BARS, bars([D2], close=2.0), "overwrite")
