@@ -13,7 +13,9 @@ project symbol is computed and written, whatever symbols the run names: a symbol
 depend on the others'.
 
 ``ft_features`` is derived and cheap to rebuild, so every write mode rewrites the window's rows (like
-``cdm_labels``); rows outside the window stay.
+``cdm_labels``); rows outside the window stay. In ``skip_if_exists`` a window whose bars, tick tables, labels,
+configuration and code are as at its last run, and whose rows are still those it wrote, is kept as it is
+(``storage.run_records``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineCo
 from quantflow.storage.filesystem import StorageOptions, Store
 from quantflow.storage.lake import Lake, period_start
 from quantflow.storage.project import project_lake, storage_options
+from quantflow.storage.run_records import RunRecords, digest, partition_signatures
 from quantflow.storage.schemas import TableSpec
 from quantflow.storage.tables import (
     ENRICHED_TABLE,
@@ -59,9 +62,13 @@ class FeatureEngineResult(StageResult):
     nan_share: dict[str, float] = field(default_factory=dict)  # feature column -> share of nan in the window
     constant: list[str] = field(default_factory=list)  # columns with one value (or none) in the window
     label_coverage: dict[str, float] = field(default_factory=dict)  # label set -> share of events with all features
+    kept: bool = False  # skip_if_exists, inputs as at the window's last run: its rows kept, nothing computed
 
     def headline(self) -> str:
         warmup = "all history" if self.warmup_bars is None else f"{self.warmup_bars} bars"
+        if self.kept:
+            return (f"{self.features} features x {self.rows:,} bars ({self.symbols} symbols) kept: bars, "
+                    f"configuration and code as at the window's last run ({self.seconds:.1f}s)")
         return (f"{self.features} features x {self.rows:,} bars ({self.symbols} symbols) in {self.seconds:.1f}s, "
                 f"{self.tasks} tasks, warm-up {warmup}")
 
@@ -70,7 +77,7 @@ class FeatureEngineResult(StageResult):
                 "warmup_bars": "all" if self.warmup_bars is None else self.warmup_bars,
                 "nan_share": {k: round(v, 4) for k, v in self.nan_share.items()},
                 "entirely_nan_or_constant": ", ".join(self.constant) or "-",
-                "label_coverage": {k: round(v, 4) for k, v in self.label_coverage.items()}}
+                "label_coverage": {k: round(v, 4) for k, v in self.label_coverage.items()}, "kept": self.kept}
 
 
 @dataclass(frozen=True)
@@ -229,6 +236,12 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
                          f"{out_width} partitions (was the input table changed?): the table is derived; remove "
                          "it and run the feature engine over the whole history", result=result)
     kind = executor or cfg.executor
+    records, scope = RunRecords(lake, STAGE), f"{window.start_date}..{window.end_date} {','.join(sorted(symbols))}"
+    inputs = _inputs_key(lake, md, cfg, dag, symbols, window)  # before anything is read
+    if window.write_mode == "skip_if_exists" and _keep_last_run(records, scope, inputs, lake, md, dag, window,
+                                                               result, progress):
+        result.seconds = time.perf_counter() - began
+        return result
     # the planner needs the dates of the bars the blocks read; in process it reads the bars once and hands
     # them over
     stored = {s: _stored_bars(lake, cfg.input, s, window, warmup, width, kind == "local")
@@ -269,8 +282,58 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     result.record_write(FEATURES_TABLE, lake.replace(spec, features, symbols, window.start_date, window.end_date))
     result.record_write(FEATURES_TABLE, WriteResult(FEATURES_TABLE), lake.url(FEATURES_TABLE))
     result.preview[FEATURES_TABLE] = features.select(features.columns[:10]).head(5)  # readable width
+    records.save(scope, inputs, _outputs(lake, symbols, window), {f: getattr(result, f) for f in KEPT_FIGURES})
     result.seconds = time.perf_counter() - began
     return result
+
+
+KEPT_FIGURES = ("features", "rows", "symbols", "warmup_bars", "nan_share", "constant")  # of the rows written
+
+
+def _code_version() -> str:
+    """The feature code and the libraries that compute values: a fix or an upgrade must not keep old rows."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    return digest([p.read_text() for p in files], {n: version(n) for n in ("polars", "ta-lib", "numpy", "numba")})
+
+
+def _inputs_key(lake: Lake, md: ProjectMetadata, cfg: FeatureEngineConfig, dag: FeatureDAG, symbols: list[str],
+                window: RunWindow) -> str:
+    """What this window's features are computed from: the configuration, the code, the symbols, and every
+    partition up to the window's end of the bars (benchmarks included) and of the tick tables the
+    microstructure features read. (Labels only feed a figure, counted again when rows are kept.)"""
+    tables = [cfg.input, *cfg.tick_tables()]
+    return digest(cfg.model_dump_json(), _code_version(), sorted(symbols), str(window.start_date),
+                  str(window.end_date), partition_signatures(lake, tables, sorted({*symbols, *dag.benchmarks}),
+                                                             None, window.end_date))
+
+
+def _outputs(lake: Lake, symbols: list[str], window: RunWindow) -> dict[str, str]:
+    return partition_signatures(lake, [FEATURES_TABLE], symbols, window.start_date, window.end_date)
+
+
+def _keep_last_run(records: RunRecords, scope: str, inputs: str, lake: Lake, md: ProjectMetadata, dag: FeatureDAG,
+                   window: RunWindow, result: FeatureEngineResult, progress: Progress) -> bool:
+    """``skip_if_exists``: when the last run of this window read the same inputs and its rows are still those
+    stored, keep them. Its figures of the rows become this run's (for the metadata and the asset checks); the
+    label coverage is counted again, against the labels stored now."""
+    symbols = list(window.symbols)
+    figures = records.kept(scope, inputs, _outputs(lake, symbols, window))
+    if figures is None:
+        return False
+    for name in KEPT_FIGURES:
+        setattr(result, name, figures[name])
+    result.kept = True
+    progress.begin(1, "windows", "feature engine")
+    progress.advance(1)
+    progress.detail("feature engine: bars, configuration and code as at the window's last run: its rows kept")
+    stored = lake.read(FEATURES_TABLE, symbols, window.start_date, window.end_date)
+    result.label_coverage = _label_coverage(lake, md, md.project.feature_engine.input, window, stored, dag.outputs)
+    result.record_write(FEATURES_TABLE, WriteResult(FEATURES_TABLE), lake.url(FEATURES_TABLE))
+    result.preview[FEATURES_TABLE] = stored.select(stored.columns[:10]).head(5)
+    return True
 
 
 def _stored_bars(lake: Lake, table: str, symbol: str, window: RunWindow, warmup: int | None, width: str,

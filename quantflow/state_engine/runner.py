@@ -214,11 +214,12 @@ def run_pack(pack: TaskPack) -> ShardResult:
             for symbol, day in sorted(units - have):
                 written[table].merge(lake.drop_day(table, symbol, day))
 
-    # the done marker last (see the module docstring): the bars, then the book; the enriched trades are
-    # encoded meanwhile (Parquet encoding in polars holds no GIL) and installed once the others are written
+    # the done marker last (see the module docstring): the bars, then the book; in process, the enriched
+    # trades are encoded meanwhile (Parquet encoding in polars holds no GIL) and installed once the others
+    # are written. A Ray task has one core (one polars thread): there it writes one table after another.
     others = sorted((t for t in tables if t != ENRICHED_TABLE), key=lambda t: t == LOB_TABLE)
-    if ENRICHED_TABLE not in tables:
-        for table in others:
+    if ENRICHED_TABLE not in tables or pl.thread_pool_size() == 1:
+        for table in [*others, *(t for t in tables if t == ENRICHED_TABLE)]:
             write(table)
     else:
         with ThreadPoolExecutor(max_workers=1) as pool:

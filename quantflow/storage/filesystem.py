@@ -18,6 +18,7 @@ from pathlib import Path
 
 LOCKS_DIR = "_locks"  # local lock files, beside the tables (readers never list the root itself)
 STAGING_DIR = "_staging"  # local temp files before their rename: outside every table folder
+RECORDS_DIR = "_records"  # what stages' last runs read and wrote (``run_records``): not a table
 DELETE = object()  # returned by an update's change function: remove the object
 CAS_ATTEMPTS = 50
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quantflow.storage.filesystem import DELETE, LOCKS_DIR, STAGING_DIR, Store
+from quantflow.storage.filesystem import DELETE, LOCKS_DIR, RECORDS_DIR, STAGING_DIR, Store
 from quantflow.storage.schemas import TableSpec, conform
 from quantflow.storage.tables import partition_width
 from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
@@ -149,7 +149,7 @@ class Lake:
 
     def tables(self) -> list[str]:
         names = (p.rstrip("/").rsplit("/", 1)[-1] for p in self.store.ls(self.store.path()))
-        return sorted(n for n in names if "." not in n and n not in (LOCKS_DIR, STAGING_DIR))
+        return sorted(n for n in names if "." not in n and n not in (LOCKS_DIR, STAGING_DIR, RECORDS_DIR))
 
     def partitions(
         self,

@@ -108,6 +108,40 @@ def test_changed_bars_are_rewritten_in_every_write_mode_and_rows_outside_stay(tm
             before.filter(pl.col("date") >= DAYS[500])["KMID"])
 
 
+def test_a_rerun_with_nothing_changed_keeps_the_rows_and_any_change_computes_again(tmp_path, monkeypatch):
+    """skip_if_exists keeps a window whose bars, configuration and code are as at its last run and whose rows
+    are those it wrote; another write mode, changed bars, rows touched since or another configuration compute
+    again, and what is kept equals what a computation gives."""
+    import os
+
+    md = project(tmp_path)
+    write_bars(md)
+    june = window(md, DAYS[600], DAYS[700])
+    first = runner.run(md, june)
+    rows = stored(md)
+    calls = []
+    monkeypatch.setattr(runner, "run_task", lambda task, real=runner.run_task: calls.append(task) or real(task))
+
+    again = runner.run(md, june)
+    assert again.kept and not calls and "kept: bars, configuration and code as at" in again.headline()
+    assert {f: getattr(again, f) for f in runner.KEPT_FIGURES} == {f: getattr(first, f) for f in runner.KEPT_FIGURES}
+    assert again.key_figures()["nan_share"] == first.key_figures()["nan_share"]
+    assert_frame_equal(stored(md), rows)
+
+    assert not runner.run(md, window(md, DAYS[600], DAYS[700], write_mode="overwrite")).kept and calls
+    assert runner.run(md, june).kept  # the overwrite run left its record too
+    write_bars(md, seed=2)  # every bar changes
+    assert not runner.run(md, june).kept
+    assert runner.run(md, june).kept
+    lake = project_lake(md)
+    part = lake.partitions("ft_features", ["BBB"], DAYS[600], DAYS[600])[0]
+    os.utime(part.path, ns=(0, 0))  # the stored rows touched since: not the rows the record vouches for
+    assert not runner.run(md, june).kept
+    md.project.feature_engine.features[0].params["timeperiod"] = 10  # another configuration
+    assert not runner.run(md, june).kept
+    assert "_records" not in lake.tables()
+
+
 def test_cross_sectional_features_compute_every_symbol_whatever_the_window_names(tmp_path):
     md = project(tmp_path)
     write_bars(md)
