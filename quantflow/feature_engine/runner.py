@@ -13,7 +13,7 @@ project symbol is computed and written, whatever symbols the run names: a symbol
 depend on the others'.
 
 ``ft_features`` is derived and cheap to rebuild, so every write mode rewrites the window's rows (like
-``cdm_labels``); rows outside the window stay. In ``skip_if_exists`` a window whose bars, tick tables, labels,
+``cdm_labels``); rows outside the window stay. In ``skip_if_exists`` a window whose bars, tick tables,
 configuration and code are as at its last run, and whose rows are still those it wrote, is kept as it is
 (``storage.run_records``).
 """
@@ -329,8 +329,12 @@ def _keep_last_run(records: RunRecords, scope: str, inputs: str, lake: Lake, md:
     progress.begin(1, "windows", "feature engine")
     progress.advance(1)
     progress.detail("feature engine: bars, configuration and code as at the window's last run: its rows kept")
-    stored = lake.read(FEATURES_TABLE, symbols, window.start_date, window.end_date)
-    result.label_coverage = _label_coverage(lake, md, md.project.feature_engine.input, window, stored, dag.outputs)
+    if md.project.label_engine is not None:
+        stored = lake.read(FEATURES_TABLE, symbols, window.start_date, window.end_date)
+        result.label_coverage = _label_coverage(lake, md, md.project.feature_engine.input, window, stored,
+                                                dag.outputs)
+    else:  # the preview only
+        stored = lake.read(FEATURES_TABLE, symbols[:1], window.start_date, window.end_date)
     result.record_write(FEATURES_TABLE, WriteResult(FEATURES_TABLE), lake.url(FEATURES_TABLE))
     result.preview[FEATURES_TABLE] = stored.select(stored.columns[:10]).head(5)
     return True
