@@ -3,7 +3,8 @@
 Per fit: standardization from the training rows only (NaN after it: 0, the training mean); early stopping
 on a validation split taken from the end of the training period (purged: training rows whose labels reach
 it are left out); seeds fixed (torch, numpy) and deterministic kernels; ``device: auto`` picks CUDA when
-present. Progress: one unit per epoch, each epoch's losses as a detail line.
+present. Progress: each epoch's losses as a detail line (the run log's debug level in Dagster, `qf -v`); the refits
+advance the stage's progress.
 """
 
 from __future__ import annotations

@@ -298,8 +298,10 @@ def _read_many(lake: Lake, paths: list[str], columns: list[str] | None = None) -
 
 
 def pack_tasks(lake: Lake, units: list[ShardTask], workers: int, max_trades: int) -> list[TaskPack]:
-    """Units in (symbol, date) order, cut into packs of about ``total / (2 * workers)`` trades (at least one
-    unit, at most ``max_trades``), so every worker gets work and none holds too much in memory."""
+    """Units in (symbol, date) order, cut into packs of nearly equal trades: as few as ``max_trades`` allows
+    (a pack's data stays a few hundred MB in memory), and with several workers at least two per worker and a
+    multiple of the workers, so every worker gets work and all finish together (13 packs on 2 workers would
+    leave one worker a seventh pack while the other idles)."""
     import pyarrow.parquet as pq
 
     def rows(path: str) -> int:
@@ -314,19 +316,34 @@ def pack_tasks(lake: Lake, units: list[ShardTask], workers: int, max_trades: int
     def unit_rows(unit: ShardTask) -> int:
         return sum(rows(p) for p in unit.trade_paths if p is not None)
 
-    sized = [(u, unit_rows(u)) for u in units]
-    total = sum(n for _, n in sized)
-    target = max(1, min(max_trades, -(-total // max(1, 2 * workers)) if workers > 1 else max_trades))
-    packs, current, count = [], [], 0
+    return balanced_packs([(u, unit_rows(u)) for u in units], workers, max_trades)
+
+
+def balanced_packs(sized: list[tuple[ShardTask, int]], workers: int, max_trades: int) -> list[TaskPack]:
+    """``pack_tasks`` once every unit's trades are known."""
+    total = max(1, sum(n for _, n in sized))
+    n_packs = -(-total // max(1, max_trades))
+    if workers > 1:
+        n_packs = -(-max(n_packs, 2 * workers) // workers) * workers
+    n_packs = min(n_packs, len(sized)) or 1
+    # a unit goes to the pack its middle trade falls in: contiguous packs within one unit of total / n_packs
+    packs: list[list[tuple[ShardTask, int]]] = [[] for _ in range(n_packs)]
+    before = 0
     for unit, n in sized:
-        if current and count + n > target:
-            packs.append(TaskPack(tuple(current), count))
-            current, count = [], 0
-        current.append(unit)
-        count += n
-    if current:
-        packs.append(TaskPack(tuple(current), count))
-    return packs
+        packs[min(n_packs - 1, int((before + n / 2) * n_packs // total))].append((unit, n))
+        before += n
+    out: list[TaskPack] = []
+    for pack in (p for p in packs if p):  # uneven units can leave a pack over max_trades: cut it
+        current: list[ShardTask] = []
+        count = 0
+        for unit, n in pack:
+            if current and count + n > max_trades:
+                out.append(TaskPack(tuple(current), count))
+                current, count = [], 0
+            current.append(unit)
+            count += n
+        out.append(TaskPack(tuple(current), count))
+    return out
 
 
 def _done_marker(has_trades: bool) -> str:

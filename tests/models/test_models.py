@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import joblib
 import numpy as np
@@ -15,7 +16,7 @@ from polars.testing import assert_frame_equal
 
 from quantflow.compute.purged_cv import WalkForward
 from quantflow.compute.sample_weights import training_weights
-from quantflow.compute.stage import StageError
+from quantflow.compute.stage import Progress, StageError
 from quantflow.models import runner
 from quantflow.models.dl import TorchLearner
 from quantflow.storage.project import project_artifacts, project_lake
@@ -41,11 +42,41 @@ LOGIT = """\
       features: [ret_1, ret_5, vol]
       walk_forward: {train: 100, test: 50, expanding: true}
 """
+OTHERS = """\
+    - name: ridge
+      kind: ml
+      label_set: fwd5
+      target: ret
+      estimator: Ridge
+      params: {alpha: 2.0}
+      features: [ret_1, ret_5, vol]
+      walk_forward: {train: 100, test: 50}
+    - name: tree
+      kind: ml
+      label_set: fwd5
+      estimator: sklearn.tree.DecisionTreeClassifier
+      params: {max_depth: 2}
+      walk_forward: {train: 100, test: 50}
+    - name: mlp
+      kind: dl
+      label_set: fwd5
+      params: {hidden: 8, epochs: 4, patience: 2}
+      walk_forward: {train: 120, test: 60}
+      missing: median
+    - name: tcn
+      kind: dl
+      label_set: fwd5
+      target: ret
+      network: tcn
+      params: {hidden: 4, window: 6, epochs: 3, patience: 3}
+      walk_forward: {train: 120, test: 60}
+      missing: median
+"""
 
 
 @pytest.fixture(scope="module")
 def md(tmp_path_factory):
-    return build_project(tmp_path_factory.mktemp("models"), RF + LSTM + LOGIT)
+    return build_project(tmp_path_factory.mktemp("models"), RF + LSTM + LOGIT + OTHERS)
 
 
 def stored(md, model: str) -> pl.DataFrame:
@@ -158,7 +189,8 @@ def test_dl_predictions_share_the_schema_are_deterministic_and_reload(md):
     a = stored(md, "lstm")
     assert a.schema == stored(md, "rf").schema and (a["train_end"] < a["ts"]).all()
     assert a["probability"].is_between(0, 1).all() and a.height == first.predictions
-    runner.run(md, window(md, DAYS[0], DAYS[-1]), model="lstm")
+    again = runner.run(md, window(md, DAYS[0], DAYS[-1], write_mode="overwrite"), model="lstm")
+    assert not again.unchanged and again.predictions == first.predictions  # refitted, not kept
     assert_frame_equal(stored(md, "lstm"), a)  # seeded: the same predictions again
     saved = torch.load(io.BytesIO(project_artifacts(md, "models/lstm").get(first.artifacts["model_url"])),
                        weights_only=False)
@@ -250,3 +282,51 @@ def test_predictions_stored_before_the_config_column_are_kept_and_not_judged(tmp
     assert judged.n_periods == pred.filter(pl.col("date") >= DAYS[300])["ts"].n_unique() and later.predictions
     assert judged.other_configurations == pred.filter(pl.col("config").is_null()).height
     assert "not judged" in judged.warnings[0]
+
+
+class Lines(Progress):
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def detail(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_a_regression_and_an_estimator_by_dotted_path_equal_independent_refits(md):
+    from sklearn.linear_model import Ridge
+    from sklearn.tree import DecisionTreeClassifier
+
+    for name, make, task in (("ridge", lambda: Ridge(alpha=2.0), "regression"),
+                             ("tree", lambda: DecisionTreeClassifier(max_depth=2, random_state=0), "classification")):
+        result = runner.run(md, window(md, DAYS[0], DAYS[-1]), model=name)
+        pred = stored(md, name)
+        cfg = runner.model_config(md, name)
+        assert cfg.task == task and (pred["train_end"] < pred["ts"]).all() and pred.height == result.predictions
+        data, label_set, _ = runner.load_training_set(md, cfg, DAYS[-1])
+        split = list(WalkForward(100, 50).split(data.t0, data.t1))[-1]
+        keys = data.rows.select("symbol", "ts", "uniqueness", "return_attribution")
+        weights = training_weights(keys[split.train], label_set.sample_weight, label_set.time_decay).to_numpy()
+        last = pred.filter(pl.col("fold") == split.test_blocks[0]).sort("ts", "symbol")
+        if task == "regression":  # the label's return is learned and predicted; no classes, no probability
+            model = make().fit(data.X[split.train], data.y[split.train], sample_weight=weights)
+            expected = model.predict(data.X[split.test])
+            np.testing.assert_allclose(data.y, data.rows["ret"].to_numpy())
+            assert last["predicted_label"].is_null().all() and last["probability"].is_null().all()
+        else:
+            model = make().fit(data.X[split.train], data.y[split.train].astype(int), sample_weight=weights)
+            expected = model.predict_proba(data.X[split.test]) @ model.classes_
+        np.testing.assert_allclose(last["prediction"].to_numpy(), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mlp", "tcn"])
+def test_the_other_networks_predict_out_of_sample_and_log_every_epoch(md, name):
+    lines = Lines()
+    result = runner.run(md, window(md, DAYS[0], DAYS[-1]), model=name, progress=lines)
+    pred = stored(md, name)
+    assert pred.height == result.predictions > 0 and (pred["train_end"] < pred["ts"]).all()
+    assert pred["prediction"].is_finite().all() and pred["fold"].n_unique() == len(result.folds)
+    epochs = [line for line in lines.lines if " epoch " in line]
+    total = runner.model_config(md, name).dl_params()["epochs"]
+    assert all(re.fullmatch(rf"{name} .+: epoch \d+/{total} train loss [\d.]+ validation loss [\d.]+", e)
+               for e in epochs)
+    assert sum(f": epoch 1/{total} " in e for e in epochs) >= len(result.folds)  # every refit reports its epochs

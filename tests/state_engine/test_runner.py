@@ -286,3 +286,20 @@ def test_a_project_with_calendar_bars_only_runs(tmp_path):
         {"symbol": "AAA", "date": days, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0}))
     result = runner.run(md, window(md, START, END))
     assert result.tables["cdm_time_1w_bars"].rows_written == 1
+
+
+@pytest.mark.parametrize("sizes, workers, max_trades, expected", [
+    ([125] * 400, 2, 4000, [3571] * 14),  # 13 packs by size -> 14: 7 each on 2 workers
+    ([125] * 400, 1, 4000, [3846] * 13),
+    ([10] * 20, 2, 1000, [50] * 4),  # small: two packs per worker
+    ([10] * 3, 4, 1000, [10] * 3),  # fewer units than packs: one unit per pack
+    ([5, 1, 1, 1, 5, 1], 2, 4, [5, 2, 1, 5, 1]),  # a unit over max_trades stays whole; no pack exceeds it otherwise
+    ([7], 2, 1, [7]),
+])
+def test_packs_are_balanced_a_multiple_of_the_workers_and_within_max_trades(sizes, workers, max_trades, expected):
+    units = [object() for _ in sizes]
+    packs = runner.balanced_packs(list(zip(units, sizes)), workers, max_trades)
+    assert [u for p in packs for u in p.units] == units  # every unit once, in order
+    assert [p.trades for p in packs] == [pytest.approx(e, abs=max(sizes)) for e in expected]
+    assert len(packs) == len(expected)
+    assert all(p.trades <= max_trades or len(p.units) == 1 for p in packs)

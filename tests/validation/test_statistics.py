@@ -114,6 +114,23 @@ def test_pbo_equals_a_loop_implementation_and_its_extremes():
     assert probability_of_backtest_overfitting(flip, n_blocks=8).pbo > 0.5
 
 
+def test_pbo_of_a_hand_worked_cscv_example():
+    """The paper gives no reproducible matrix, so a 4-block, 3-trial case worked by hand from its definitions
+    (metric: the mean; blocks' means below; 6 = C(4, 2) splits, in itertools order):
+    IS {0,1} picks A (4 vs 1.5, 1), OOS {2,3} A -0.5 B 4 C 2: rank 1 -> w = 1/4, logit ln(1/3);
+    IS {0,2} picks A (2.5), OOS {1,3} A 1 B 3.5 C 1.5: rank 1 -> ln(1/3);
+    IS {0,3} picks B (3), OOS {1,2} A 1.5 B 2.5 C 0.5: rank 3 -> w = 3/4, ln 3;
+    IS {1,2} picks B (2.5), OOS {0,3} A 2 B 3 C 2.5: rank 3 -> ln 3;
+    IS {1,3} picks B (3.5), OOS {0,2} A 2.5 B 2 C 1.5: rank 2 -> w = 1/2, logit 0 (counts as overfit);
+    IS {2,3} picks B (4), OOS {0,1} A 4 B 1.5 C 1: rank 2 -> 0.  PBO = 4/6; one OOS loss in 6."""
+    blocks = np.array([[5, 1, 2], [3, 2, 0], [0, 3, 1], [-1, 5, 3]], dtype=float)
+    returns = np.repeat(blocks, 2, axis=0)  # two periods per block
+    result = probability_of_backtest_overfitting(returns, n_blocks=4, metric=lambda r: r.mean(axis=0))
+    np.testing.assert_allclose(result.logits, np.log([1 / 3, 1 / 3, 3, 3, 1, 1]), atol=1e-12)
+    assert result.pbo == pytest.approx(4 / 6) and result.prob_oos_loss == pytest.approx(1 / 6)
+    assert result.n_combinations == 6 and result.n_trials == 3
+
+
 def test_pbo_of_pure_noise_is_about_one_half():
     rng = np.random.default_rng(11)
     values = [probability_of_backtest_overfitting(rng.standard_normal((320, 20)), n_blocks=8).pbo
