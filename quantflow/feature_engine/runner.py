@@ -1,12 +1,14 @@
 """Feature-engine stage entry point: plan blocks, compute them in tasks on the executor, write ``ft_features``.
 
 Where a computation starts decides its result to the last bit (a running sum, an EMA, TA-Lib's SMA all
-depend on it), so each value is computed in a fixed place: the lake block (year for daily bars, month for
-intraday bars) that holds its bar, starting ``warmup_bars`` bars before the block's first bar (the longest
-chain of windows through the feature DAG; the whole history for running totals such as OBV). A block is a
-unit of work; tasks pack units up to ``rows_per_task`` bars and read each symbol's rows once. So a one-day
-run, a run over twenty years, one task or a hundred give the same bits, and no value reads a bar after its
-own (tested).
+depend on it), so each value is computed in a fixed place: the block that holds its bar, which is the
+``ft_features`` partition it is written to (a decade of daily bars, a month of intraday bars), starting
+``warmup_bars`` bars before the block's first bar (the longest chain of windows through the feature DAG; the
+whole history for running totals such as OBV). A block is a unit of work; tasks pack units up to
+``rows_per_task`` bars and read each symbol's rows once. So a one-day run, a run over twenty years, one task
+or a hundred give the same bits, and no value reads a bar after its own (tested). A block as wide as its
+partition keeps the warm-up a small share of the work (a MACD settles over 553 bars: three times a year of
+daily bars, a fifth of a decade), and a run rewrites whole partitions anyway.
 
 Cross-sectional features rank or scale across symbols at each bar time, so when the DAG has any, every
 project symbol is computed and written, whatever symbols the run names: a symbol's cross-sectional values
@@ -34,7 +36,7 @@ from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineConfig
 from quantflow.storage.filesystem import StorageOptions, Store
-from quantflow.storage.lake import Lake, period_start
+from quantflow.storage.lake import Lake, period_end, period_start
 from quantflow.storage.project import project_lake, storage_options
 from quantflow.storage.run_records import RunRecords, digest, partition_signatures
 from quantflow.storage.schemas import TableSpec
@@ -131,20 +133,12 @@ def plan_units(dates: np.ndarray, symbol: str, window: RunWindow, warmup: int | 
     while i < hi:
         block = period_start(dates[i].astype("datetime64[D]").astype(dt.date), width)
         block_first = int(np.searchsorted(dates, np.datetime64(block), "left"))
-        next_block = int(np.searchsorted(dates, np.datetime64(_next_period(block, width)), "left"))
+        next_block = int(np.searchsorted(dates, np.datetime64(period_end(block, width)), "right"))
         end = min(next_block, hi)
         read = 0 if warmup is None else max(0, block_first - warmup)
         units.append(Unit(symbol, block, read, i, end))
         i = end
     return units
-
-
-def _next_period(start: dt.date, width: str) -> dt.date:
-    if width == "year":
-        return dt.date(start.year + 1, 1, 1)
-    if width == "month":
-        return dt.date(start.year + (start.month == 12), start.month % 12 + 1, 1)
-    return start + dt.timedelta(days=1)
 
 
 def pack_units(units: list[Unit], rows_per_task: int) -> list[list[Unit]]:
@@ -228,7 +222,6 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     window = RunWindow(window.start_date, window.end_date, tuple(symbols), window.write_mode)
     result = FeatureEngineResult(STAGE, window, features=len(dag.outputs), warmup_bars=warmup)
     lake = project_lake(md)
-    width = lake.partition_width(cfg.input)
     out_width = features_partition_width(cfg.input)
     if lake.partitions(FEATURES_TABLE) and lake.partition_width(FEATURES_TABLE) != out_width:
         raise StageError(f"feature engine: {lake.url(FEATURES_TABLE)} is stored in "
@@ -244,10 +237,10 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
         return result
     # the planner needs the dates of the bars the blocks read; in process it reads the bars once and hands
     # them over
-    stored = {s: _stored_bars(lake, cfg.input, s, window, warmup, width, kind == "local")
-              for s in sorted({*symbols, *dag.benchmarks})}
+    stored = _stored_bars(lake, cfg.input, sorted({*symbols, *dag.benchmarks}), window, warmup,
+                          lake.partition_width(cfg.input), out_width, kind == "local")
     dates = {s: (df["date"].to_numpy() if df.height else np.array([], "datetime64[D]")) for s, df in stored.items()}
-    units = [u for s in symbols for u in plan_units(dates[s], s, window, warmup, width)]
+    units = [u for s in symbols for u in plan_units(dates[s], s, window, warmup, out_width)]
     if not units:
         result.warnings.append(f"no {cfg.input} bars in {window.describe()}: no features computed")
         result.seconds = time.perf_counter() - began
@@ -340,28 +333,39 @@ def _keep_last_run(records: RunRecords, scope: str, inputs: str, lake: Lake, md:
     return True
 
 
-def _stored_bars(lake: Lake, table: str, symbol: str, window: RunWindow, warmup: int | None, width: str,
-                 whole: bool) -> pl.DataFrame:
-    """The stored bars a run reads for one symbol, in time order: its partitions from the one holding the
-    window's start to the window's end, and before them enough earlier partitions for ``warmup`` bars and one
-    more (all of them when the warm-up is the whole history); all columns (``whole``) or only the dates."""
+def _stored_bars(lake: Lake, table: str, symbols: list[str], window: RunWindow, warmup: int | None, width: str,
+                 block_width: str, whole: bool) -> dict[str, pl.DataFrame]:
+    """The stored bars a run reads, per symbol in time order: its partitions from the one holding the start
+    of the window's first block to the window's end, and before them enough earlier partitions for
+    ``warmup`` bars and one more (all of them when the warm-up is the whole history); all columns
+    (``whole``) or only the dates. One listing and one read for all symbols."""
     from quantflow.feature_engine.engine import bars_with_time
 
-    start = None
+    starts: dict[str, dt.date | None] = dict.fromkeys(symbols)
     if warmup is not None:
-        first = period_start(window.start_date, width)
-        earlier = sorted((p for p in lake.partitions(table, [symbol], None, window.end_date)
-                          if p.period_start < first), key=lambda p: p.period_start)
-        rows, start = 0, first
-        while earlier and rows <= warmup:
-            part = earlier.pop()
-            rows += lake.read_partition(part.path, ["date"]).height
-            start = part.period_start
-    if whole:
-        bars = lake.read(table, [symbol], start, window.end_date)
-        return bars_with_time(bars) if bars.height else bars
-    dates = lake.read(table, [symbol], start, window.end_date, ["date"])
-    return dates.sort("date") if dates.height else dates
+        first = period_start(window.start_date, block_width)
+        stored = lake.partitions(table, symbols, None, window.end_date)
+        for symbol in symbols:
+            earlier = sorted((p for p in stored if p.symbol == symbol and p.period_start < first),
+                             key=lambda p: p.period_start)
+            rows, start = 0, period_start(first, width)
+            while earlier and rows <= warmup:
+                part = earlier.pop()
+                rows += lake.read_partition(part.path, ["date"]).height
+                start = part.period_start
+            starts[symbol] = start
+    known = [d for d in starts.values() if d is not None]
+    since = min(known) if len(known) == len(starts) else None
+    bars = lake.read(table, symbols, since, window.end_date, None if whole else ["symbol", "date"])
+    if bars.height:
+        bars = bars_with_time(bars) if whole else bars.sort("symbol", "date", maintain_order=True)
+    by_symbol = bars.partition_by("symbol", as_dict=True, maintain_order=True) if bars.height else {}
+    empty = pl.DataFrame(schema={"symbol": pl.Utf8, "date": pl.Date})
+    out = {}
+    for symbol in symbols:
+        df = by_symbol.get((symbol,), empty)
+        out[symbol] = df if starts[symbol] in (None, since) else df.filter(pl.col("date") >= starts[symbol])
+    return out
 
 
 def _task(root, options, cfg, pack: list[Unit], dates, benchmarks, trades: bool, quotes: bool,

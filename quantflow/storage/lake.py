@@ -29,6 +29,7 @@ derived table equal to what its inputs imply.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import os
@@ -36,6 +37,7 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
@@ -55,13 +57,28 @@ _PART_RE = re.compile(
 _OLD_LAYOUT = "symbol=*/date=*/" + DATA_FILE  # before the hive-readable layout: see ``upgrade_layout``
 
 
-_STAGED_DAY = "__day"  # the partition key of ``Lake._write_days``: ``date`` stays a column of the file
+_STAGED_KEY = "__partition"  # the key of staged writes: the first day of the partition's period
 
 
-def _staged_day_file(args) -> str:
-    """``<symbol>/<day>.parquet`` in the staging folder: one file per day partition."""
+def _staged_file(args) -> str:
+    """``<symbol>/<period start>.parquet`` in the staging folder: one file per partition."""
     keys = args.partition_keys.row(0, named=True)
-    return f"{keys['symbol']}/{keys[_STAGED_DAY].isoformat()}.parquet"
+    return f"{keys['symbol']}/{keys[_STAGED_KEY].isoformat()}.parquet"
+
+
+def _period(width: str) -> pl.Expr:
+    """The first day of each row's partition period."""
+    return pl.col("date") if width == "day" else pl.col("date").dt.truncate(_TRUNCATE[width])
+
+
+def _stage(df: pl.DataFrame, folder: Path, width: str) -> None:
+    """Encode ``df`` (sorted) as one file per (symbol, period) in a staging folder, in one polars call: every
+    partition side by side in Rust, without the GIL (a Python loop over hundreds of small partitions spent
+    most of its time around the encoder). ``symbol`` is left out of the files: it is in their paths."""
+    df.lazy().with_columns(_period(width).alias(_STAGED_KEY)).sink_parquet(
+        pl.PartitionBy(folder, key=["symbol", _STAGED_KEY], include_key=False, approximate_bytes_per_file=None,
+                       file_path_provider=_staged_file),
+        mkdir=True, **PARQUET_OPTIONS)
 
 
 class LakeLayoutError(RuntimeError):
@@ -217,17 +234,16 @@ class Lake:
         return pl.read_parquet(path, columns=columns)  # polars' reader: no pyarrow.dataset/pandas in workers
 
     def _read_partitions(self, parts: list[Partition], columns: list[str] | None) -> list[pl.DataFrame]:
-        """The partitions' frames, each with its ``symbol``. Local files of one symbol are read in one polars
-        call (its multi-file reader is several times faster than a call per small file); files that do not
-        fit one schema, and remote ones, are read one by one, side by side."""
+        """The partitions' frames, each with its ``symbol``. Local files are read in one polars call, the
+        symbol taken from each path (its multi-file reader is several times faster than a call per small
+        file); files that do not fit one schema, and remote ones, are read one by one, side by side."""
         if not self.store.remote and len(parts) > 1:
-            by_symbol: dict[str, list[str]] = {}
-            for p in parts:
-                by_symbol.setdefault(p.symbol, []).append(p.path)
             stored = [c for c in columns if c != "symbol"] if columns is not None else None
+            key = _PART_RE.search(parts[0].path)["key"]
             try:
-                return [self._with_symbol(pl.read_parquet(paths, columns=stored, missing_columns="insert"), symbol)
-                        for symbol, paths in by_symbol.items()]
+                df = pl.read_parquet([p.path for p in parts], columns=stored, missing_columns="insert",
+                                     hive_partitioning=True, hive_schema={"symbol": pl.Utf8, key: pl.Utf8})
+                return [df.select("symbol", pl.exclude("symbol", key))]
             except pl.exceptions.PolarsError:  # columns added or retyped between partitions: one by one
                 pass
         if len(parts) > 1:  # polars decodes Parquet without the GIL: read the files side by side
@@ -283,12 +299,10 @@ class Lake:
         return df
 
     def _by_partition(self, spec: TableSpec, df: pl.DataFrame):
-        keyed = df.with_columns(
-            pl.col("date").dt.truncate(_TRUNCATE[spec.partition]).alias("__period")
-        )
-        for (symbol, pstart), part in keyed.partition_by(["symbol", "__period"], maintain_order=True,
+        keyed = df.with_columns(_period(spec.partition).alias(_STAGED_KEY))
+        for (symbol, pstart), part in keyed.partition_by(["symbol", _STAGED_KEY], maintain_order=True,
                                                          as_dict=True).items():
-            yield symbol, pstart, part.drop("__period")
+            yield symbol, pstart, part.drop(_STAGED_KEY)
 
     def write(self, spec: TableSpec, df: pl.DataFrame, mode: WriteMode = "skip_if_exists",
               before_install: Callable[[], object] | None = None) -> WriteResult:
@@ -314,9 +328,9 @@ class Lake:
             symbol, pstart, part = item
             if spec.partition == "day" and mode != "append":  # remote roots (local ones: ``_write_days``)
                 return self._write_day(spec, symbol, pstart, part, mode)
-            replaced = set(part["date"].unique().to_list()) if mode == "overwrite" else None
+            replaced = pl.col("date").is_in(part["date"].unique().implode()) if mode == "overwrite" else None
             return self._update_partition(spec, symbol, pstart, _merge_by_mode(part, mode, spec.sort_by),
-                                          replaced_days=replaced)
+                                          replaced=replaced)
 
         parts = list(self._by_partition(spec, df))
         if len(parts) == 1:
@@ -350,10 +364,8 @@ class Lake:
                     before_install()
                 return result
         with self.store.staging_folder() as folder:
-            df.lazy().with_columns(pl.col("date").alias(_STAGED_DAY)).sink_parquet(
-                pl.PartitionBy(folder, key=["symbol", _STAGED_DAY], include_key=False, approximate_bytes_per_file=None,
-                               file_path_provider=_staged_day_file),
-                mkdir=True, **PARQUET_OPTIONS)
+            _stage(df, folder, "day")
+            self.store.sync_staged(folder)
             if before_install:
                 before_install()
             for (symbol, day), n in sorted(rows.items()):
@@ -391,27 +403,102 @@ class Lake:
         """Make the rows of ``symbols`` with ``start <= date <= end`` exactly ``df``: stored rows in that range
         go (also on days ``df`` has no rows for), rows outside it stay. Each partition changes atomically."""
         result = WriteResult(spec.name)
-        df = self._prepare(spec, df) if df.height else df
-        new = {(s, p): part for s, p, part in self._by_partition(spec, df)} if df.height else {}
+        new: dict[tuple[str, dt.date], tuple[int, pl.Series]] = {}  # (symbol, period) -> rows, their days
+        if df.height:  # sorted once here, so a partition with no stored rows to keep is written as it comes
+            df = self._prepare(spec, df).sort(list(spec.sort_by), maintain_order=True)
+            summary = df.group_by("symbol", _period(spec.partition).alias(_STAGED_KEY), maintain_order=True).agg(
+                pl.len().alias("rows"), pl.col("date").unique().alias("days"))
+            days = summary["days"]
+            new = {(s, p): (n, days[i]) for i, (s, p, n) in
+                   enumerate(zip(summary["symbol"], summary[_STAGED_KEY], summary["rows"], strict=True))}
         targets = set(new)
-        for symbol in symbols:
-            if spec.partition == "day" and start == end:  # one day (the usual chunk): one existence check
-                if self.store.exists(self.partition_path(spec.name, symbol, start, "day")):
-                    targets.add((symbol, start))
-                continue
-            targets.update((symbol, p.period_start) for p in self.partitions(spec.name, [symbol], start, end))
+        symbols = list(symbols)
+        if spec.partition == "day" and start == end:  # one day (the usual chunk): one existence check a symbol
+            targets.update((s, start) for s in symbols
+                           if self.store.exists(self.partition_path(spec.name, s, start, "day")))
+        elif symbols:  # one listing for all symbols
+            targets.update((p.symbol, p.period_start) for p in self.partitions(spec.name, symbols, start, end))
+        # a remote root uploads each partition's rows; a local one stages them all at once and needs a
+        # partition's rows only where stored rows outside the range are kept beside them
+        parts = {(s, p): part for s, p, part in self._by_partition(spec, df)} if new and self.store.remote else {}
 
-        def one(target: tuple[str, dt.date]) -> WriteResult:
+        def rows_of(target: tuple[str, dt.date]) -> pl.DataFrame:
+            if target in parts:
+                return parts[target]
             symbol, pstart = target
-            part = new.get(target)
-            covered = start <= pstart and period_end(pstart, spec.partition) <= end
-            merge = _merge_replacing(part, start, end, covered)
-            return self._update_partition(spec, symbol, pstart, merge, parse_old=not covered)
+            return df.filter((pl.col("symbol") == symbol) & (_period(spec.partition) == pstart))
 
-        # partitions are independent files, each under its own lock: side by side, as ``write`` does
-        with ThreadPoolExecutor(max_workers=max(1, min(len(targets), WRITE_THREADS))) as pool:
-            for written in pool.map(one, sorted(targets)):
-                result.merge(written)
+        with contextlib.ExitStack() as stack:
+            folder = None
+            if new and not self.store.remote:  # every new partition encoded at once, moved in one by one below
+                folder = stack.enter_context(self.store.staging_folder())
+                _stage(df, folder, spec.partition)
+                self.store.sync_staged(folder)
+
+            def one(target: tuple[str, dt.date]) -> WriteResult:
+                symbol, pstart = target
+                covered = start <= pstart and period_end(pstart, spec.partition) <= end
+                staged = folder / symbol / f"{pstart.isoformat()}.parquet" if folder and target in new else None
+                return self._replace_partition(spec, target, new.get(target), lambda: rows_of(target), start, end,
+                                               covered, staged)
+
+            # partitions are independent files, each under its own lock: side by side, as ``write`` does
+            with ThreadPoolExecutor(max_workers=max(1, min(len(targets), WRITE_THREADS))) as pool:
+                for written in pool.map(one, sorted(targets)):
+                    result.merge(written)
+        return result
+
+    def _replace_partition(self, spec: TableSpec, target: tuple[str, dt.date], new: tuple[int, pl.Series] | None,
+                           rows: Callable[[], pl.DataFrame], start: dt.date, end: dt.date, covered: bool,
+                           staged: Path | None) -> WriteResult:
+        """One partition of :meth:`replace` under ``Store.update``; ``new``: how many rows it gets and their
+        days (None: none), ``rows()`` the rows. The stored file's dates are read first; only when some lie
+        outside [start, end] (and the period is not ``covered``) is the whole file parsed to keep those rows.
+        Otherwise the ``staged`` file (local roots) is moved in as it is. Few polars calls a partition: a
+        replace rewrites hundreds of small files."""
+        symbol, pstart = target
+        path = self.partition_path(spec.name, symbol, pstart, spec.partition)
+        new_days = new[1] if new is not None else pl.Series("date", [], pl.Date)
+        in_range = pl.col("date").is_between(start, end)
+        outcome: dict[str, WriteResult] = {}
+
+        def change(current: bytes | None):
+            result = outcome["r"] = WriteResult(spec.name)  # reset: a compare-and-swap may call this again
+            if new is not None:
+                result.rows_written, result.days_written = new[0], new_days.len()
+            kept = None
+            if current is None and new is None:
+                return None
+            if current is not None:
+                dates = pl.read_parquet(io.BytesIO(current), columns=["date"])
+                stats = dates.select(
+                    outside=(~in_range).sum(), replaced=pl.col("date").filter(in_range).n_unique(),
+                    deleted=(~pl.col("date").filter(in_range).unique().is_in(new_days.implode())).sum(),
+                ).row(0, named=True)
+                result.days_deleted = stats["deleted"]
+                if new is None and not stats["replaced"]:
+                    return None  # nothing stored in the range, nothing new: the file stays as it is
+                if stats["outside"] and not covered:
+                    old = conform(self._with_symbol(pl.read_parquet(io.BytesIO(current)), symbol), spec.schema,
+                                  where=self.store.url(path))
+                    kept = old.filter(~in_range)
+            if kept is not None:
+                merged = pl.concat([kept, rows()]).sort(list(spec.sort_by), maintain_order=True) \
+                    if new is not None else kept
+            elif staged is not None:
+                return staged
+            elif new is not None:
+                merged = rows()  # sorted by ``replace``
+            elif self._may_delete(spec.partition):
+                return DELETE
+            else:
+                merged = pl.DataFrame(schema=spec.schema)
+            return _parquet_bytes(merged.drop("symbol"))
+
+        wrote = self.store.update(path, change)
+        result = outcome["r"]
+        if wrote and result.rows_written:
+            result.partitions.append(self.store.url(path))
         return result
 
     def delete_days(self, spec: TableSpec, symbol: str, days: Iterable[dt.date]) -> WriteResult:
@@ -461,20 +548,20 @@ class Lake:
         return width == "day" or not self.store.remote
 
     def _update_partition(self, spec: TableSpec, symbol: str, pstart: dt.date, merge: Callable,
-                          parse_old: bool = True, replaced_days: set[dt.date] | None = None) -> WriteResult:
+                          parse_old: bool = True, replaced: pl.Expr | None = None) -> WriteResult:
         """Apply ``merge(old | None, result) -> new | None`` to one partition under ``Store.update``;
         ``parse_old=False``: ``old`` holds only the stored ``date`` column (a merge that replaces it all);
-        ``replaced_days``: the same when every stored day is one of these (an overwrite of them all), found
-        from the ``date`` column alone."""
+        ``replaced``: the same when this condition on ``date`` holds for every stored row (an overwrite or a
+        replacement of them all), found from the ``date`` column alone."""
         path = self.partition_path(spec.name, symbol, pstart, spec.partition)
         outcome: dict[str, WriteResult] = {}
 
         def change(current: bytes | None):
             result = outcome["r"] = WriteResult(spec.name)  # reset: a compare-and-swap may call this again
             old = None
-            if current is not None and (not parse_old or replaced_days is not None):
+            if current is not None and (not parse_old or replaced is not None):
                 old = pl.read_parquet(io.BytesIO(current), columns=["date"])
-                if parse_old and not old["date"].is_in(list(replaced_days)).all():
+                if parse_old and not old.select(replaced.all()).item():
                     old = None  # some stored days stay: parse the whole file
             if current is not None and old is None:
                 old = conform(self._with_symbol(pl.read_parquet(io.BytesIO(current)), symbol), spec.schema,
@@ -555,28 +642,6 @@ def _merge_by_mode(new: pl.DataFrame, mode: WriteMode, key: tuple[str, ...]) -> 
             merged = new
         result.rows_written, result.days_written = rows.height, len(days)
         return merged
-
-    return merge
-
-
-def _merge_replacing(new: pl.DataFrame | None, start: dt.date, end: dt.date, covered: bool = False) -> Callable:
-    """Stored rows in [start, end] make way for ``new``. ``covered``: the partition's whole period is in the
-    range, so all its rows go and ``old`` is only their dates (for the count of days deleted)."""
-    def merge(old: pl.DataFrame | None, result: WriteResult) -> pl.DataFrame | None:
-        new_days = set(new["date"].unique().to_list()) if new is not None else set()
-        if new is not None:
-            result.rows_written, result.days_written = new.height, len(new_days)
-        if old is None:
-            return new
-        in_range = pl.col("date").is_between(start, end)
-        replaced = set(old.filter(in_range)["date"].unique().to_list())
-        result.days_deleted = len(replaced - new_days)
-        if new is None and not replaced:
-            return None
-        if covered:
-            return new if new is not None else old.head(0)
-        kept = old.filter(~in_range)
-        return pl.concat([kept, new]) if new is not None else kept
 
     return merge
 

@@ -41,13 +41,14 @@ def project(tmp_path, rows: int = 1_000_000, text: str = PROJECT):
     return get_metadata_manager(write_project(tmp_path, text.format(rows=rows))).load_all()
 
 
-def write_bars(md, days=DAYS, seed: int = 1) -> None:
+def write_bars(md, days=DAYS, seed: int = 1, history=DAYS) -> None:
     rng = np.random.default_rng(seed)
     frames = []
     for symbol in md.symbols:
-        close = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.015, len(DAYS))))
-        frames.append(pl.DataFrame({"symbol": symbol, "date": DAYS, "open": close * 1.001, "high": close * 1.01,
-                                    "low": close * 0.99, "close": close, "volume": rng.lognormal(13, 0.3, len(DAYS))}))
+        close = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.015, len(history))))
+        frames.append(pl.DataFrame({"symbol": symbol, "date": history, "open": close * 1.001, "high": close * 1.01,
+                                    "low": close * 0.99, "close": close,
+                                    "volume": rng.lognormal(13, 0.3, len(history))}))
     bars = pl.concat(frames).filter(pl.col("date").is_in(days))
     project_lake(md).write(spec_for_kind("cdm_bars_daily", "bars_daily"), bars, "overwrite")
 
@@ -61,7 +62,8 @@ def test_any_sharding_and_any_windows_give_the_same_bits(tmp_path):
     write_bars(one)
     whole = runner.run(one, window(one, DAYS[0], DAYS[-1]))
     assert whole.tasks == 1 and whole.rows == 3 * len(DAYS) and whole.warmup_bars is None  # OBV: all history
-    # one task per block (a year of a symbol), and windows that cut years and tasks anywhere
+    # one task per block (a decade of a symbol's daily bars), and windows that cut years, decades and
+    # tasks anywhere
     many = project(tmp_path / "many", rows=10)
     write_bars(many)
     result = runner.run(many, window(many, DAYS[0], DAYS[300]))
@@ -74,22 +76,26 @@ def test_any_sharding_and_any_windows_give_the_same_bits(tmp_path):
 
 def test_a_finite_warm_up_reads_only_the_bars_it_needs(tmp_path):
     text = PROJECT.replace("      - {{name: obv, kind: talib, params: {{function: OBV}}}}\n", "")
+    history = [d for d in (dt.date(2016, 1, 1) + dt.timedelta(days=i) for i in range(2196)) if d.weekday() < 5]
     md = project(tmp_path, text=text)
-    write_bars(md)
+    write_bars(md, history, history=history)
     june = window(md, dt.date(2021, 6, 1), dt.date(2021, 6, 30))
     result = runner.run(md, june)
     assert result.warmup_bars == 14 + 20 * 14 + 0  # RSI: lookback + 20 x its period (longest chain)
-    [unit] = runner.plan_units(np.array(DAYS, dtype="datetime64[D]"), "AAA", june, result.warmup_bars, "year")
-    first_of_year = DAYS.index(dt.date(2021, 1, 1))
-    assert unit.read == first_of_year - result.warmup_bars and unit.out == DAYS.index(dt.date(2021, 6, 1))
-    # the run read back only as far as the warm-up needs: 2021 has 261 bars, so 2020 is read, 2019 is not
+    [unit] = runner.plan_units(np.array(history, dtype="datetime64[D]"), "AAA", june, result.warmup_bars, "decade")
+    first_of_decade = history.index(dt.date(2020, 1, 1))
+    assert unit.read == first_of_decade - result.warmup_bars and unit.out == history.index(dt.date(2021, 6, 1))
+    # the run read back only as far as the warm-up needs: 2019 has 261 bars, so 2018 is read, 2017 is not
     january = window(md, dt.date(2022, 1, 3), dt.date(2022, 1, 4))
-    read = runner._stored_bars(project_lake(md), "cdm_bars_daily", "AAA", january, result.warmup_bars, "year", True)
-    assert read["date"].min() == dt.date(2020, 1, 1) and read["date"].max() == dt.date(2022, 1, 4)
+    read = runner._stored_bars(project_lake(md), "cdm_bars_daily", ["AAA", "BBB"], january, result.warmup_bars,
+                               "year", "decade", True)
+    for bars in read.values():
+        assert bars["date"].min() == dt.date(2018, 1, 1) and bars["date"].max() == dt.date(2022, 1, 4)
+    assert read["AAA"]["symbol"].unique().to_list() == ["AAA"] and read["AAA"]["ts"].is_sorted()
     # and the values equal a run over everything
     md_all = project(tmp_path / "all", text=text)
-    write_bars(md_all)
-    runner.run(md_all, window(md_all, DAYS[0], DAYS[-1]))
+    write_bars(md_all, history, history=history)
+    runner.run(md_all, window(md_all, history[0], history[-1]))
     assert_frame_equal(stored(md), stored(md_all).filter(pl.col("date").dt.strftime("%Y-%m") == "2021-06"))
 
 
@@ -162,7 +168,7 @@ def test_a_failing_block_names_the_task_and_the_cause(tmp_path, monkeypatch):
     with pytest.raises(StageError) as excinfo:
         runner.run(md, window(md, DAYS[0], DAYS[-1]))
     message = str(excinfo.value)
-    assert "feature engine: 12 of 12 tasks failed; task AAA 2019-01-01: " in message
+    assert "feature engine: 6 of 6 tasks failed; task AAA 2010-01-01: " in message
     assert "FloatingPointError: kernel blew up" in message and "\n" not in message
 
 

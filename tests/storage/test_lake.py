@@ -337,3 +337,34 @@ def test_a_read_across_partitions_written_with_other_columns_fills_nulls(tmp_pat
     assert lake.read("wide", ["AAA"], columns=["date", "y"]).sort("date")["y"].to_list() == [None, None, 9.0]
     many = lake.read("wide", None).sort("date")  # every symbol, same files
     assert many.height == 3 and many["symbol"].to_list() == ["AAA"] * 3
+
+
+def test_replace_makes_the_range_exactly_the_new_rows_and_keeps_the_rest(lake, tmp_path, monkeypatch):
+    """Year partitions: one wholly in the range (no stored row read), one cut by it (rows outside kept),
+    one with nothing new (emptied and removed), one symbol untouched; every new partition was staged,
+    synced at once and moved in, and the staging area is left empty."""
+    days = [dt.date(2022, 12, 30), dt.date(2023, 6, 1), dt.date(2023, 6, 2), dt.date(2024, 1, 2),
+            dt.date(2024, 6, 3)]
+    lake.write(BARS, pl.concat([bars(days, 1.0), bars(days, 1.0, "BBB")]), "overwrite")
+    syncs = []
+    monkeypatch.setattr(Store, "sync_staged", lambda self, folder, real=Store.sync_staged: (syncs.append(folder),
+                                                                                          real(self, folder)))
+    new = pl.concat([bars([dt.date(2023, 6, 2), dt.date(2023, 7, 3)], 2.0),
+                     bars([dt.date(2024, 1, 2)], 3.0)])
+    result = lake.replace(BARS, new, ["AAA"], dt.date(2023, 1, 1), dt.date(2024, 3, 31))
+    assert len(syncs) == 1
+    assert result.rows_written == 3 and result.days_written == 3
+    assert result.days_deleted == 1  # 2023-06-01 left the range's rows; 2023-06-02 and 2024-01-02 replaced
+    aaa = lake.read(BARS.name, ["AAA"]).sort("date")
+    assert aaa.select("date", "close").rows() == [
+        (dt.date(2022, 12, 30), 1.0), (dt.date(2023, 6, 2), 2.0), (dt.date(2023, 7, 3), 2.0),
+        (dt.date(2024, 1, 2), 3.0), (dt.date(2024, 6, 3), 1.0)]
+    assert lake.read(BARS.name, ["BBB"]).height == len(days)
+    # a range that empties a whole partition removes its file
+    emptied = lake.replace(BARS, bars([], 0.0).cast({"date": pl.Date}), ["AAA"], dt.date(2023, 1, 1),
+                           dt.date(2023, 12, 31))
+    assert emptied.days_deleted == 2 and emptied.rows_written == 0
+    assert not (tmp_path / "lake" / BARS.name / "symbol=AAA" / "year=2023" / "data.parquet").exists()
+    assert lake.read(BARS.name, ["AAA"])["date"].sort().to_list() == [dt.date(2022, 12, 30), dt.date(2024, 1, 2),
+                                                                       dt.date(2024, 6, 3)]
+    assert not list((tmp_path / "lake" / "_staging").rglob("*.parquet"))
