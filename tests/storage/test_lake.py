@@ -368,3 +368,16 @@ def test_replace_makes_the_range_exactly_the_new_rows_and_keeps_the_rest(lake, t
     assert lake.read(BARS.name, ["AAA"])["date"].sort().to_list() == [dt.date(2022, 12, 30), dt.date(2024, 1, 2),
                                                                        dt.date(2024, 6, 3)]
     assert not list((tmp_path / "lake" / "_staging").rglob("*.parquet"))
+
+
+def test_a_column_named_like_the_partition_key_reads_back_as_stored(lake):
+    """Files of many partitions are read in one call with the symbol taken from their paths; a column
+    called ``year`` (the key of daily partitions) must keep its stored values, not the path's."""
+    spec = spec_for_kind("raw_t_bars_daily", "bars_daily")
+    frame = bars([dt.date(2023, 6, 1), dt.date(2024, 6, 3)], 1.0).with_columns(year=pl.Series([7.0, 8.0]))
+    spec = type(spec)(spec.name, {**spec.schema, "year": pl.Float64}, spec.partition, spec.sort_by)
+    lake.write(spec, pl.concat([frame, frame.with_columns(symbol=pl.lit("BBB"))]), "overwrite")
+    back = lake.read(spec.name).sort("symbol", "date")
+    assert back["year"].to_list() == [7.0, 8.0, 7.0, 8.0] and back["symbol"].to_list() == ["AAA"] * 2 + ["BBB"] * 2
+    assert lake.read(spec.name, columns=["symbol", "date", "year"])["year"].to_list() == [7.0, 8.0, 7.0, 8.0]
+
