@@ -7,8 +7,8 @@ depend on it), so each value is computed in a fixed place: the block that holds 
 whole history for running totals such as OBV). A block is a unit of work; tasks pack units up to
 ``rows_per_task`` bars and read each symbol's rows once. So a one-day run, a run over twenty years, one task
 or a hundred give the same bits, and no value reads a bar after its own (tested). A block as wide as its
-partition keeps the warm-up a small share of the work (a MACD settles over 553 bars: three times a year of
-daily bars, a fifth of a decade), and a run rewrites whole partitions anyway.
+partition keeps the warm-up a small share of the work (a MACD settles over 553 bars: a year of daily bars
+computed 805 bars for its 252, a decade computes 3,073 for 2,520), and a run rewrites whole partitions anyway.
 
 Cross-sectional features rank or scale across symbols at each bar time, so when the DAG has any, every
 project symbol is computed and written, whatever symbols the run names: a symbol's cross-sectional values
