@@ -7,6 +7,10 @@ at the window's first execution bar up to its end, and writes to ``backtest/`` i
 validation stage, the sweep's leaderboard), ``equity_curve_<ts>.parquet`` (per date: the three equity
 curves, returns, drawdown, exposure, cash) and ``orders_<ts>.parquet`` (every order); with
 ``backtest.sweep``, ``backtest_leaderboard_<ts>.csv``.
+
+In ``skip_if_exists`` a window whose weights, prices, portfolio report, model DSR, configuration and code are as
+at its last run, and whose artifacts are still the newest, is kept as it is (``storage.run_records``): nothing
+is simulated again and no new artifact is stored.
 """
 
 from __future__ import annotations
@@ -26,10 +30,20 @@ from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.panels import daily_panel
 from quantflow.storage.project import project_artifacts, project_lake
-from quantflow.storage.tables import WEIGHTS_TABLE
+from quantflow.storage.run_records import (
+    RunRecords,
+    artifact_signatures,
+    code_version,
+    digest,
+    partition_signatures,
+)
+from quantflow.storage.tables import BARS_DAILY_TABLE, WEIGHTS_TABLE
 
 STAGE = "backtest"
 HEADLINE = ("total_return", "annual_return", "sharpe", "sortino", "calmar", "max_drawdown")
+# what a kept window reports again
+KEPT_FIGURES = ("metrics", "benchmarks", "dsr", "sweep_size", "sweep_seconds", "vectorbt_seconds", "warnings",
+                "artifacts")
 
 
 @dataclass
@@ -41,6 +55,7 @@ class BacktestResult(StageResult):
     sweep_seconds: float = 0.0
     vectorbt_seconds: float = 0.0
     leaderboard: pd.DataFrame | None = field(default=None, repr=False)
+    kept: bool = False  # skip_if_exists, inputs as at the window's last run: nothing simulated again
     summary_artifacts: ClassVar[tuple[str, ...]] = ("trading_report_url",)
 
     def headline(self) -> str:
@@ -51,7 +66,8 @@ class BacktestResult(StageResult):
         dsr = f", DSR {self.dsr:.2f}" if self.dsr is not None else ""
         return (f"return {_pct(m['total_return'], '+.2%')} ({_pct(m['annual_return'], '+.1%')}/yr), Sharpe "
                 f"{_pct(m['sharpe'], '.2f')}, max drawdown {_pct(m['max_drawdown'], '.1%')}, {m['orders']} orders; "
-                f"equal weight {_pct(ew.get('total_return'), '+.2%')}, Sharpe {_pct(ew.get('sharpe'), '.2f')}{dsr}")
+                f"equal weight {_pct(ew.get('total_return'), '+.2%')}, Sharpe {_pct(ew.get('sharpe'), '.2f')}{dsr}"
+                + ("; kept: weights, prices, configuration and code as at the window's last run" if self.kept else ""))
 
     def key_figures(self) -> dict[str, Any]:
         figures = {k: v for k, v in self.metrics.items() if v is not None}
@@ -60,6 +76,7 @@ class BacktestResult(StageResult):
         if self.dsr is not None:
             figures["deflated_sharpe_ratio"] = self.dsr
         figures["vectorbt_seconds"] = round(self.vectorbt_seconds, 3)
+        figures["kept"] = self.kept
         if self.sweep_size:
             figures["sweep_combinations"] = self.sweep_size
             figures["sweep_combinations_per_second"] = round(self.sweep_size / max(self.sweep_seconds, 1e-9), 1)
@@ -110,6 +127,19 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     if cfg is None or pf_cfg is None:
         raise StageError(f"{STAGE}: configure project.portfolio and project.backtest")
     result = BacktestResult(STAGE, window)
+    store = project_artifacts(md, "backtest")
+    records, scope = RunRecords(project_lake(md), STAGE), f"{window.start_date}..{window.end_date}"
+    inputs = _inputs_key(md, window)  # before anything is read
+    if window.write_mode == "skip_if_exists" and records.restore(
+            scope, inputs, lambda last: artifact_signatures(store, last["artifacts"].values()), result, KEPT_FIGURES):
+        result.kept = True
+        progress.begin(1, "windows", "backtest")
+        progress.advance(1)
+        if "leaderboard_url" in result.artifacts:
+            result.leaderboard = pd.read_csv(io.BytesIO(store.get(result.artifacts["leaderboard_url"])), index_col=0)
+        progress.detail(result.headline())
+        result.seconds = time.perf_counter() - began
+        return result
     weights, key, notes = _weights(md, window)
     result.warnings += notes
     if weights.empty:
@@ -145,7 +175,6 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
                                 **engine.trading_figures(curves[name], orders_of[name])}
                          for name in ("equal_weight", "buy_and_hold")}
     result.dsr = model_dsr(md, pf_cfg.model)
-    store = project_artifacts(md, "backtest")
     report: dict[str, Any] = {"window": [str(window.start_date), str(window.end_date)], "portfolio_config": key,
                               "model": pf_cfg.model, "backtest": cfg.model_dump(), "first_execution": str(start.date()),
                               "metrics": result.metrics, "benchmarks": result.benchmarks,
@@ -158,9 +187,9 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
         result.sweep_seconds, result.sweep_size = time.perf_counter() - sweep_began, len(grid)
         board["deflated_sharpe_ratio"] = _sweep_dsr(board, sweep_returns)
         result.leaderboard = board
+        result.artifacts["leaderboard_url"] = store.put("backtest_leaderboard_", "csv", board.to_csv().encode())
         report["sweep"] = {"combinations": len(grid), "seconds": result.sweep_seconds,
-                           "best": board.iloc[0].to_dict(), "leaderboard_url": store.put(
-                               "backtest_leaderboard_", "csv", board.to_csv().encode())}
+                           "best": board.iloc[0].to_dict(), "leaderboard_url": result.artifacts["leaderboard_url"]}
         progress.advance(1)
     report["equity_curve_url"] = store.put("equity_curve_", "parquet", _parquet(_equity_table(curves, returns)))
     report["orders_url"] = store.put("orders_", "parquet", _parquet(_orders_table(strategy)))
@@ -168,9 +197,25 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
                                                        json.dumps(report, indent=2, default=str).encode())
     result.artifacts["equity_curve_url"] = report["equity_curve_url"]
     result.artifacts["orders_url"] = report["orders_url"]
+    records.save(scope, inputs, artifact_signatures(store, result.artifacts.values()),
+                 {f: getattr(result, f) for f in KEPT_FIGURES})
     progress.detail(result.headline())
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _inputs_key(md: ProjectMetadata, window: RunWindow) -> str:
+    """What the window's backtest is computed from: the configuration, the code, the weights and the newest
+    portfolio report (its configuration is the one traded), the daily prices up to the window's end and the
+    model's deflated Sharpe ratio (reported beside)."""
+    lake, pf_cfg = project_lake(md), md.project.portfolio
+    tables = [WEIGHTS_TABLE, BARS_DAILY_TABLE]
+    return digest(md.project.backtest.model_dump_json(), pf_cfg.model_dump_json(),
+                  code_version(__package__, "quantflow.compute",
+                               libraries=("vectorbt", "pandas", "numpy", "numba", "scipy")),
+                  str(window.start_date), str(window.end_date), list(md.symbols),
+                  project_artifacts(md, "portfolio").latest("portfolio_optimization_", "json"),
+                  model_dsr(md, pf_cfg.model), partition_signatures(lake, tables, md.symbols, None, window.end_date))
 
 
 def _equity_table(curves: dict[str, Any], returns: dict[str, pd.Series]) -> pd.DataFrame:

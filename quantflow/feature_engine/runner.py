@@ -38,7 +38,7 @@ from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineCo
 from quantflow.storage.filesystem import StorageOptions, Store
 from quantflow.storage.lake import Lake, period_end, period_start
 from quantflow.storage.project import project_lake, storage_options
-from quantflow.storage.run_records import RunRecords, digest, partition_signatures
+from quantflow.storage.run_records import RunRecords, code_version, digest, partition_signatures
 from quantflow.storage.schemas import TableSpec
 from quantflow.storage.tables import (
     ENRICHED_TABLE,
@@ -281,15 +281,7 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
 
 
 KEPT_FIGURES = ("features", "rows", "symbols", "warmup_bars", "nan_share", "constant")  # of the rows written
-
-
-def _code_version() -> str:
-    """The feature code and the libraries that compute values: a fix or an upgrade must not keep old rows."""
-    from importlib.metadata import version
-    from pathlib import Path
-
-    files = sorted(Path(__file__).parent.glob("*.py"))
-    return digest([p.read_text() for p in files], {n: version(n) for n in ("polars", "ta-lib", "numpy", "numba")})
+LIBRARIES = ("polars", "ta-lib", "numpy", "numba")  # what computes the values
 
 
 def _inputs_key(lake: Lake, md: ProjectMetadata, cfg: FeatureEngineConfig, dag: FeatureDAG, symbols: list[str],
@@ -298,9 +290,9 @@ def _inputs_key(lake: Lake, md: ProjectMetadata, cfg: FeatureEngineConfig, dag: 
     partition up to the window's end of the bars (benchmarks included) and of the tick tables the
     microstructure features read. (Labels only feed a figure, counted again when rows are kept.)"""
     tables = [cfg.input, *cfg.tick_tables()]
-    return digest(cfg.model_dump_json(), _code_version(), sorted(symbols), str(window.start_date),
-                  str(window.end_date), partition_signatures(lake, tables, sorted({*symbols, *dag.benchmarks}),
-                                                             None, window.end_date))
+    return digest(cfg.model_dump_json(), code_version(__package__, "quantflow.compute", libraries=LIBRARIES),
+                  sorted(symbols), str(window.start_date), str(window.end_date),
+                  partition_signatures(lake, tables, sorted({*symbols, *dag.benchmarks}), None, window.end_date))
 
 
 def _outputs(lake: Lake, symbols: list[str], window: RunWindow) -> dict[str, str]:
@@ -313,11 +305,8 @@ def _keep_last_run(records: RunRecords, scope: str, inputs: str, lake: Lake, md:
     stored, keep them. Its figures of the rows become this run's (for the metadata and the asset checks); the
     label coverage is counted again, against the labels stored now."""
     symbols = list(window.symbols)
-    figures = records.kept(scope, inputs, _outputs(lake, symbols, window))
-    if figures is None:
+    if not records.restore(scope, inputs, _outputs(lake, symbols, window), result, KEPT_FIGURES):
         return False
-    for name in KEPT_FIGURES:
-        setattr(result, name, figures[name])
     result.kept = True
     progress.begin(1, "windows", "feature engine")
     progress.advance(1)

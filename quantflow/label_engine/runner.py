@@ -9,6 +9,10 @@ it. So a run rewrites, in every write mode, the rows from two label horizons bef
 and their neighbours, get their final values; and a daily run of one new day labels the events that day's
 bar decided. A label set without a horizon in bars (a vertical barrier in time, or none) rewrites the
 symbol's whole history.
+
+In ``skip_if_exists`` a window whose input bars (all of them: a label looks past the window's end),
+configuration and code are as at its last run, and whose rows are still those it wrote, is kept as it is
+(``storage.run_records``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ import polars as pl
 
 from quantflow.compute.stage import Progress, RunWindow, StageResult
 from quantflow.metadata.manager import ProjectMetadata
+from quantflow.metadata.schema.label_engine import LabelEngineConfig
+from quantflow.storage.lake import Lake
 from quantflow.storage.project import project_lake
+from quantflow.storage.run_records import RunRecords, code_version, digest, partition_signatures
 from quantflow.storage.schemas import TableSpec
 from quantflow.storage.tables import LABELS_TABLE, partition_width
 from quantflow.storage.writes import WriteResult
 
 STAGE = "label_engine"
+KEPT_FIGURES = ("events", "balance", "uniqueness", "warnings")  # what a kept window reports again
 
 
 @dataclass
@@ -35,14 +43,16 @@ class LabelEngineResult(StageResult):
     events: dict[str, int] = field(default_factory=dict)  # label set -> events labelled in the window
     balance: dict[str, dict[str, float]] = field(default_factory=dict)  # label set -> label -> share
     uniqueness: dict[str, float] = field(default_factory=dict)  # label set -> mean average uniqueness
+    kept: bool = False  # skip_if_exists, inputs as at the window's last run: its rows kept, nothing computed
 
     def headline(self) -> str:
         sets = ", ".join(f"{name} {n:,}" for name, n in self.events.items())
-        return f"{sum(self.events.values()):,} labelled events ({sets}) in {self.seconds:.1f}s"
+        kept = " kept: bars, configuration and code as at the window's last run" if self.kept else ""
+        return f"{sum(self.events.values()):,} labelled events ({sets}){kept} in {self.seconds:.1f}s"
 
     def key_figures(self) -> dict[str, Any]:
         return {"events": dict(self.events), "label_balance": {k: dict(v) for k, v in self.balance.items()},
-                "mean_uniqueness": {k: round(v, 4) for k, v in self.uniqueness.items()}}
+                "mean_uniqueness": {k: round(v, 4) for k, v in self.uniqueness.items()}, "kept": self.kept}
 
 
 def _rewrite_from(bars: pl.DataFrame, label_set, window: RunWindow) -> dt.date:
@@ -71,6 +81,20 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     result = LabelEngineResult(STAGE, window)
     lake = project_lake(md)
     symbols = list(window.symbols)
+    records, scope = RunRecords(lake, STAGE), f"{window.start_date}..{window.end_date} {','.join(sorted(symbols))}"
+    key = _inputs_key(lake, cfg, symbols, window)  # before anything is read
+    if window.write_mode == "skip_if_exists" and records.restore(scope, key, _outputs(lake, symbols, window),
+                                                                result, KEPT_FIGURES):
+        result.kept = True
+        progress.begin(1, "windows", "label engine")
+        progress.advance(1)
+        progress.detail("label engine: bars, configuration and code as at the window's last run: its rows kept")
+        result.record_write(LABELS_TABLE, WriteResult(LABELS_TABLE), lake.url(LABELS_TABLE))
+        stored = lake.read(LABELS_TABLE, symbols[:1], window.start_date, window.end_date)
+        if stored.height:
+            result.preview[LABELS_TABLE] = stored.head(5)
+        result.seconds = time.perf_counter() - began
+        return result
     progress.begin(len(cfg.labels) * len(symbols), "series", "label engine")  # (label set, symbol) pairs
     found: dict[str, list[pl.DataFrame]] = {s.name: [] for s in cfg.labels}
     since = {symbol: window.start_date for symbol in symbols}
@@ -107,5 +131,20 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     result.record_write(LABELS_TABLE, WriteResult(LABELS_TABLE), lake.url(LABELS_TABLE))
     if labels.height:
         result.preview[LABELS_TABLE] = labels.head(5)
+    records.save(scope, key, _outputs(lake, symbols, window), {f: getattr(result, f) for f in KEPT_FIGURES})
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _inputs_key(lake: Lake, cfg: LabelEngineConfig, symbols: list[str], window: RunWindow) -> str:
+    """What the window's labels are computed from: the configuration, the code, the symbols and every stored
+    partition of the bar tables the label sets read (all history: barriers look past the window's end)."""
+    tables = sorted({s.input for s in cfg.labels})
+    return digest(cfg.model_dump_json(), code_version(__package__, "quantflow.compute",
+                                                      libraries=("polars", "numpy", "numba")),
+                  sorted(symbols), str(window.start_date), str(window.end_date),
+                  partition_signatures(lake, tables, sorted(symbols)))
+
+
+def _outputs(lake: Lake, symbols: list[str], window: RunWindow) -> dict[str, str]:
+    return partition_signatures(lake, [LABELS_TABLE], symbols, None, window.end_date)

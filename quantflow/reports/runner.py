@@ -10,6 +10,9 @@
 
 Inputs: the newest ``trading_report`` of the backtest (its equity curve and portfolio configuration),
 ``pf_weights``, ``cdm_bars_daily``, the model's predictions and ``ft_features``, up to the window's end.
+
+In ``skip_if_exists`` a report whose inputs, configuration and code are as at its last run for the window, and
+whose files are still the newest, is kept as it is (``storage.run_records``): nothing is drawn again.
 """
 
 from __future__ import annotations
@@ -28,11 +31,19 @@ import polars as pl
 from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.artifacts import RISK_KINDS
-from quantflow.storage.panels import daily_panel, model_predictions
+from quantflow.storage.panels import daily_panel, model_predictions, newest_config
 from quantflow.storage.project import project_artifacts, project_lake
-from quantflow.storage.tables import FEATURES_TABLE, WEIGHTS_TABLE
+from quantflow.storage.run_records import (
+    RunRecords,
+    artifact_signatures,
+    code_version,
+    digest,
+    partition_signatures,
+)
+from quantflow.storage.tables import BARS_DAILY_TABLE, FEATURES_TABLE, WEIGHTS_TABLE, predictions_table
 
 STAGE = "reports"
+KEPT_FIGURES = ("figures", "warnings", "artifacts")  # what a kept report reports again
 REPORTS = ("plot", "stress_test", "risk")
 COLORS = {"strategy": "#1f77b4", "equal_weight": "#ff7f0e", "buy_and_hold": "#2ca02c"}
 
@@ -41,6 +52,7 @@ COLORS = {"strategy": "#1f77b4", "equal_weight": "#ff7f0e", "buy_and_hold": "#2c
 class ReportResult(StageResult):
     report: str = ""
     figures: dict[str, float] = field(default_factory=dict)  # numeric key figures (plotted across runs)
+    kept: bool = False  # skip_if_exists, inputs as at the window's last run: nothing drawn again
     # the summary lists the pages to open; the risk PNGs and CSVs sit beside risk_var_<ts>.html
     summary_artifacts: ClassVar[tuple[str, ...]] = ("plot_url", "stress_test_historical_url",
                                                     "stress_test_hypothetical_url", "risk_var_html_url")
@@ -52,7 +64,8 @@ class ReportResult(StageResult):
         files = f"{len(self.artifacts)} file{'s' if len(self.artifacts) != 1 else ''}"
         if self.report == "risk" and self.artifacts:
             files += f" ({', '.join(RISK_KINDS)}: html, png, csv)"
-        return files + (f"; {shown}" if shown else "")
+        kept = "; kept: inputs, configuration and code as at the window's last run" if self.kept else ""
+        return files + (f"; {shown}" if shown else "") + kept
 
     def key_figures(self) -> dict[str, Any]:
         return {k: v for k, v in self.figures.items() if v is not None and math.isfinite(v)}
@@ -455,12 +468,39 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     if md.project.reports is None:
         raise StageError(f"{STAGE}: project.reports is not configured")
     progress.begin(1, "reports", f"report {report}")
-    inp = load_inputs(md, window)
-    if inp is None or inp.weights.empty:
-        result.seconds = time.perf_counter() - began
-        return result
-    BUILDERS[report](md, window, inp, project_artifacts(md, "reports"), result)
+    store = project_artifacts(md, "reports")
+    records, scope = RunRecords(project_lake(md), STAGE), f"{report} {window.start_date}..{window.end_date}"
+    inputs = _inputs_key(md, window, report)  # before anything is read
+    if window.write_mode == "skip_if_exists" and records.restore(
+            scope, inputs, lambda last: artifact_signatures(store, last["artifacts"].values()), result, KEPT_FIGURES):
+        result.kept = True
+    else:
+        inp = load_inputs(md, window)
+        if inp is None or inp.weights.empty:
+            result.seconds = time.perf_counter() - began
+            return result
+        BUILDERS[report](md, window, inp, store, result)
+        records.save(scope, inputs, artifact_signatures(store, result.artifacts.values()),
+                     {f: getattr(result, f) for f in KEPT_FIGURES})
     progress.advance(1)
-    progress.detail(f"report {report}: " + ", ".join(u.rsplit("/", 1)[-1] for u in result.artifacts.values()))
+    progress.detail(f"report {report}: " + ", ".join(u.rsplit("/", 1)[-1] for u in result.artifacts.values())
+                    + (" (kept)" if result.kept else ""))
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _inputs_key(md: ProjectMetadata, window: RunWindow, report: str) -> str:
+    """What the window's reports are drawn from: the configuration, the code, the newest trading report (its
+    URL and signature), and up to the window's end the weights, daily prices, features and the model's
+    predictions of its newest configuration."""
+    model, lake = md.project.portfolio.model, project_lake(md)
+    backtests = project_artifacts(md, "backtest")
+    trading = backtests.latest("trading_report_", "json")
+    tables = [WEIGHTS_TABLE, BARS_DAILY_TABLE, FEATURES_TABLE, predictions_table(model)]
+    return digest(report, md.project.reports.model_dump_json(), md.project.portfolio.model_dump_json(),
+                  md.project.backtest.model_dump_json(),
+                  code_version(__package__, "quantflow.compute",
+                               libraries=("plotly", "matplotlib", "pandas", "numpy", "scipy")),
+                  str(window.start_date), str(window.end_date), list(md.symbols), newest_config(md, model),
+                  trading, trading and backtests.newest_signature(trading),
+                  partition_signatures(lake, tables, md.symbols, None, window.end_date))

@@ -40,6 +40,7 @@ RISK_KINDS = ("var", "drawdown", "rolling", "contributions", "weights")
 ARTIFACT_PREFIXES += tuple(f"stress_test_{f}_" for f in STRESS_FAMILIES) + tuple(f"risk_{k}_" for k in RISK_KINDS)
 _EXT_RE = re.compile(r"^[a-z0-9]{1,10}$")
 _STAMP = r"\d{8}_\d{6}\."
+_NAME_RE = re.compile(r"^(?P<prefix>.+_)\d{8}_\d{6}\.(?P<ext>[a-z0-9]+)$")
 
 
 class ArtifactStore:
@@ -79,5 +80,15 @@ class ArtifactStore:
         return found[-1] if found else None
 
     def get(self, url: str) -> bytes:
-        path = url.split("://", 1)[1] if self.store.remote else url
-        return self.store.read_bytes(path)
+        return self.store.read_bytes(self._path(url))
+
+    def _path(self, url: str) -> str:
+        return url.split("://", 1)[1] if self.store.remote else url
+
+    def newest_signature(self, url: str) -> str | None:
+        """The artifact's signature (``Store.signature``) while it is the newest of its kind (prefix and
+        extension), else None (gone, or a later one stored)."""
+        found = _NAME_RE.match(url.rsplit("/", 1)[-1])
+        if found is None or self.latest(found["prefix"], found["ext"]) != url:
+            return None
+        return self.store.signature(self._path(url))

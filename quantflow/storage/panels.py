@@ -27,15 +27,21 @@ def daily_panel(md: ProjectMetadata, end, columns=("close",)) -> dict[str, pd.Da
             .reindex(columns=list(md.symbols)).sort_index() for c in columns}
 
 
+def newest_config(md: ProjectMetadata, model: str) -> str | None:
+    """The configuration key of the model's newest card (None: no card yet)."""
+    cfg = next(m for m in md.project.models or [] if m.name == model)
+    cards = project_artifacts(md, f"models/{model}")
+    url = cards.latest(MODEL_CARD_PREFIX[cfg.kind], "json")
+    return json.loads(cards.get(url))["config_key"] if url else None
+
+
 def model_predictions(md: ProjectMetadata, model: str, end) -> tuple[pl.DataFrame, str | None, list[str]]:
     """The model's stored predictions up to ``end`` of its newest configuration (its card's), the
     configuration key, and warnings."""
-    cfg = next(m for m in md.project.models or [] if m.name == model)
     pred = project_lake(md).read(predictions_table(model), list(md.symbols), None, end)
-    card_url = project_artifacts(md, f"models/{model}").latest(MODEL_CARD_PREFIX[cfg.kind], "json")
-    if not pred.height or card_url is None:
+    key = newest_config(md, model)
+    if not pred.height or key is None:
         return pred, None, []
-    key = json.loads(project_artifacts(md, f"models/{model}").get(card_url))["config_key"]
     mine = pred.filter(pl.col("config") == key)
     notes = []
     if mine.height < pred.height:

@@ -12,10 +12,13 @@ the lake only makes the next run compute, it never keeps rows that other inputs 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from quantflow.storage.artifacts import ArtifactStore
 from quantflow.storage.filesystem import RECORDS_DIR
 from quantflow.storage.lake import Lake
 
@@ -30,6 +33,21 @@ def partition_signatures(lake: Lake, tables: Iterable[str], symbols: Iterable[st
         for part in lake.partitions(table, symbols, start, end):
             out[f"{table}/{part.symbol}/{part.period_start.isoformat()}"] = lake.store.signature(part.path)
     return out
+
+
+def artifact_signatures(artifacts: ArtifactStore, urls: Iterable[str]) -> dict[str, str | None]:
+    """url -> signature of each artifact while it is the newest of its kind, else None: the next stage and
+    the user read the newest, so an artifact that a later run superseded is not kept as this run's."""
+    return {url: artifacts.newest_signature(url) for url in urls}
+
+
+def code_version(*packages: str, libraries: Iterable[str] = ()) -> str:
+    """The source of the packages that compute a stage's values (its own and the core it calls) and the
+    versions of the libraries it computes with: a fix or an upgrade must not keep what the old code made."""
+    from importlib.metadata import version
+
+    files = [p for pkg in packages for p in sorted(Path(importlib.util.find_spec(pkg).origin).parent.glob("*.py"))]
+    return digest([p.read_text() for p in files], {n: version(n) for n in libraries})
 
 
 def digest(*parts: Any) -> str:
@@ -55,12 +73,27 @@ class RunRecords:
 
     def save(self, scope: str, inputs: str, outputs: dict[str, str], figures: dict[str, Any]) -> None:
         record = {"scope": scope, "inputs": inputs, "outputs": outputs, "figures": figures}
-        self.lake.store.write_bytes_atomic(self._path(scope), json.dumps(record, sort_keys=True).encode())
+        # not sorted: figures read back in the order the stage made them (dicts compare regardless)
+        self.lake.store.write_bytes_atomic(self._path(scope), json.dumps(record).encode())
 
-    def kept(self, scope: str, inputs: str, outputs: dict[str, str]) -> dict[str, Any] | None:
-        """The figures of the last run when it read the same inputs (``inputs``) and the lake still holds
-        exactly what it wrote (``outputs``, taken now); else None."""
+    def kept(self, scope: str, inputs: str, outputs) -> dict[str, Any] | None:
+        """The figures of the last run when it read the same inputs (``inputs``) and the store still holds
+        exactly what it wrote: ``outputs`` are their signatures taken now, or a function of the last run's
+        figures that takes them (an artifact's URL is among its figures); else None."""
         record = self.load(scope)
-        if record is None or record.get("inputs") != inputs or record.get("outputs") != outputs or not outputs:
+        if record is None or record.get("inputs") != inputs:
             return None
-        return record.get("figures")
+        figures = record.get("figures") or {}
+        now = outputs(figures) if callable(outputs) else outputs
+        if not now or None in now.values() or record.get("outputs") != now:  # None: an artifact superseded
+            return None
+        return figures
+
+    def restore(self, scope: str, inputs: str, outputs, result: Any, fields: Iterable[str]) -> bool:
+        """``kept``, and when so, ``fields`` of ``result`` set to what the last run saved; True when kept."""
+        figures = self.kept(scope, inputs, outputs)
+        if figures is None:
+            return False
+        for name in fields:
+            setattr(result, name, figures[name])
+        return True

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from quantflow.label_engine import label_bars, runner
+from quantflow.label_engine import engine, label_bars, runner
 from quantflow.metadata import MetadataError, get_metadata_manager
 from quantflow.storage.project import project_lake
 from quantflow.storage.schemas import spec_for_kind
@@ -66,6 +66,39 @@ def test_windows_equal_one_pass_and_grow_with_the_bars(tmp_path):
     runner.run(md, window(md, DAYS[150], DAYS[299]))  # skip_if_exists too: labels are recomputed
     assert_frame_equal(stored(md), expected(md, bars, DAYS[0], DAYS[299]), check_dtypes=False)
     assert stored(md).filter(pl.col("label_set") == "trend")["date"].max() > last_days
+
+
+def test_a_rerun_with_nothing_changed_keeps_the_labels_and_any_change_labels_again(tmp_path, monkeypatch):
+    """skip_if_exists keeps a window whose bars (all of them: a barrier looks past the window), configuration
+    and code are as at its last run and whose rows are those it wrote; anything else labels again."""
+    import os
+
+    md = get_metadata_manager(write_project(tmp_path, PROJECT)).load_all()
+    write_bars(md, DAYS[:200])
+    spring = window(md, DAYS[0], DAYS[99])
+    first = runner.run(md, spring)
+    rows = stored(md)
+    calls = []
+    monkeypatch.setattr(engine, "label_bars", lambda *a, real=engine.label_bars: calls.append(a) or real(*a))
+
+    again = runner.run(md, spring)
+    assert again.kept and not calls and "kept: bars, configuration and code as at" in again.headline()
+    assert {f: getattr(again, f) for f in runner.KEPT_FIGURES} == {f: getattr(first, f) for f in runner.KEPT_FIGURES}
+    assert list(again.events) == list(first.events)  # in the configuration's order, as computed
+    assert again.rows_written == {"cdm_labels": 0}
+    assert_frame_equal(stored(md), rows)
+
+    assert not runner.run(md, window(md, DAYS[0], DAYS[99], write_mode="overwrite")).kept and calls
+    assert runner.run(md, spring).kept
+    write_bars(md, DAYS[:201])  # one more bar, after the window: it may decide a barrier of the window's events
+    assert not runner.run(md, spring).kept
+    assert runner.run(md, spring).kept
+    part = project_lake(md).partitions("cdm_labels", ["BBB"])[0]
+    os.utime(part.path, ns=(0, 0))  # the stored rows touched since
+    assert not runner.run(md, spring).kept
+    md.project.label_engine.labels[1].windows = (5, 20, 3)  # another configuration
+    assert not runner.run(md, spring).kept
+    assert runner.run(md, spring).kept
 
 
 def test_changed_bars_relabel_the_window_in_every_write_mode(tmp_path):

@@ -173,6 +173,63 @@ def test_a_new_portfolio_configuration_replaces_the_whole_path_even_from_part_of
     assert lake.read("pf_weights", list(md.symbols))["method"].unique().to_list() == ["hrp"]
 
 
+def test_a_rerun_with_nothing_changed_keeps_weights_backtest_and_reports_and_a_change_computes_again(
+        research, monkeypatch):
+    """skip_if_exists keeps what the last run of the window made while its inputs, configuration and code are
+    as they were and its rows and artifacts are still those it wrote, the artifacts still the newest: nothing
+    is optimized, simulated or drawn, no artifact is added, and the figures are the last run's."""
+    import os
+
+    from quantflow.backtest import engine as backtest_engine
+    from quantflow.portfolio import engine as portfolio_engine
+
+    md, whole, _ = research
+
+    def chain(mode="skip_if_exists"):
+        w = window(md, whole.start_date, whole.end_date, write_mode=mode)
+        return {"portfolio": portfolio_runner.run(md, w), "backtest": backtest_runner.run(md, w),
+                **{r: reports_runner.run(md, w, report=r) for r in reports_runner.REPORTS}}
+
+    def artifacts():
+        return {f: project_artifacts(md, f).list() for f in ("portfolio", "backtest", "reports")}
+
+    first = chain()  # computes or keeps, whatever the tests before left
+    weights, listed = project_lake(md).read("pf_weights", list(md.symbols)), artifacts()
+    calls = []
+    monkeypatch.setattr(portfolio_engine, "weight_path", lambda *a, real=portfolio_engine.weight_path, **k:
+                        calls.append("portfolio") or real(*a, **k))
+    monkeypatch.setattr(backtest_engine, "simulate", lambda *a, real=backtest_engine.simulate, **k:
+                        calls.append("backtest") or real(*a, **k))
+    for name, build in list(reports_runner.BUILDERS.items()):
+        monkeypatch.setitem(reports_runner.BUILDERS, name, lambda *a, real=build, name=name:
+                            calls.append(name) or real(*a))
+
+    again = chain()
+    assert not calls and all(r.kept and "kept: " in r.headline() for r in again.values())
+    assert artifacts() == listed
+    assert project_lake(md).read("pf_weights", list(md.symbols)).equals(weights)
+    for stage, kept in (("portfolio", portfolio_runner), ("backtest", backtest_runner), ("plot", reports_runner)):
+        assert {f: getattr(again[stage], f) for f in kept.KEPT_FIGURES} == \
+            {f: getattr(first[stage], f) for f in kept.KEPT_FIGURES}
+    assert again["backtest"].leaderboard.shape == first["backtest"].leaderboard.shape
+    assert again["backtest"].key_figures()["sharpe"] == first["backtest"].key_figures()["sharpe"]
+
+    # the weights computed again (overwrite): a new optimization report, so the backtest and the reports follow
+    overwritten = chain("overwrite")
+    assert not any(r.kept for r in overwritten.values()) and set(calls) == {"portfolio", "backtest", *reports_runner.REPORTS}
+    assert all(r.kept for r in chain().values())
+    # a newer trading report (another window's backtest): the window's backtest and reports are made again
+    backtest_runner.run(md, window(md, whole.start_date, DAYS[-20]))
+    redone = chain()
+    assert redone["portfolio"].kept and not redone["backtest"].kept and not any(
+        redone[r].kept for r in reports_runner.REPORTS)
+    # the model's predictions rewritten since: everything downstream is made again
+    for part in project_lake(md).partitions("pred_rf", ["AAA"]):
+        os.utime(part.path, ns=(0, 0))
+    assert not any(r.kept for r in chain().values())
+    assert all(r.kept for r in chain().values())
+
+
 def test_an_all_cash_portfolio_backtests_and_reports_without_a_sharpe_ratio(research):
     import dataclasses
 
