@@ -211,6 +211,10 @@ def run(md: ProjectMetadata, window: RunWindow, *, progress: Progress | None = N
     artifacts = project_artifacts(md, f"models/{cfg.name}")
     key = run_key(data, cfg, label_set, window)
     if window.write_mode != "overwrite" and _unchanged(md, artifacts, learner, key, window, result):
+        progress.begin(1, "windows", f"{cfg.name} walk-forward")
+        progress.advance(1)
+        progress.detail(f"model {cfg.name}: training set, configuration and window as at the newest card: "
+                        "its predictions kept")
         result.seconds = time.perf_counter() - began
         return result
     try:

@@ -33,7 +33,7 @@ from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema import StateEngineConfig
 from quantflow.state_engine.tables import tick_tables, uses_messages
 from quantflow.storage.filesystem import StorageOptions, Store
-from quantflow.storage.lake import Lake
+from quantflow.storage.lake import PATH_KEYS, Lake
 from quantflow.storage.project import project_lake
 from quantflow.storage.schemas import TableSpec
 from quantflow.storage.tables import (
@@ -191,7 +191,7 @@ def run_pack(pack: TaskPack) -> ShardResult:
     def paths(attr: str) -> list[str]:
         return [p for u in pack.units for p in getattr(u, attr) if p is not None]
 
-    trades, quotes, messages = (_read_many(lake, paths(a)) for a in ("trade_paths", "quote_paths", "message_paths"))
+    trades, quotes, messages = _read_tables(lake, [paths(a) for a in ("trade_paths", "quote_paths", "message_paths")])
     written: dict[str, WriteResult] = {t: WriteResult(t) for t in tables}
     if trades is None and messages is None:
         return ShardResult(written, 0, time.perf_counter() - began)
@@ -286,15 +286,27 @@ def with_trailing_days(lake: Lake, cfg: StateEngineConfig, tasks: list[ShardTask
 
 def _read_many(lake: Lake, paths: list[str], columns: list[str] | None = None) -> pl.DataFrame | None:
     """Many partitions in one read (polars reads the files in parallel); ``symbol`` from the paths."""
-    if not paths:
-        return None
+    return _read_tables(lake, [paths], columns)[0]
+
+
+# the path's values as text: an inferred schema made a symbol such as 0700 the integer 700
+_HIVE_SCHEMA = {"symbol": pl.Utf8, **{key: pl.Utf8 for key in PATH_KEYS.values()}}
+
+
+def _read_tables(lake: Lake, tables: list[list[str]], columns: list[str] | None = None) -> list[pl.DataFrame | None]:
+    """Several tables' partitions (trades, quotes, messages) read together: locally one ``collect_all`` of
+    their scans, so one table's files are decoded while another's are opened."""
     if lake.store.remote:
-        df = pl.concat([lake.read_partition(p) for p in paths], how="vertical_relaxed")
-        df = df.select("symbol", *columns) if columns else df
+        frames = [pl.concat([lake.read_partition(p) for p in paths], how="vertical_relaxed") if paths else None
+                  for paths in tables]
+        frames = [df.select("symbol", *columns) if columns and df is not None else df for df in frames]
     else:
-        df = pl.read_parquet(paths, hive_partitioning=True, columns=[*columns, "symbol"] if columns else None)
-        df = df.select(pl.col("symbol").cast(pl.Utf8), pl.all().exclude("symbol", "day", "month", "year"))
-    return df if df.height else None
+        scans = {i: pl.scan_parquet(paths, hive_partitioning=True, hive_schema=_HIVE_SCHEMA).select(
+                     "symbol", *(columns or [pl.all().exclude(*_HIVE_SCHEMA)]))
+                 for i, paths in enumerate(tables) if paths}
+        read = dict(zip(scans, pl.collect_all(list(scans.values())), strict=True))
+        frames = [read.get(i) for i in range(len(tables))]
+    return [df if df is not None and df.height else None for df in frames]
 
 
 def pack_tasks(lake: Lake, units: list[ShardTask], workers: int, max_trades: int) -> list[TaskPack]:
@@ -506,15 +518,16 @@ def _calendar_bars(md: ProjectMetadata, cfg: StateEngineConfig, window: RunWindo
 
 def _stored_days(lake: Lake, tables: list[str], symbols: list[str], window: RunWindow) -> dict[tuple, set[dt.date]]:
     """(table, symbol) -> the days stored in the window: a listing for day partitions, the ``date`` column
-    of the (small) month partitions of bar tables."""
-    out: dict[tuple, set[dt.date]] = {}
+    of the (small) month partitions of bar tables; one listing or one read a table, for all symbols."""
+    out: dict[tuple, set[dt.date]] = {(table, symbol): set() for table in tables for symbol in symbols}
     for table in tables:
-        for symbol in symbols:
-            if lake.partition_width(table) == "day":
-                parts = lake.partitions(table, [symbol], window.start_date, window.end_date)
-                out[table, symbol] = {p.period_start for p in parts}
-            else:
-                out[table, symbol] = lake.stored_days(table, symbol, window.start_date, window.end_date)
+        if lake.partition_width(table) == "day":
+            for p in lake.partitions(table, symbols, window.start_date, window.end_date):
+                out[table, p.symbol].add(p.period_start)
+        else:
+            stored = lake.read(table, symbols, window.start_date, window.end_date, columns=["symbol", "date"])
+            for symbol, day in stored.unique().iter_rows() if stored.height else ():
+                out[table, symbol].add(day)
     return out
 
 

@@ -266,7 +266,10 @@ class Lake:
             names = stored if stored is not None else list(pl.read_parquet_schema(parts[0].path))
             try:
                 if key not in names and "symbol" not in names:
-                    df = pl.read_parquet([p.path for p in parts], columns=stored, missing_columns="insert",
+                    # the projection names ``symbol``: without it polars finds no such column, and every read
+                    # of some columns fell back to a read per file
+                    projected = None if stored is None else [*stored, "symbol"]
+                    df = pl.read_parquet([p.path for p in parts], columns=projected, missing_columns="insert",
                                          hive_partitioning=True, hive_schema={"symbol": pl.Utf8, key: pl.Utf8})
                     return [df.select("symbol", pl.exclude("symbol", key))]
                 by_symbol: dict[str, list[str]] = {}
@@ -351,6 +354,8 @@ class Lake:
         df = self._prepare(spec, df).sort(list(dict.fromkeys(["symbol", "date", *spec.sort_by])), maintain_order=True)
         if spec.partition == "day" and mode != "append" and not self.store.remote:
             return self._write_days(spec, df, mode, before_install)
+        if mode == "overwrite" and not self.store.remote:
+            return self._overwrite_periods(spec, df, before_install)
         if before_install:
             before_install()
 
@@ -407,6 +412,31 @@ class Lake:
                         continue
                     self.store.install(staged, path)
                 result.merge(WriteResult(spec.name, rows_written=n, days_written=1, partitions=[self.store.url(path)]))
+        return result
+
+    def _overwrite_periods(self, spec: TableSpec, df: pl.DataFrame,
+                           before_install: Callable[[], object] | None = None) -> WriteResult:
+        """``overwrite`` of local partitions wider than a day (bars by month, weights by year): every partition's
+        new rows encoded in one polars call, as :meth:`_write_days` does; then, under each partition's lock,
+        its staged file moved in when every stored row is of a day the new rows replace (from the stored
+        ``date`` column alone), or the stored rows of other days merged with the new ones otherwise."""
+        result = WriteResult(spec.name)
+        parts = list(self._by_partition(spec, df))
+        with self.store.staging_folder() as folder:
+            _stage(df, folder, spec.partition)
+            self.store.sync_staged(folder)
+            if before_install:
+                before_install()
+
+            def one(item) -> WriteResult:
+                symbol, pstart, part = item
+                return self._update_partition(spec, symbol, pstart, _merge_by_mode(part, "overwrite", spec.sort_by),
+                                              replaced=pl.col("date").is_in(part["date"].unique().implode()),
+                                              staged=folder / symbol / f"{pstart.isoformat()}.parquet")
+
+            with ThreadPoolExecutor(max_workers=max(1, min(len(parts), WRITE_THREADS))) as pool:
+                for written in pool.map(one, parts):
+                    result.merge(written)
         return result
 
     def _write_day(self, spec: TableSpec, symbol: str, day: dt.date, part: pl.DataFrame,
@@ -577,11 +607,13 @@ class Lake:
         return width == "day" or not self.store.remote
 
     def _update_partition(self, spec: TableSpec, symbol: str, pstart: dt.date, merge: Callable,
-                          parse_old: bool = True, replaced: pl.Expr | None = None) -> WriteResult:
+                          parse_old: bool = True, replaced: pl.Expr | None = None,
+                          staged: Path | None = None) -> WriteResult:
         """Apply ``merge(old | None, result) -> new | None`` to one partition under ``Store.update``;
         ``parse_old=False``: ``old`` holds only the stored ``date`` column (a merge that replaces it all);
         ``replaced``: the same when this condition on ``date`` holds for every stored row (an overwrite or a
-        replacement of them all), found from the ``date`` column alone."""
+        replacement of them all), found from the ``date`` column alone; ``staged`` (local roots): the merge's
+        new rows, encoded already, moved in as they are when it keeps no stored row."""
         path = self.partition_path(spec.name, symbol, pstart, spec.partition)
         outcome: dict[str, WriteResult] = {}
 
@@ -592,12 +624,15 @@ class Lake:
                 old = pl.read_parquet(io.BytesIO(current), columns=["date"])
                 if parse_old and not old.select(replaced.all()).item():
                     old = None  # some stored days stay: parse the whole file
+            dates_only = old is not None
             if current is not None and old is None:
                 old = conform(self._with_symbol(pl.read_parquet(io.BytesIO(current)), symbol), spec.schema,
                               where=self.store.url(path))
             new = merge(old, result)
             if new is None:
                 return None
+            if staged is not None and (current is None or dates_only):
+                return staged
             if new.height == 0:
                 if self._may_delete(spec.partition):
                     return DELETE

@@ -303,3 +303,20 @@ def test_packs_are_balanced_a_multiple_of_the_workers_and_within_max_trades(size
     assert [p.trades for p in packs] == [pytest.approx(e, abs=max(sizes)) for e in expected]
     assert len(packs) == len(expected)
     assert all(p.trades <= max_trades or len(p.units) == 1 for p in packs)
+
+
+def test_a_symbol_that_looks_like_a_number_keeps_its_name(tmp_path):
+    """Hong Kong and Tokyo tickers (0700, 7203) are text: read back from partition paths they must not turn
+    into integers (0700 -> 700) and write their results under another symbol."""
+    root = tmp_path / "p"
+    write_project(root, PROJECT.format(carry="false").replace("[AAA, BBB]", '["0700", "7203"]'))
+    md = get_metadata_manager(root).load_all()
+    lake = project_lake(md)
+    feed = SyntheticFeed("sim", {"seed": 5, "trades_per_day": 300, "quotes_per_trade": 2}, root)
+    for batch in feed.iter_batches(md.symbols, START, START + dt.timedelta(days=1)):
+        for kind, df in batch.tables.items():
+            lake.write(spec_for_kind(f"cdm_{kind}", kind), df)
+    result = runner.run(md, window(md, START, START + dt.timedelta(days=1)))
+    assert not result.shards_failed and result.trades == lake.read("cdm_trades").height
+    for table in ("cdm_trade_enriched", "cdm_time_5m_bars"):
+        assert sorted(lake.read(table)["symbol"].unique()) == ["0700", "7203"], table

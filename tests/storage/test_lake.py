@@ -117,6 +117,12 @@ def test_overwrite_replaces_only_the_days_written(lake):
     lake.write(BARS, bars([D2], close=2.0), "overwrite")
     got = lake.read("raw_t_bars_daily").sort("date")
     assert got["close"].to_list() == [1.0, 2.0, 1.0]
+    # every stored day replaced (the staged file moved in as it is), beside a partition that is new
+    every = lake.write(BARS, pl.concat([bars([D3, D1, D2], close=3.0), bars([D2], 4.0, "BBB")]), "overwrite")
+    assert (every.rows_written, every.days_written, len(every.partitions)) == (4, 4, 2)
+    got = lake.read("raw_t_bars_daily").sort("symbol", "date")
+    assert got.select("symbol", "date", "close").rows() == [("AAA", D1, 3.0), ("AAA", D2, 3.0), ("AAA", D3, 3.0),
+                                                           ("BBB", D2, 4.0)]
 
 
 def test_append_adds_rows(lake):
@@ -381,3 +387,17 @@ def test_a_column_named_like_the_partition_key_reads_back_as_stored(lake):
     assert back["year"].to_list() == [7.0, 8.0, 7.0, 8.0] and back["symbol"].to_list() == ["AAA"] * 2 + ["BBB"] * 2
     assert lake.read(spec.name, columns=["symbol", "date", "year"])["year"].to_list() == [7.0, 8.0, 7.0, 8.0]
 
+
+
+@pytest.mark.parametrize("columns", [["date"], ["symbol", "date", "close"], ["close", "symbol"]])
+def test_a_read_of_some_columns_across_partitions_is_one_call_with_each_rows_symbol(lake, monkeypatch, columns):
+    """Reads of a few columns (``stored_days``, labels, features) take the multi-file path, not a read per file:
+    a projection that left out the hive column ``symbol`` made polars fail there and fall back."""
+    days = [dt.date(2023, 6, 1), dt.date(2024, 6, 3), dt.date(2025, 1, 2)]
+    lake.write(BARS, pl.concat([bars(days, 1.0), bars(days[1:], 2.0, symbol="BBB")]), "overwrite")
+    monkeypatch.setattr(Lake, "read_partition", lambda *a, **k: pytest.fail("read one partition at a time"))
+    back = lake.read(BARS.name, columns=columns)
+    assert back.columns == columns and back.height == 5
+    if "close" in columns and "symbol" in columns:
+        assert sorted(back.select("symbol", "close").iter_rows()) == [("AAA", 1.0)] * 3 + [("BBB", 2.0)] * 2
+    assert lake.stored_days(BARS.name, "BBB", days[0], days[-1]) == set(days[1:])
