@@ -302,7 +302,8 @@ def stage_case(close, price, weights, repeat: int, seed: int, profile: bool) -> 
         began = time.perf_counter()
         md = stage_project(root, close, price, weights, seed)
         setup_s = time.perf_counter() - began
-        window = RunWindow.resolve(md.symbols, close.index[0].date(), close.index[-1].date())
+        # overwrite: a skip_if_exists rerun would keep the first run's result (run records) and compute nothing
+        window = RunWindow.resolve(md.symbols, close.index[0].date(), close.index[-1].date(), write_mode="overwrite")
         lake_root, peer_out = root / md.project.storage.lake_root, Path(tmp) / "peer"
         print(f"  stage: project with {len(md.symbols)} symbols x {len(close):,} days of cdm_bars_daily and "
               f"{weights.size:,} pf_weights rows written in {setup_s:.1f} s", flush=True)
