@@ -658,6 +658,7 @@ def run(
                 result.trades += shard.trades
                 for table, written in shard.written.items():
                     result.record_write(table, written)
+            result.warnings.extend(_collapsed_bars(cfg, result))
         for table in tick_tables(cfg):
             result.record_write(table, WriteResult(table), lake.url(table))
             parts = lake.partitions(table, symbols, window.start_date, window.end_date)
@@ -670,6 +671,20 @@ def run(
         result.shards_failed.sort()  # (symbol, date) order: the first is the earliest, often the cause of the rest
         raise StateEngineError(result)
     return result
+
+
+def _collapsed_bars(cfg: StateEngineConfig, result: StateEngineResult) -> list[str]:
+    """Information-driven bar tables with under two trades a bar this run: on balanced order flow
+    (|E[b]| near 0) AFML's threshold falls to about one trade's imbalance and every trade closes a bar, as
+    the definition says; a researcher who asked for bars of ``expected_ticks`` trades wants to know."""
+    out = []
+    for b in cfg.bars:
+        rows = result.tables[b.table].rows_written if b.table in result.tables else 0
+        if ("imbalance" in b.type or b.type.endswith("_run")) and rows and result.trades < 2 * rows:
+            out.append(f"{b.table}: {result.trades / rows:.1f} trades a bar ({rows:,} bars from {result.trades:,} "
+                       f"trades, expected_ticks {b.expected_ticks:g}): the threshold fell to about one trade, as "
+                       "it does on balanced order flow; raise min_expected_ticks or use run bars")
+    return out
 
 
 class StateEngineError(StageError):
