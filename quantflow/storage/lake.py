@@ -416,10 +416,10 @@ class Lake:
 
     def _overwrite_periods(self, spec: TableSpec, df: pl.DataFrame,
                            before_install: Callable[[], object] | None = None) -> WriteResult:
-        """``overwrite`` of local partitions wider than a day (bars by month, weights by year): every partition's
-        new rows encoded in one polars call, as :meth:`_write_days` does; then, under each partition's lock,
-        its staged file moved in when every stored row is of a day the new rows replace (from the stored
-        ``date`` column alone), or the stored rows of other days merged with the new ones otherwise."""
+        """``overwrite`` of local partitions wider than a day (intraday bars by month, daily bars by year):
+        every partition's new rows encoded in one polars call, as :meth:`_write_days` does; then, under each
+        partition's lock, its staged file moved in when every stored row is of a day the new rows replace
+        (from the stored ``date`` column alone), or the stored rows of other days merged with the new ones."""
         result = WriteResult(spec.name)
         parts = list(self._by_partition(spec, df))
         with self.store.staging_folder() as folder:
