@@ -525,6 +525,7 @@ def process_shard(
         load,
         esi,
         esf,
+        threads=pl.thread_pool_size(),  # 1 in a Ray task (one core)
     )
     direction = read_only(cols_out[8], np.int8)
     tables: dict[str, pl.DataFrame] = {

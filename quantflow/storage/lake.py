@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from quantflow.storage.filesystem import DELETE, LOCKS_DIR, RECORDS_DIR, STAGING_DIR, Store
@@ -421,7 +422,10 @@ class Lake:
         partition's lock, its staged file moved in when every stored row is of a day the new rows replace
         (from the stored ``date`` column alone), or the stored rows of other days merged with the new ones."""
         result = WriteResult(spec.name)
-        parts = list(self._by_partition(spec, df))
+        # what each partition replaces, worked out before ``before_install``: from there on polars' thread
+        # pool may be busy encoding another table, and the moves below need none of it
+        parts = [(symbol, pstart, _merge_by_mode(part, "overwrite", spec.sort_by), part["date"].unique())
+                 for symbol, pstart, part in self._by_partition(spec, df)]
         with self.store.staging_folder() as folder:
             _stage(df, folder, spec.partition)
             self.store.sync_staged(folder)
@@ -429,10 +433,11 @@ class Lake:
                 before_install()
 
             def one(item) -> WriteResult:
-                symbol, pstart, part = item
-                return self._update_partition(spec, symbol, pstart, _merge_by_mode(part, "overwrite", spec.sort_by),
-                                              replaced=pl.col("date").is_in(part["date"].unique().implode()),
-                                              staged=folder / symbol / f"{pstart.isoformat()}.parquet")
+                symbol, pstart, merge, days = item
+                return self._update_partition(spec, symbol, pstart, merge,
+                                              replaced=pl.col("date").is_in(days.implode()),
+                                              staged=folder / symbol / f"{pstart.isoformat()}.parquet",
+                                              replaced_days=days.to_numpy())
 
             with ThreadPoolExecutor(max_workers=max(1, min(len(parts), WRITE_THREADS))) as pool:
                 for written in pool.map(one, parts):
@@ -608,17 +613,25 @@ class Lake:
 
     def _update_partition(self, spec: TableSpec, symbol: str, pstart: dt.date, merge: Callable,
                           parse_old: bool = True, replaced: pl.Expr | None = None,
-                          staged: Path | None = None) -> WriteResult:
+                          staged: Path | None = None, replaced_days=None) -> WriteResult:
         """Apply ``merge(old | None, result) -> new | None`` to one partition under ``Store.update``;
         ``parse_old=False``: ``old`` holds only the stored ``date`` column (a merge that replaces it all);
         ``replaced``: the same when this condition on ``date`` holds for every stored row (an overwrite or a
         replacement of them all), found from the ``date`` column alone; ``staged`` (local roots): the merge's
-        new rows, encoded already, moved in as they are when it keeps no stored row."""
+        new rows, encoded already, moved in as they are when it keeps no stored row; ``replaced_days`` (with
+        ``staged``: the days ``replaced`` names, as numpy dates): that check made with pyarrow on this
+        thread, away from polars' thread pool, which another table's encoding may keep busy."""
         path = self.partition_path(spec.name, symbol, pstart, spec.partition)
         outcome: dict[str, WriteResult] = {}
 
         def change(current: bytes | None):
             result = outcome["r"] = WriteResult(spec.name)  # reset: a compare-and-swap may call this again
+            if staged is not None and replaced_days is not None and current is not None:
+                import pyarrow.parquet as pq
+
+                stored = pq.read_table(io.BytesIO(current), columns=["date"], use_threads=False).column(0)
+                if np.isin(stored.to_numpy(), replaced_days).all():
+                    return staged if merge(None, result) is not None else None
             old = None
             if current is not None and (not parse_old or replaced is not None):
                 old = pl.read_parquet(io.BytesIO(current), columns=["date"])

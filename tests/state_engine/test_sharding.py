@@ -181,3 +181,76 @@ def test_kernels_split_anywhere(one_day, cuts, b):
         run_enrich_kernel(one_day, off, carry=True), run_enrich_kernel(one_day, whole, True)
     ):
         np.testing.assert_array_equal(got, want)
+
+
+def _segmented_market(rng: np.random.Generator, n_seg: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Trades and quotes in ``n_seg`` segments, made to trip a cut: runs of equal timestamps and prices,
+    quotes stamped with trades, NaN sides, segments without quotes and segments without trades."""
+    t_parts, q_parts = [], []
+    for s in range(n_seg):
+        nt = 0 if s % 5 == 3 else int(rng.integers(1, 400))
+        nq = 0 if s % 4 == 1 else int(rng.integers(1, 300))
+        t_ts = np.sort(rng.integers(0, 60, nt)) * 1000
+        stamped_with_trades = rng.choice(t_ts, nq // 2) if nt else []
+        q_ts = np.sort(np.concatenate([stamped_with_trades, rng.integers(0, 60, nq - nq // 2) * 1000]))
+        bid = 100 + rng.integers(-3, 3, nq) * 0.5
+        bid[rng.random(nq) < 0.05] = np.nan
+        t_parts.append((t_ts.astype(np.int64), rng.permutation(nt).astype(np.int64) * 2,
+                        100 + rng.integers(-4, 4, nt) * 0.25, rng.integers(1, 9, nt) * 100.0))
+        q_parts.append((q_ts.astype(np.int64), rng.permutation(nq).astype(np.int64) * 2 + 1, bid, bid + 0.5,
+                        rng.integers(1, 9, nq) * 100.0, rng.integers(1, 9, nq) * 100.0))
+    t_off = np.concatenate([[0], np.cumsum([p[0].shape[0] for p in t_parts])]).astype(np.int64)
+    q_off = np.concatenate([[0], np.cumsum([p[0].shape[0] for p in q_parts])]).astype(np.int64)
+    trades = tuple(np.concatenate([p[k] for p in t_parts]) for k in range(4))
+    quotes = tuple(np.concatenate([p[k] for p in q_parts]) for k in range(6))
+    return {"trades": trades, "quotes": quotes}, t_off, q_off
+
+
+@pytest.mark.parametrize("tie_rule", [kk.TIE_QUOTES_FIRST, kk.TIE_SEQUENCE])
+@pytest.mark.parametrize("carry", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_enrichment_in_parallel_ranges_is_the_serial_pass(seed, carry, tie_rule):
+    """``enrich_trades`` on several threads, its ranges starting inside segments (between equal timestamps
+    nowhere), gives the serial pass's columns, end states and counts exactly, from loaded states with a
+    quote, a last price and a last tick."""
+    rng = np.random.default_rng(seed)
+    n_seg = int(rng.integers(1, 12))
+    d, t_off, q_off = _segmented_market(rng, n_seg)
+    load = np.ones(n_seg, np.bool_) if not carry else rng.random(n_seg) < 0.4
+    load[0] = True
+    si = np.tile(kk.enrich_fresh_state()[0], (n_seg, 1))
+    sf = np.tile(kk.enrich_fresh_state()[1], (n_seg, 1))
+    warm = rng.random(n_seg) < 0.5  # a carried quote and tick history
+    si[warm, 0] = -5
+    sf[warm] = [99.5, 100.0, 300.0, 400.0, 100.25, -1.0]
+    args = (*d["trades"], t_off, *d["quotes"], q_off, tie_rule, load, si, sf)
+    serial = kk.enrich_trades(*args)
+    n = t_off[-1]
+    for parts in (2, 3, 7):
+        ranges = kk.enrich_cuts(d["trades"], d["quotes"], t_off, q_off, tie_rule, load, si, sf, parts)
+        if not carry:
+            assert len(ranges) > 1
+        assert [int(r.t_off[0]) for r in ranges] == sorted({int(r.t_off[0]) for r in ranges})
+        cols, s_i, s_f, no_mid, no_quote = kk.enrich_trades(*args, threads=parts, min_chunk=n // parts)
+        for got, want in zip(cols, serial[0], strict=True):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(s_i, serial[1])
+        np.testing.assert_array_equal(s_f, serial[2])
+        assert (no_mid, no_quote) == (serial[3], serial[4])
+
+
+def test_enrichment_never_cuts_inside_equal_timestamps_or_a_carried_segment():
+    """A range starts only where the serial state is known: not between two trades of one timestamp, not
+    in a segment that continues the previous one."""
+    ts = np.array([0, 0, 0, 0, 5, 5, 5, 5], np.int64)
+    trades = (ts, np.arange(8, dtype=np.int64), np.full(8, 10.0), np.ones(8))
+    quotes = (np.array([0], np.int64), np.array([1], np.int64), *(np.ones(1) for _ in range(4)))
+    si, sf = kk.enrich_fresh_state()
+    off, q_off = np.array([0, 8], np.int64), np.array([0, 1], np.int64)
+    ranges = kk.enrich_cuts(trades, quotes, off, q_off, kk.TIE_QUOTES_FIRST, np.ones(1, np.bool_), si[None],
+                            sf[None], 4)
+    assert [int(r.t_off[0]) for r in ranges] == [0, 4]  # the targets 2 and 6 move to the next new timestamp
+    two = np.array([0, 4, 8], np.int64), np.array([0, 1, 1], np.int64)
+    carried = kk.enrich_cuts(trades, quotes, *two, kk.TIE_QUOTES_FIRST, np.array([True, False]),
+                             np.tile(si, (2, 1)), np.tile(sf, (2, 1)), 2)
+    assert len(carried) == 1
