@@ -33,12 +33,15 @@ import textwrap
 import time
 from pathlib import Path
 
-import polars as pl
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+# first, as ``qf run`` does: QuantFlow sets polars' allocator options, read when polars loads (the script
+# below runs in this process, so it gets them too)
+import quantflow  # noqa: E402, F401, I001
+
+import polars as pl  # noqa: E402
 from bench_state_engine import bar_aggregations, polars_enrich, polars_time_bars  # noqa: E402
 
 from quantflow.compute.stage import RunWindow  # noqa: E402

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from quantflow.compute import allocator
+
 log = logging.getLogger(__name__)
 
 
@@ -182,8 +184,9 @@ class RayExecutor:
                         cpus, self.max_concurrency, int(cpus))
 
     def worker_env(self) -> dict[str, str]:
-        """Each task gets one core: libraries that start a thread per core would oversubscribe it."""
-        return {**{var: "1" for var in ONE_THREAD_VARS}, **self.env}
+        """Each task gets one core: libraries that start a thread per core would oversubscribe it. Polars'
+        allocator settings go along (``compute/allocator.py``)."""
+        return {**{var: "1" for var in ONE_THREAD_VARS}, **allocator.worker_env(), **self.env}
 
     def map(self, fn: Callable[[Any], Any], shards: Sequence[Any], progress: Progress | None = None) -> ExecutionReport:
         import ray
