@@ -613,8 +613,10 @@ def run(
         drop_days_without_input(lake, cfg, tasks, window, result)
     result.shards_skipped = len(stored)
     pending = with_trailing_days(lake, cfg, [t for i, t in enumerate(tasks) if i not in stored])
-    if not tasks:
-        result.skip(tick_tables(cfg), f"no {TRADES_TABLE} in the window (the feeds give no ticks)")
+    if not tasks:  # nothing downstream of the tick tables runs either
+        ticks = any("trades" in feed.raw_kinds() for feed in md.project.ingest.enabled_feeds)
+        why = "no trading day in it, or none ingested" if ticks else "the feeds give no ticks"
+        result.skip(tick_tables(cfg), f"no {TRADES_TABLE} in the window ({why})")
     else:
         progress.begin(len(tasks), "shards", "state engine")
         progress.advance(len(stored))

@@ -323,3 +323,29 @@ def test_a_symbol_that_looks_like_a_number_keeps_its_name(tmp_path):
     assert not result.shards_failed and result.trades == lake.read("cdm_trades").height
     for table in ("cdm_trade_enriched", "cdm_time_5m_bars"):
         assert sorted(lake.read(table)["symbol"].unique()) == ["0700", "7203"], table
+
+
+def test_a_window_without_trading_days_says_so(tmp_path):
+    """A feed gives ticks but the window holds none (a weekend, as `dagster job execute`'s default window of
+    yesterday and today on a Sunday): the tick tables are skipped saying why, what is stored stays, and the
+    calendar bars of the week are rebuilt. A project whose feeds give no ticks says that instead (above)."""
+    ticks = PROJECT.replace("  state_engine:", "  ingest:\n    feeds:\n      - {{name: sim, kind: synthetic}}\n"
+                                               "  state_engine:")
+    root = write_project(tmp_path / "w", ticks.format(carry="false"))
+    md = get_metadata_manager(root).load_all()
+    lake = project_lake(md)
+    feed = SyntheticFeed("sim", {"seed": 5, "trades_per_day": 300, "quotes_per_trade": 2}, root)
+    friday, saturday = START - dt.timedelta(days=3), START - dt.timedelta(days=2)
+    for batch in feed.iter_batches(md.symbols, friday - dt.timedelta(days=4), friday):
+        for kind, df in batch.tables.items():
+            lake.write(spec_for_kind(f"cdm_{kind}", kind), df)
+    runner.run(md, window(md, friday - dt.timedelta(days=4), friday))
+    stored = lake.read("cdm_trade_enriched").height
+    tick_tables = se_tables.tick_tables(md.project.state_engine)
+    for mode in ("skip_if_exists", "overwrite"):
+        result = runner.run(md, window(md, saturday, saturday + dt.timedelta(days=1), write_mode=mode))
+        assert result.shards == 0 and set(result.skipped_tables) == set(tick_tables)
+        assert result.warnings == [f"skipped {', '.join(tick_tables)}: no cdm_trades in the window (no trading "
+                                   "day in it, or none ingested)"]
+        assert result.tables["cdm_time_1w_bars"].rows_written == 2  # the week of that weekend, rebuilt
+    assert lake.read("cdm_trade_enriched").height == stored > 0
