@@ -146,9 +146,9 @@ def enrich_cuts(trades, quotes, t_off, q_off, tie_rule, load, state_i_in, state_
         if target == lo:
             cuts.append((s, lo))
             continue
-        steps = np.flatnonzero(t_ts[target:hi] > t_ts[target - 1:hi - 1])
-        if steps.size:
-            cuts.append((s, target + int(steps[0])))
+        step = _next_step(t_ts, target, hi)
+        if step < hi:
+            cuts.append((s, step))
     if not cuts:
         return [EnrichRange(t_off, q_off, np.arange(n_seg), load, state_i_in, state_f_in)]
 
@@ -172,6 +172,14 @@ def enrich_cuts(trades, quotes, t_off, q_off, tie_rule, load, state_i_in, state_
         ranges.append(EnrichRange(like(t_r, t_off), like(q_r, q_off), np.arange(s0, last + 1), like(ld, load),
                                   like(si, state_i_in), like(sf, state_f_in)))
     return ranges
+
+
+@njit(cache=True)
+def _next_step(ts, i, hi):
+    """The first ``j`` in ``i:hi`` with ``ts[j] > ts[j - 1]`` (``hi`` if none): a scan that stops there."""
+    while i < hi and ts[i] <= ts[i - 1]:
+        i += 1
+    return i
 
 
 @njit(cache=True, nogil=True)

@@ -435,7 +435,6 @@ class Lake:
             def one(item) -> WriteResult:
                 symbol, pstart, merge, days = item
                 return self._update_partition(spec, symbol, pstart, merge,
-                                              replaced=pl.col("date").is_in(days.implode()),
                                               staged=folder / symbol / f"{pstart.isoformat()}.parquet",
                                               replaced_days=days.to_numpy())
 
@@ -619,8 +618,10 @@ class Lake:
         ``replaced``: the same when this condition on ``date`` holds for every stored row (an overwrite or a
         replacement of them all), found from the ``date`` column alone; ``staged`` (local roots): the merge's
         new rows, encoded already, moved in as they are when it keeps no stored row; ``replaced_days`` (with
-        ``staged``: the days ``replaced`` names, as numpy dates): that check made with pyarrow on this
-        thread, away from polars' thread pool, which another table's encoding may keep busy."""
+        ``staged``, instead of ``replaced``: the days the new rows replace, as numpy dates): the staged file
+        moves in when every stored row is of one of them, checked with pyarrow on this thread, away from
+        polars' thread pool, which another table's encoding may keep busy; otherwise the stored file is
+        parsed and merged."""
         path = self.partition_path(spec.name, symbol, pstart, spec.partition)
         outcome: dict[str, WriteResult] = {}
 
