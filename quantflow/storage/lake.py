@@ -82,6 +82,19 @@ def _stage(df: pl.DataFrame, folder: Path, width: str) -> None:
         mkdir=True, **PARQUET_OPTIONS)
 
 
+def _sorted(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """``df`` in ``keys`` order (a stable sort). A frame already in order, as a stage's output usually is, is
+    recognised by comparing each row's keys with the previous row's, without gathering every column."""
+    if not df.select(pl.any_horizontal(pl.col(keys).null_count() > 0)).item():
+        in_order = pl.col(keys[-1]) >= pl.col(keys[-1]).shift(1)
+        for key in reversed(keys[:-1]):
+            before = pl.col(key).shift(1)
+            in_order = (pl.col(key) > before) | ((pl.col(key) == before) & in_order)
+        if df.select(in_order.fill_null(True).all()).item():  # null: the first row
+            return df
+    return df.sort(keys, maintain_order=True)
+
+
 class LakeLayoutError(RuntimeError):
     """A table written in the lake layout of an earlier QuantFlow: ``qf lake upgrade`` converts it."""
 
@@ -352,7 +365,7 @@ class Lake:
             if before_install:
                 before_install()
             return result
-        df = self._prepare(spec, df).sort(list(dict.fromkeys(["symbol", "date", *spec.sort_by])), maintain_order=True)
+        df = _sorted(self._prepare(spec, df), list(dict.fromkeys(["symbol", "date", *spec.sort_by])))
         if spec.partition == "day" and mode != "append" and not self.store.remote:
             return self._write_days(spec, df, mode, before_install)
         if mode == "overwrite" and not self.store.remote:

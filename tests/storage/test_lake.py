@@ -401,3 +401,34 @@ def test_a_read_of_some_columns_across_partitions_is_one_call_with_each_rows_sym
     if "close" in columns and "symbol" in columns:
         assert sorted(back.select("symbol", "close").iter_rows()) == [("AAA", 1.0)] * 3 + [("BBB", 2.0)] * 2
     assert lake.stored_days(BARS.name, "BBB", days[0], days[-1]) == set(days[1:])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rows_are_stored_in_key_order_whether_or_not_they_come_in_it(lake, seed):
+    """``write`` skips its sort when the rows come in (symbol, date, ts, trade_id) order; rows out of order,
+    ties on ts, and null sort keys are still stored in that order (ties keep their arrival order)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    base = dt.datetime(2024, 1, 2, 14, 30, tzinfo=dt.UTC)
+    df = pl.DataFrame({
+        "symbol": rng.choice(["AAA", "BBB"], n).tolist(),
+        "date": [D1 + dt.timedelta(days=int(d)) for d in rng.integers(0, 2, n)],
+        "ts": [base + dt.timedelta(seconds=int(s)) for s in rng.integers(0, 5, n)],
+        "trade_id": rng.integers(0, 3, n).tolist(),
+        "price": np.arange(n, dtype=float).tolist(), "size": [100.0] * n,
+    })
+    keys = ["symbol", "date", "ts", "trade_id"]
+    in_order = df.sort(keys, maintain_order=True)
+    # in order but for a null trade_id at the end of its (symbol, date, ts): a sort puts nulls first
+    with_null = in_order.with_columns(trade_id=pl.when(pl.int_range(pl.len()) == n - 1).then(None)
+                                      .otherwise(pl.col("trade_id")))
+    # ts going back while trade_id goes up: only a comparison of the keys in order sees it
+    ts_back = trades(D1, 4).with_columns(pl.col("ts").reverse())
+    for frame in (df, in_order, in_order.reverse(), with_null, ts_back):
+        lake.write(TRADES, frame, "overwrite")
+        stored = lake.read("raw_t_trades").select(frame.columns).join(
+            frame.select("symbol", "date").unique(), on=["symbol", "date"], how="semi", maintain_order="left")
+        expected = frame.sort(keys, maintain_order=True)
+        assert stored.equals(expected.with_columns(pl.col("ts").dt.cast_time_unit("ns").dt.replace_time_zone("UTC")))
