@@ -18,7 +18,9 @@ to the config, is run again; in ``overwrite`` and ``append`` a day whose input i
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import itertools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -310,10 +312,10 @@ def _read_tables(lake: Lake, tables: list[list[str]], columns: list[str] | None 
 
 
 def pack_tasks(lake: Lake, units: list[ShardTask], workers: int, max_trades: int) -> list[TaskPack]:
-    """Units in (symbol, date) order, cut into packs of nearly equal trades: as few as ``max_trades`` allows
-    (a pack's data stays a few hundred MB in memory), and with several workers at least two per worker and a
-    multiple of the workers, so every worker gets work and all finish together (13 packs on 2 workers would
-    leave one worker a seventh pack while the other idles)."""
+    """Units in (symbol, date) order, cut into packs by trades: as few as ``max_trades`` allows (a pack's data
+    stays a few hundred MB in memory), and with several workers at least two per worker and a multiple of the
+    workers, so every worker gets work and all finish together (13 packs on 2 workers would leave one worker
+    a seventh pack while the other idles); with several workers the last round is cut finer (``pack_sizes``)."""
     import pyarrow.parquet as pq
 
     def rows(path: str) -> int:
@@ -337,12 +339,14 @@ def balanced_packs(sized: list[tuple[ShardTask, int]], workers: int, max_trades:
     n_packs = -(-total // max(1, max_trades))
     if workers > 1:
         n_packs = -(-max(n_packs, 2 * workers) // workers) * workers
-    n_packs = min(n_packs, len(sized)) or 1
-    # a unit goes to the pack its middle trade falls in: contiguous packs within one unit of total / n_packs
-    packs: list[list[tuple[ShardTask, int]]] = [[] for _ in range(n_packs)]
+    sizes = pack_sizes(n_packs, workers) if n_packs + 2 * workers <= len(sized) else [1.0] * n_packs
+    sizes = sizes[:len(sized)] or [1.0]
+    # a unit goes to the pack its middle trade falls in: contiguous packs within one unit of their share
+    ends = list(itertools.accumulate(size * total / sum(sizes) for size in sizes))
+    packs: list[list[tuple[ShardTask, int]]] = [[] for _ in sizes]
     before = 0
     for unit, n in sized:
-        packs[min(n_packs - 1, int((before + n / 2) * n_packs // total))].append((unit, n))
+        packs[min(len(sizes) - 1, bisect.bisect_right(ends, before + n / 2))].append((unit, n))
         before += n
     out: list[TaskPack] = []
     for pack in (p for p in packs if p):  # uneven units can leave a pack over max_trades: cut it
@@ -356,6 +360,18 @@ def balanced_packs(sized: list[tuple[ShardTask, int]], workers: int, max_trades:
             count += n
         out.append(TaskPack(tuple(current), count))
     return out
+
+
+def pack_sizes(n_packs: int, workers: int) -> list[float]:
+    """Relative sizes of ``n_packs`` packs for ``workers`` pulling them in order: with one worker all equal;
+    with several, the last round of ``workers`` packs becomes three rounds of a half, a quarter and a quarter.
+    Tasks of the same size take a quarter more or less time from one to the next on a busy machine, so with
+    equal packs one worker could finish a whole task before the other and idle (1-3 s of a 30 s run of 50M
+    trades on 2 workers); small packs last let the worker that is ahead take more of the end, and the two
+    finish within about a quarter task of each other, for two tasks more a worker."""
+    if workers <= 1 or n_packs < 2 * workers:
+        return [1.0] * n_packs
+    return [1.0] * (n_packs - workers) + [0.5] * workers + [0.25] * (2 * workers)
 
 
 def _done_marker(has_trades: bool) -> str:

@@ -292,14 +292,17 @@ def test_a_project_with_calendar_bars_only_runs(tmp_path):
 
 
 @pytest.mark.parametrize("sizes, workers, max_trades, expected", [
-    ([125] * 400, 2, 4000, [3571] * 14),  # 13 packs by size -> 14: 7 each on 2 workers
-    ([125] * 400, 1, 4000, [3846] * 13),
-    ([10] * 20, 2, 1000, [50] * 4),  # small: two packs per worker
+    # 13 packs by size -> 14 (7 each on 2 workers), the last round of 2 cut into halves and quarters
+    ([125] * 400, 2, 4000, [3571] * 12 + [1786] * 2 + [893] * 4),
+    ([125] * 400, 1, 4000, [3846] * 13),  # one worker: no tail to even out
+    ([125] * 400, 4, 4000, [3125] * 12 + [1562] * 4 + [781] * 8),
+    ([10] * 20, 2, 1000, [50] * 2 + [25] * 2 + [12.5] * 4),  # small: two packs per worker, then the tail
+    ([10] * 7, 2, 1000, [17.5] * 4),  # too few units for the tail: equal packs
     ([10] * 3, 4, 1000, [10] * 3),  # fewer units than packs: one unit per pack
     ([5, 1, 1, 1, 5, 1], 2, 4, [5, 2, 1, 5, 1]),  # a unit over max_trades stays whole; no pack exceeds it otherwise
     ([7], 2, 1, [7]),
 ])
-def test_packs_are_balanced_a_multiple_of_the_workers_and_within_max_trades(sizes, workers, max_trades, expected):
+def test_packs_are_balanced_a_multiple_of_the_workers_and_tapered_at_the_end(sizes, workers, max_trades, expected):
     units = [object() for _ in sizes]
     packs = runner.balanced_packs(list(zip(units, sizes)), workers, max_trades)
     assert [u for p in packs for u in p.units] == units  # every unit once, in order
