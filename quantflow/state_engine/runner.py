@@ -598,7 +598,8 @@ def plan_work(lake: Lake, cfg: StateEngineConfig, units: list[ShardTask], kind: 
     size = f", {total:,} trades" if total is not None else ""
     why = " (a small job: in process)" if kind == "local" and result.executor == "ray" else ""
     result.executor = kind
-    result.plan = f"{len(units)} shards in {len(work)} tasks{size} on {kind}{why}"
+    tasks = f"{len(work)} task{'s' if len(work) != 1 else ''}"
+    result.plan = f"{len(units)} shards in {tasks}{size} on {kind}{why}"
     return work, kind
 
 

@@ -262,7 +262,7 @@ def test_packed_tasks_write_what_one_task_per_shard_writes(project, tmp_path, mo
     md = get_metadata_manager(project).load_all()
     tables = se_tables.tick_tables(md.project.state_engine)
     packed = runner.run(md, window(md, START, END), executor="ray")
-    assert packed.plan.startswith("20 shards in 1 tasks, ") and packed.plan.endswith(
+    assert packed.plan.startswith("20 shards in 1 task, ") and packed.plan.endswith(
         " trades on local (a small job: in process)")
     assert packed.executor == "local" and packed.key_figures()["task_plan"] == packed.plan
     together = read_all(project, tables)

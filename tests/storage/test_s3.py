@@ -128,7 +128,7 @@ def test_state_engine_on_an_s3_lake_writes_what_it_writes_locally(options, reque
         kind = table.removeprefix("cdm_")
         s3_lake.write(spec_for_kind(table, kind), project_lake(local_md).read(table))
     on_s3 = runner.run(remote_md, window(remote_md, START, END))
-    assert on_s3.plan == "20 shards in 1 tasks, 6,000 trades on local"  # sized by the S3 files' footers
+    assert on_s3.plan == "20 shards in 1 task, 6,000 trades on local"  # sized by the S3 files' footers
     runner.run(local_md, window(local_md, START, END))
     for table in tick_tables(local_md.project.state_engine):
         order = ["symbol", "date", "ts"] if table in ("cdm_trade_enriched", "cdm_lob_l2") else ["symbol", "ts_first"]
