@@ -368,8 +368,10 @@ def pack_sizes(n_packs: int, workers: int) -> list[float]:
     Tasks of the same size take a quarter more or less time from one to the next on a busy machine, so with
     equal packs one worker could finish a whole task before the other and idle (1-3 s of a 30 s run of 50M
     trades on 2 workers); small packs last let the worker that is ahead take more of the end, and the two
-    finish within about a quarter task of each other, for two tasks more a worker."""
-    if workers <= 1 or n_packs < 2 * workers:
+    finish within about a quarter task of each other, for two tasks more a worker. A job of only the minimum
+    two rounds is small (packs under ``max_trades``), and its packs stay equal: there Ray's cost per task
+    would outweigh what the tail saves."""
+    if workers <= 1 or n_packs <= 2 * workers:
         return [1.0] * n_packs
     return [1.0] * (n_packs - workers) + [0.5] * workers + [0.25] * (2 * workers)
 

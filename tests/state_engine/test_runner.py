@@ -296,8 +296,8 @@ def test_a_project_with_calendar_bars_only_runs(tmp_path):
     ([125] * 400, 2, 4000, [3571] * 12 + [1786] * 2 + [893] * 4),
     ([125] * 400, 1, 4000, [3846] * 13),  # one worker: no tail to even out
     ([125] * 400, 4, 4000, [3125] * 12 + [1562] * 4 + [781] * 8),
-    ([10] * 20, 2, 1000, [50] * 2 + [25] * 2 + [12.5] * 4),  # small: two packs per worker, then the tail
-    ([10] * 7, 2, 1000, [17.5] * 4),  # too few units for the tail: equal packs
+    ([10] * 20, 2, 1000, [50] * 4),  # small: two equal packs per worker, no tail
+    ([10] * 7, 2, 10, [10] * 7),  # too few units for the tail: one unit per pack
     ([10] * 3, 4, 1000, [10] * 3),  # fewer units than packs: one unit per pack
     ([5, 1, 1, 1, 5, 1], 2, 4, [5, 2, 1, 5, 1]),  # a unit over max_trades stays whole; no pack exceeds it otherwise
     ([7], 2, 1, [7]),
