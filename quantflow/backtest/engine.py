@@ -37,12 +37,26 @@ def execution_sizes(weights: pd.DataFrame, index: pd.DatetimeIndex, lag: int, gr
 
 def simulate(close: pd.DataFrame, price: pd.DataFrame, sizes: pd.DataFrame, *, fees, slippage, init_cash: float,
              group_by: Any = True):
-    """One vectorbt call: every column group is one portfolio sharing its cash."""
+    """One vectorbt call: every column group is one portfolio sharing its cash.
+
+    Numba compiles vectorbt's simulator once per combination of argument types, array layouts included,
+    about 4 s each on first use: every call here passes the same ones (C-ordered frames, fees and slippage
+    as one row per column, one initial cash per group), so a run's strategy, benchmarks and sweep share a
+    single compiled simulator instead of compiling three."""
     import vectorbt as vbt
 
-    return vbt.Portfolio.from_orders(close, size=sizes, size_type="targetpercent", price=price, fees=fees,
-                                     slippage=slippage, init_cash=init_cash, group_by=group_by, cash_sharing=True,
-                                     call_seq="auto", freq="1D")
+    def c_ordered(frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(np.ascontiguousarray(frame.to_numpy(dtype=float)), index=frame.index,
+                            columns=frame.columns)
+
+    def per_column(value) -> np.ndarray:
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=float), (1, close.shape[1])))
+
+    groups = 1 if group_by is True else len(close.columns.to_frame()[group_by].unique())
+    return vbt.Portfolio.from_orders(c_ordered(close), size=c_ordered(sizes), size_type="targetpercent",
+                                     price=c_ordered(price), fees=per_column(fees), slippage=per_column(slippage),
+                                     init_cash=np.full(groups, float(init_cash)), group_by=group_by,
+                                     cash_sharing=True, call_seq="auto", freq="1D")
 
 
 def equal_weight_sizes(sizes: pd.DataFrame, close: pd.DataFrame, buy_and_hold: bool) -> pd.DataFrame:
@@ -124,6 +138,8 @@ def sweep(close: pd.DataFrame, price: pd.DataFrame, weights: pd.DataFrame, grid:
         returns.append(r.loc[start:].copy())
         gc.collect()  # vectorbt's portfolio objects hold reference cycles: free each batch's arrays now
     daily = pd.concat(returns, axis=1, ignore_index=True)
+    daily = pd.DataFrame(np.ascontiguousarray(daily.to_numpy()), index=daily.index)  # C order, as ``metrics``
+    # gets its returns: vectorbt's statistics kernels then compile once for both (see ``simulate``)
     acc = daily.vbt.returns(freq="1D", year_freq=f"{year_days} days")
     board = pd.DataFrame(grid)
     board["sharpe"] = acc.sharpe_ratio().to_numpy()

@@ -89,8 +89,9 @@ def rolling_stat(x, starts, window, stat):
 @njit(**_NUMPY)
 def rolling_zscore(x, starts, window):
     out = np.full(x.size, np.nan)
-    mean = rolling_stat(x, starts, window, STAT_MEAN)
-    std = rolling_stat(x, starts, window, STAT_STD)
+    # np.int64(): a constant would be typed as a literal, and Numba would compile rolling_stat once more
+    mean = rolling_stat(x, starts, window, np.int64(STAT_MEAN))
+    std = rolling_stat(x, starts, window, np.int64(STAT_STD))
     for i in range(x.size):
         out[i] = (x[i] - mean[i]) / std[i]
     return out
@@ -137,7 +138,7 @@ def roll_spread(dp, starts, window):
     for s in range(starts.size - 1):
         for i in range(starts[s] + 1, starts[s + 1]):
             lagged[i] = dp[i - 1]
-    cov = rolling_regression(dp, lagged, starts, window, 2)
+    cov = rolling_regression(dp, lagged, starts, window, np.int64(2))  # not a literal: see rolling_zscore
     out = np.full(dp.size, np.nan)
     for i in range(dp.size):
         if cov[i] < 0:
@@ -218,14 +219,18 @@ def _quantile(sorted_values, m, q):
 @njit(cache=True)
 def _sorted_update(buf, m, add, remove, has_remove):
     """Keep ``buf[:m]`` sorted while the window moves: take out ``remove`` (when there is one), put in
-    ``add`` (when it is a number); returns the new count."""
+    ``add`` (when it is a number); returns the new count. The values move in loops, not slice copies: a slice
+    assignment makes Numba compile its shape-mismatch error message (string formatting), 2-3 s of a cold
+    first run, and the copies allocated."""
     if has_remove and not np.isnan(remove):
         at = np.searchsorted(buf[:m], remove)
-        buf[at:m - 1] = buf[at + 1:m].copy()
+        for i in range(at, m - 1):
+            buf[i] = buf[i + 1]
         m -= 1
     if not np.isnan(add):
         at = np.searchsorted(buf[:m], add)
-        buf[at + 1:m + 1] = buf[at:m].copy()
+        for i in range(m, at, -1):
+            buf[i] = buf[i - 1]
         buf[at] = add
         m += 1
     return m

@@ -241,12 +241,17 @@ def bar_fresh_state(spec: BarSpec) -> tuple[np.ndarray, np.ndarray]:
 @njit(cache=True)
 def _grow(out_i, out_f):
     """Double the output arrays. Kept out of ``_emit`` so that writing a bar does not rebind the arrays:
-    every rebinding costs reference-count updates, which showed up at 100+ ns per bar."""
+    every rebinding costs reference-count updates, which showed up at 100+ ns per bar. The rows are copied
+    in a loop: a slice assignment makes Numba compile its shape-mismatch error message (string formatting),
+    3 s of a cold first run."""
     nb = out_i.shape[0]
     new_i = np.empty((max(64, 2 * nb), OUT_I), np.int64)
     new_f = np.empty((max(64, 2 * nb), OUT_F), np.float64)
-    new_i[:nb] = out_i
-    new_f[:nb] = out_f
+    for r in range(nb):
+        for j in range(OUT_I):
+            new_i[r, j] = out_i[r, j]
+        for j in range(OUT_F):
+            new_f[r, j] = out_f[r, j]
     return new_i, new_f
 
 

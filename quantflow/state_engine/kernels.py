@@ -515,7 +515,8 @@ def segment_offsets(sym_starts, day):
         starts = np.empty(m, np.int64)
         m, ok = _run_starts(sym_starts, day, starts)
     out = np.empty(m + 1, np.int64)
-    out[:m] = starts[:m]
+    for i in range(m):  # a loop, not a slice copy: see ``bars._grow``
+        out[i] = starts[i]
     out[m] = day.shape[0]
     return out, ok
 
