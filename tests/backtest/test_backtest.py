@@ -109,3 +109,35 @@ def test_a_sweep_runs_every_combination_in_one_call_and_matches_single_runs():
     cheap = board[(board.fees == 0.0) & (board.execution_lag == 1) & (board.gross == 1.0)]["total_return"].item()
     dear = board[(board.fees == 0.002) & (board.execution_lag == 1) & (board.gross == 1.0)]["total_return"].item()
     assert cheap > dear
+
+
+def test_strategy_benchmark_and_sweep_share_one_compiled_simulator(monkeypatch):
+    """Numba compiles vectorbt's simulator (and each statistic) once per combination of argument types and
+    array layouts, 4-8 s each on a first run: the strategy (on frames sliced as the stage slices them), its
+    equal-weight benchmark and the sweep must reach them with one combination."""
+    import numba
+    import vectorbt.portfolio.nb as portfolio_nb
+    import vectorbt.returns.nb as returns_nb
+
+    seen: dict[str, set] = {"simulator": set(), "sharpe": set()}
+
+    def spy(name, kernel):
+        def call(*args, **kwargs):
+            seen[name].add(tuple(numba.typeof(a) for a in (*args, *kwargs.values())))
+            return kernel(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(portfolio_nb, "simulate_from_orders_nb", spy("simulator", portfolio_nb.simulate_from_orders_nb))
+    monkeypatch.setattr(returns_nb, "sharpe_ratio_nb", spy("sharpe", returns_nb.sharpe_ratio_nb))
+    close, open_, rng = _market(days=120, seed=6)
+    weights = _weights(close, rng)
+    price = open_.where(open_ > 0, close).loc[close.index[3]:]  # a slice of a frame: not C-ordered
+    sizes = engine.execution_sizes(weights, close.index, 1).loc[close.index[3]:]
+    strategy = engine.simulate(close.loc[close.index[3]:], price, sizes, fees=0.001, slippage=0.0, init_cash=1e6)
+    equal = engine.simulate(close.loc[close.index[3]:], price, engine.equal_weight_sizes(sizes, close, False),
+                            fees=0.001, slippage=0.0, init_cash=1e6)
+    engine.metrics(strategy.returns(), 252, equal.returns())
+    grid = [{"fees": 0.001, "slippage": s, "execution_lag": 1, "gross": 1.0} for s in (0.0, 0.001)]
+    engine.sweep(close, open_, weights, grid, 1e6, 252)
+    assert len(seen["simulator"]) == 1, seen["simulator"]
+    assert len(seen["sharpe"]) == 1, seen["sharpe"]
