@@ -52,11 +52,15 @@ def simulate(close: pd.DataFrame, price: pd.DataFrame, sizes: pd.DataFrame, *, f
     def per_column(value) -> np.ndarray:
         return np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=float), (1, close.shape[1])))
 
-    groups = 1 if group_by is True else len(close.columns.to_frame()[group_by].unique())
+    groups = None  # any other grouping: vectorbt broadcasts the scalar
+    if group_by is True:
+        groups = 1
+    elif isinstance(group_by, str):  # a column level's name: a group per value
+        groups = close.columns.get_level_values(group_by).nunique()
     return vbt.Portfolio.from_orders(c_ordered(close), size=c_ordered(sizes), size_type="targetpercent",
                                      price=c_ordered(price), fees=per_column(fees), slippage=per_column(slippage),
-                                     init_cash=np.full(groups, float(init_cash)), group_by=group_by,
-                                     cash_sharing=True, call_seq="auto", freq="1D")
+                                     init_cash=np.full(groups, float(init_cash)) if groups else init_cash,
+                                     group_by=group_by, cash_sharing=True, call_seq="auto", freq="1D")
 
 
 def equal_weight_sizes(sizes: pd.DataFrame, close: pd.DataFrame, buy_and_hold: bool) -> pd.DataFrame:
@@ -137,9 +141,9 @@ def sweep(close: pd.DataFrame, price: pd.DataFrame, weights: pd.DataFrame, grid:
         r, _ = _simulate_combinations(close, price, weights, grid[first: first + chunk], init_cash)
         returns.append(r.loc[start:].copy())
         gc.collect()  # vectorbt's portfolio objects hold reference cycles: free each batch's arrays now
+    # C order, as ``metrics`` gets its returns: vectorbt's statistics then compile once for both (``simulate``)
     daily = pd.concat(returns, axis=1, ignore_index=True)
-    daily = pd.DataFrame(np.ascontiguousarray(daily.to_numpy()), index=daily.index)  # C order, as ``metrics``
-    # gets its returns: vectorbt's statistics kernels then compile once for both (see ``simulate``)
+    daily = pd.DataFrame(np.ascontiguousarray(daily.to_numpy()), index=daily.index)
     acc = daily.vbt.returns(freq="1D", year_freq=f"{year_days} days")
     board = pd.DataFrame(grid)
     board["sharpe"] = acc.sharpe_ratio().to_numpy()
