@@ -42,7 +42,7 @@ def simulate(close: pd.DataFrame, price: pd.DataFrame, sizes: pd.DataFrame, *, f
     Numba compiles vectorbt's simulator once per combination of argument types, array layouts included,
     about 4 s each on first use: every call here passes the same ones (C-ordered frames, fees and slippage
     as one row per column, one initial cash per group), so a run's strategy, benchmarks and sweep share a
-    single compiled simulator instead of compiling three."""
+    single compiled simulator (the sweep compiled a second one before)."""
     import vectorbt as vbt
 
     def c_ordered(frame: pd.DataFrame) -> pd.DataFrame:
