@@ -81,7 +81,7 @@ class RunWindow:
 
     def describe(self) -> str:
         span = str(self.start_date) if self.start_date == self.end_date else f"{self.start_date} .. {self.end_date}"
-        return f"{span}, {len(self.symbols)} symbol{'s' if len(self.symbols) != 1 else ''}, {self.write_mode}"
+        return f"{span}, {counted(len(self.symbols), 'symbol')}, {self.write_mode}"
 
 
 class Progress:
@@ -183,6 +183,11 @@ def failure_line(exc: BaseException, redact: Callable[[str], str] | None = None)
     root = chain[-1]
     name, text = type(root).__name__, redact(str(root))
     return one_line(f"{name}: {text}" if text.strip() else name)
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 task``, ``3 tasks``: a count and its noun, plural unless one (nouns with a plain ``s`` plural)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def one_line(text: str, limit: int = 400) -> str:

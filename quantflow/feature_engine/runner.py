@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from quantflow.compute.executors import make_executor
-from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
+from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult, counted
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineConfig
 from quantflow.storage.filesystem import StorageOptions, Store
@@ -68,12 +68,12 @@ class FeatureEngineResult(StageResult):
 
     def headline(self) -> str:
         warmup = "all history" if self.warmup_bars is None else f"{self.warmup_bars} bars"
-        symbols = f"{self.symbols} symbol{'s' if self.symbols != 1 else ''}"
+        symbols = counted(self.symbols, "symbol")
         if self.kept:
             return (f"{self.features} features x {self.rows:,} bars ({symbols}) kept: bars, "
                     f"configuration and code as at the window's last run ({self.seconds:.1f}s)")
         return (f"{self.features} features x {self.rows:,} bars ({symbols}) in {self.seconds:.1f}s, "
-                f"{self.tasks} task{'s' if self.tasks != 1 else ''}, warm-up {warmup}")
+                f"{counted(self.tasks, 'task')}, warm-up {warmup}")
 
     def key_figures(self) -> dict[str, Any]:
         return {"features": self.features, "rows": self.rows, "symbols_with_bars": self.symbols, "tasks": self.tasks,
@@ -253,7 +253,7 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     result.tasks = len(tasks)
     progress.begin(len(units), "blocks", "feature engine")
     progress.detail(f"feature engine: {len(dag.outputs)} features of {len(dag.nodes)} definitions over {cfg.input}, "
-                    f"{len(units)} blocks in {len(tasks)} task{'s' if len(tasks) != 1 else ''} on {kind}, warm-up "
+                    f"{len(units)} blocks in {counted(len(tasks), 'task')} on {kind}, warm-up "
                     f"{'all history' if warmup is None else f'{warmup} bars'}")
     env = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]} if os.environ.get("NUMBA_CACHE_DIR") else None
     runner = make_executor(kind, min(cfg.max_concurrency, len(tasks)), 1, env)

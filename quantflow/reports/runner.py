@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
+from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult, counted
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.storage.artifacts import RISK_KINDS
 from quantflow.storage.panels import daily_panel, model_predictions, newest_config
@@ -61,7 +61,7 @@ class ReportResult(StageResult):
         if not self.artifacts:  # the backtest's own warning says why; one line here, not one per report
             return "nothing to report: the newest backtest traded nothing, or there is none yet"
         shown = ", ".join(f"{k} {v:.4g}" for k, v in list(self.figures.items())[:4])
-        files = f"{len(self.artifacts)} file{'s' if len(self.artifacts) != 1 else ''}"
+        files = counted(len(self.artifacts), "file")
         if self.report == "risk" and self.artifacts:
             files += f" ({', '.join(RISK_KINDS)}: html, png, csv)"
         kept = "; kept: inputs, configuration and code as at the window's last run" if self.kept else ""

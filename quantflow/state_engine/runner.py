@@ -30,7 +30,7 @@ from typing import Any
 import polars as pl
 
 from quantflow.compute.executors import ExecutionReport, ShardOutcome, make_executor
-from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
+from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult, counted
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema import StateEngineConfig
 from quantflow.state_engine.tables import tick_tables, uses_messages
@@ -601,7 +601,7 @@ def plan_work(lake: Lake, cfg: StateEngineConfig, units: list[ShardTask], kind: 
     size = f", {total:,} trades" if total is not None else ""
     why = " (a small job: in process)" if kind == "local" and result.executor == "ray" else ""
     result.executor = kind
-    tasks = f"{len(work)} task{'s' if len(work) != 1 else ''}"
+    tasks = counted(len(work), "task")
     result.plan = f"{len(units)} shards in {tasks}{size} on {kind}{why}"
     return work, kind
 

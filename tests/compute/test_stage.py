@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from quantflow.compute.stage import RunWindow, StageError, StageResult, failure_line
+from quantflow.compute.stage import RunWindow, StageError, StageResult, failure_line, counted
 from quantflow.storage.writes import WriteResult
 
 D = dt.date(2024, 3, 4)
@@ -65,3 +65,7 @@ def test_failure_line_is_the_stage_error_or_the_innermost_cause():
     except StageError as exc:
         assert failure_line(exc) == "feed 'x', symbol AAA: bad file"
     assert len(failure_line(ValueError("x" * 5000))) == 400
+
+
+def test_counted_says_one_noun_and_many_nouns():
+    assert [counted(n, "task") for n in (0, 1, 2, 315)] == ["0 tasks", "1 task", "2 tasks", "315 tasks"]
