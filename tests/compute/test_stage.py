@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from quantflow.compute.stage import RunWindow, StageError, StageResult, failure_line, counted
+from quantflow.compute.stage import RunWindow, StageError, StageResult, counted, failure_line
 from quantflow.storage.writes import WriteResult
 
 D = dt.date(2024, 3, 4)
