@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantflow.compute import allocator
+from quantflow.compute.stage import counted
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,8 @@ class RayExecutor:
                          configure_logging=False)
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < self.max_concurrency:
-            log.warning("Ray has %s CPUs but max_concurrency is %d: at most %d shards will run at once",
-                        cpus, self.max_concurrency, int(cpus))
+            log.warning("Ray has %s but max_concurrency is %d: at most %s will run at once",
+                        counted(int(cpus), "CPU"), self.max_concurrency, counted(int(cpus), "task"))
 
     def worker_env(self) -> dict[str, str]:
         """Each task gets one core: libraries that start a thread per core would oversubscribe it. Polars'

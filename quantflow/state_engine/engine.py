@@ -456,10 +456,12 @@ def process_shard(
     here, so a call over a whole history needs none. Returns the tables keyed by name and the state at the
     end of this input (symbols not in this input keep their carried state).
     """
-    trades = _prepare_trades(trades if trades is not None else pl.DataFrame(schema=TRADES_SCHEMA))
-    quotes = _prepare_quotes(quotes)
+    # the kernels take numpy views of the columns: one chunk per column, gathered by polars on all cores (a read
+    # of many files has a chunk per file, and each to_numpy would copy the column on one thread)
+    trades = _prepare_trades(trades if trades is not None else pl.DataFrame(schema=TRADES_SCHEMA)).rechunk()
+    quotes = _prepare_quotes(quotes).rechunk()
     from_messages = spec.lob_interval is not None and spec.lob_source == "messages"
-    msgs = _prepare_messages(messages if from_messages else None)
+    msgs = _prepare_messages(messages if from_messages else None).rechunk()
     if spec.carry_state and state is not None and state.spec_fingerprint != spec.fingerprint:
         raise ValueError("carried state was produced by a different state-engine spec")
     trades, t_runs, t_keys = segment_runs(trades, "ts", "trade_id")

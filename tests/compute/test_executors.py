@@ -60,3 +60,13 @@ def test_date_batches():
     assert date_batches(d(2024, 1, 1), d(2024, 1, 10), 4) == [
         (d(2024, 1, 1), d(2024, 1, 4)), (d(2024, 1, 5), d(2024, 1, 8)), (d(2024, 1, 9), d(2024, 1, 10))]
     assert date_batches(d(2024, 1, 1), d(2024, 1, 1), 7) == [(d(2024, 1, 1), d(2024, 1, 1))]
+
+
+def test_ray_with_fewer_cpus_than_max_concurrency_says_how_many_tasks_run(monkeypatch, caplog):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a Ray already started, with one CPU
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
+    with caplog.at_level("WARNING", logger="quantflow.compute.executors"):
+        RayExecutor(max_concurrency=2)._init()
+    assert "Ray has 1 CPU but max_concurrency is 2: at most 1 task will run at once" in caplog.text
