@@ -44,6 +44,14 @@ def write_project(root: Path, project_yaml: str = SMALL_PROJECT_YAML, local_yaml
     return root
 
 
+def parquet_codecs(folder: Path) -> set[str]:
+    """The compression codecs of every column chunk of the Parquet files under ``folder`` (pyarrow's names)."""
+    import pyarrow.parquet as pq
+
+    metas = [pq.read_metadata(f) for f in folder.rglob("*.parquet")]
+    return {m.row_group(0).column(c).compression for m in metas for c in range(m.num_columns)}
+
+
 def metadata_issues(root: Path, project_yaml: str) -> list:
     """The issues ``load_all`` raises for a project file (it must raise)."""
     from quantflow.metadata import MetadataError, get_metadata_manager

@@ -36,7 +36,7 @@ from quantflow.compute.stage import Progress, RunWindow, StageError, StageResult
 from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema.feature_engine import FeatureDAG, FeatureEngineConfig
 from quantflow.storage.filesystem import StorageOptions, Store
-from quantflow.storage.lake import Lake, period_end, period_start
+from quantflow.storage.lake import DEFAULT_COMPRESSION, Lake, period_end, period_start
 from quantflow.storage.project import project_lake, storage_options
 from quantflow.storage.run_records import RunRecords, code_version, digest, partition_signatures
 from quantflow.storage.schemas import TableSpec
@@ -113,6 +113,7 @@ class FeatureTask:
     # in-process runs only: the bars the planner read (symbol -> its stored bars up to the window's end, in
     # time order), so they are not read twice; tasks for Ray workers carry None and read their own
     bars: dict[str, pl.DataFrame] | None = field(default=None, repr=False)
+    compression: str = DEFAULT_COMPRESSION  # of the files it writes (``project.storage.compression``)
 
     def __str__(self) -> str:
         first, last = self.units[0], self.units[-1]
@@ -165,7 +166,7 @@ def run_task(task: FeatureTask) -> pl.DataFrame:
 
     cfg = task.config
     dag = FeatureDAG.compile(cfg)
-    lake = Lake(Store(task.lake_root, task.storage))
+    lake = Lake(Store(task.lake_root, task.storage), task.compression)
     pieces, starts, keep = [], [0], []
     trades, quotes = [], []
     for symbol in task.symbols:
@@ -249,7 +250,8 @@ def run(md: ProjectMetadata, window: RunWindow, *, executor: str | None = None,
     trades, quotes = ENRICHED_TABLE in cfg.tick_tables(), QUOTES_TABLE in cfg.tick_tables()
     root, options = lake.store.root, storage_options(md)
     tasks = [_task(root, options, cfg, pack, dates, dag.benchmarks, trades, quotes,
-                   stored if kind == "local" else None) for pack in pack_units(units, cfg.rows_per_task)]
+                   stored if kind == "local" else None, lake.compression)
+             for pack in pack_units(units, cfg.rows_per_task)]
     result.tasks = len(tasks)
     progress.begin(len(units), "blocks", "feature engine")
     progress.detail(f"feature engine: {len(dag.outputs)} features of {len(dag.nodes)} definitions over {cfg.input}, "
@@ -359,7 +361,7 @@ def _stored_bars(lake: Lake, table: str, symbols: list[str], window: RunWindow, 
 
 
 def _task(root, options, cfg, pack: list[Unit], dates, benchmarks, trades: bool, quotes: bool,
-          stored: dict[str, pl.DataFrame] | None) -> FeatureTask:
+          stored: dict[str, pl.DataFrame] | None, compression: str) -> FeatureTask:
     symbols = list(dict.fromkeys(u.symbol for u in pack))
     reads, last = {}, {}
     for s in symbols:
@@ -373,7 +375,7 @@ def _task(root, options, cfg, pack: list[Unit], dates, benchmarks, trades: bool,
         at = int(np.searchsorted(dates[b], np.datetime64(span_start), "right")) - 1
         spans[b] = (_date(dates[b][at]) if at >= 0 else span_start, span_end)
     mine = None if stored is None else {s: stored[s] for s in [*symbols, *benchmarks]}
-    return FeatureTask(root, options, cfg, symbols, tuple(pack), reads, last, spans, trades, quotes, mine)
+    return FeatureTask(root, options, cfg, symbols, tuple(pack), reads, last, spans, trades, quotes, mine, compression)
 
 
 def _date(value: np.datetime64) -> dt.date:

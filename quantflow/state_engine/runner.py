@@ -35,7 +35,7 @@ from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema import StateEngineConfig
 from quantflow.state_engine.tables import tick_tables, uses_messages
 from quantflow.storage.filesystem import StorageOptions, Store
-from quantflow.storage.lake import PATH_KEYS, Lake
+from quantflow.storage.lake import DEFAULT_COMPRESSION, PATH_KEYS, Lake
 from quantflow.storage.project import project_lake
 from quantflow.storage.schemas import TableSpec
 from quantflow.storage.tables import (
@@ -97,6 +97,7 @@ class ShardTask:
     # that thresholds from trailing days need (``trailing_days``); the shard measures its own days
     daily: tuple[tuple, ...] = ()
     daily_error: str | None = None  # one of those days could not be read: the task fails with this
+    compression: str = DEFAULT_COMPRESSION  # of the files it writes (``project.storage.compression``)
 
     def __str__(self) -> str:
         span = self.dates[0].isoformat() if len(self.dates) == 1 else f"{self.dates[0]}..{self.dates[-1]}"
@@ -118,7 +119,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     began = time.perf_counter()
     if task.daily_error:
         raise ValueError(task.daily_error)
-    lake = Lake(Store(task.lake_root, task.storage))
+    lake = Lake(Store(task.lake_root, task.storage), task.compression)
     spec = engine_spec(task.config)
     tables = tick_tables(task.config)
     # the driver sends only shards with something missing (``stored_shards``); in skip_if_exists each table
@@ -186,7 +187,7 @@ def run_pack(pack: TaskPack) -> ShardResult:
     first = pack.units[0]
     if any(u.daily_error for u in pack.units):
         raise ValueError(next(u.daily_error for u in pack.units if u.daily_error))
-    lake = Lake(Store(first.lake_root, first.storage))
+    lake = Lake(Store(first.lake_root, first.storage), first.compression)
     cfg, mode = first.config, first.write_mode
     tables = tick_tables(cfg)
 
@@ -482,7 +483,7 @@ def plan_shards(md: ProjectMetadata, cfg: StateEngineConfig, start: dt.date, end
 
             tasks.append(ShardTask(
                 lake.store.root, lake.store.options, symbol, tuple(group), paths(trade_parts), paths(quote_parts),
-                paths(message_parts), cfg, write_mode,
+                paths(message_parts), cfg, write_mode, compression=lake.compression,
             ))
     return tasks
 

@@ -28,7 +28,8 @@ def project_lake(md: ProjectMetadata) -> Lake:
         Lake,  # polars: loaded by what reads or writes the lake, not by naming it
     )
 
-    return Lake(Store(resolve_root(md.project.storage.lake_root, md.project_dir), storage_options(md)))
+    return Lake(Store(resolve_root(md.project.storage.lake_root, md.project_dir), storage_options(md)),
+                md.project.storage.compression)
 
 
 def project_artifacts(md: ProjectMetadata, folder: str | None = None) -> ArtifactStore:

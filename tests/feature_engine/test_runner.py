@@ -16,7 +16,7 @@ from quantflow.feature_engine import runner
 from quantflow.metadata import get_metadata_manager
 from quantflow.storage.project import project_lake
 from quantflow.storage.schemas import spec_for_kind
-from tests.conftest import window, write_project
+from tests.conftest import parquet_codecs, window, write_project
 
 PROJECT = """\
 project:
@@ -66,11 +66,14 @@ def test_any_sharding_and_any_windows_give_the_same_bits(tmp_path):
     # tasks anywhere
     many = project(tmp_path / "many", rows=10)
     write_bars(many)
+    many.project.storage.compression = "zstd"  # the tasks write with the project's codec; the bits are the same
     result = runner.run(many, window(many, DAYS[0], DAYS[300]))
     assert result.tasks == 3 * 2  # 2019 and 2020 blocks of three symbols
     for a, b in [(301, 302), (303, 600), (601, len(DAYS) - 1)]:
         runner.run(many, window(many, DAYS[a], DAYS[b]))
     assert_frame_equal(stored(many), stored(one))  # bit for bit
+    assert parquet_codecs(tmp_path / "many" / ".quantflow" / "lake" / "ft_features") == {"ZSTD"}
+    assert parquet_codecs(tmp_path / "one" / ".quantflow" / "lake" / "ft_features") == {"SNAPPY"}
     assert stored(one).filter(pl.col("date") > DAYS[100])["KMID"].is_nan().sum() == 0
 
 
@@ -213,9 +216,11 @@ def test_ray_workers_read_their_own_blocks_and_give_the_same_bits(tmp_path):
     runner.run(local, window(local, DAYS[0], DAYS[-1]))
     on_ray = project(tmp_path / "ray", rows=400)
     write_bars(on_ray)
+    on_ray.project.storage.compression = "lz4"
     result = runner.run(on_ray, window(on_ray, DAYS[0], DAYS[-1]), executor="ray")
     assert result.tasks > 1
     assert_frame_equal(stored(on_ray), stored(local))
+    assert parquet_codecs(tmp_path / "ray" / ".quantflow" / "lake" / "ft_features") == {"LZ4"}
 
 
 def test_features_stored_in_other_partitions_are_refused_with_the_remedy(tmp_path):

@@ -358,3 +358,18 @@ def test_every_bar_type_from_metadata_and_its_misuse(tmp_path):
     assert issue.line == 6 and "'trailing_days' is for tick, volume and dollar bars" in issue.message
     [issue] = _issues(write_project(tmp_path / "r", bad % "{type: tick_run}"))
     assert issue.line == 6 and "tick_run bars need 'expected_ticks'" in issue.message
+
+
+def test_the_lakes_codec_is_one_it_can_write(tmp_path):
+    root = write_project(tmp_path, """\
+        project:
+          name: p
+          symbols: [AAA]
+          storage:
+            compression: gzip
+        """)
+    [issue] = _issues(root)
+    assert (issue.line, issue.field) == (5, "project.storage.compression")
+    assert "'snappy', 'zstd', 'lz4' or 'uncompressed' (got 'gzip')" in issue.message
+    assert get_metadata_manager(write_project(tmp_path / "ok", "project: {name: p, symbols: [AAA]}\n")).load_all() \
+        .project.storage.compression == "snappy"

@@ -18,7 +18,7 @@ from quantflow.state_engine import tables as se_tables
 from quantflow.state_engine.engine import flush_state, process_shard
 from quantflow.storage.project import project_lake
 from quantflow.storage.schemas import spec_for_kind
-from tests.conftest import window, write_project
+from tests.conftest import parquet_codecs, window, write_project
 
 START, END = dt.date(2024, 3, 4), dt.date(2024, 3, 15)  # two trading weeks
 
@@ -220,6 +220,7 @@ def test_ray_executor_gives_the_same_tables(project, tmp_path):
     try:
         other_md = get_metadata_manager(other).load_all()
         other_md.project.state_engine.ray_min_trades = 0  # a small job: Ray only because it is asked for
+        other_md.project.storage.compression = "zstd"  # the workers write with the project's codec
         res = runner.run(other_md, window(other_md, START, END), executor="ray", max_concurrency=2)
     finally:
         ray.shutdown()
@@ -227,6 +228,18 @@ def test_ray_executor_gives_the_same_tables(project, tmp_path):
     on_ray = read_all(other, tables)
     for table in tables:
         assert_frame_equal(local[table], on_ray[table])
+    lake = other / ".quantflow" / "lake"
+    assert {codec for t in tables for codec in parquet_codecs(lake / t)} == {"ZSTD"}
+    assert parquet_codecs(lake / "cdm_trades") == {"SNAPPY"}  # written before, by the default
+
+
+def test_the_stage_writes_with_the_projects_codec(project):
+    md = get_metadata_manager(project).load_all()
+    md.project.storage.compression = "uncompressed"
+    tables = se_tables.tick_tables(md.project.state_engine)
+    runner.run(md, window(md, START, END), executor="local")
+    lake = project / ".quantflow" / "lake"
+    assert {codec for t in tables for codec in parquet_codecs(lake / t)} == {"UNCOMPRESSED"}
 
 
 @pytest.mark.parametrize("mode", ["overwrite", "append"])

@@ -18,6 +18,7 @@ from quantflow.storage.catalog import connect_catalog
 from quantflow.storage.filesystem import Store
 from quantflow.storage.lake import Lake, LakeLayoutError
 from quantflow.storage.schemas import spec_for_kind
+from tests.conftest import parquet_codecs
 
 D1, D2, D3 = dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4)
 TRADES = spec_for_kind("raw_t_trades", "trades")
@@ -432,3 +433,24 @@ def test_rows_are_stored_in_key_order_whether_or_not_they_come_in_it(lake, seed)
             frame.select("symbol", "date").unique(), on=["symbol", "date"], how="semi", maintain_order="left")
         expected = frame.sort(keys, maintain_order=True)
         assert stored.equals(expected.with_columns(pl.col("ts").dt.cast_time_unit("ns").dt.replace_time_zone("UTC")))
+
+
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4", "uncompressed"])
+def test_every_write_path_uses_the_lakes_codec(tmp_path, compression):
+    """Day partitions staged at once, a day rewritten in place, year partitions merged, moved in and emptied."""
+    lake = Lake(Store(str(tmp_path / "lake")), *([compression] if compression else []))
+    lake.write(TRADES, pl.concat([trades(D1, 3), trades(D2, 2)]))
+    lake.write(TRADES, trades(D1, 4, price=11.0), "overwrite")
+    lake.write(BARS, bars([D1], close=1.0))
+    lake.write(BARS, bars([D2], close=2.0), "append")  # merged with the stored day
+    lake.write(BARS, bars([D1, D2], close=3.0, symbol="BBB"), "overwrite")
+    lake.delete_days(BARS, "AAA", [D2])
+    expected = {(compression or "snappy").upper()}  # pyarrow names polars' LZ4_RAW "LZ4"
+    assert parquet_codecs(tmp_path / "lake") == expected
+    assert lake.read("raw_t_trades").height == 6 and lake.read("raw_t_bars_daily").height == 3
+
+
+def test_an_unknown_codec_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="lake compression must be one of snappy, zstd, lz4, uncompressed; got 'gzip'"):
+        Lake(Store(str(tmp_path / "lake")), "gzip")
+    assert not (tmp_path / "lake").exists()

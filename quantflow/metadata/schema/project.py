@@ -21,11 +21,13 @@ class DataProcessingConfig(MetadataModel):
 
 
 class StorageConfig(MetadataModel):
-    """Roots of the lake (Parquet tables) and the blob store (artifacts); local folders or ``s3://``."""
+    """Roots of the lake (Parquet tables) and the blob store (artifacts); local folders or ``s3://``.
+    ``compression``: the codec of the lake's Parquet files (``storage/lake.py`` says why snappy by default)."""
 
     lake_root: str = ".quantflow/lake"
     blob_root: str = ".quantflow/artifacts"
     warehouse_path: str = ".quantflow/warehouse.duckdb"
+    compression: Literal["snappy", "zstd", "lz4", "uncompressed"] = "snappy"
 
 
 class ProjectConfig(MetadataModel):
