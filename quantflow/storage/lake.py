@@ -45,7 +45,7 @@ import polars as pl
 from quantflow.storage.filesystem import DELETE, LOCKS_DIR, RECORDS_DIR, STAGING_DIR, Store
 from quantflow.storage.schemas import TableSpec, conform
 from quantflow.storage.tables import partition_width
-from quantflow.storage.writes import WRITE_MODES, WriteMode, WriteResult
+from quantflow.storage.writes import COMPRESSIONS, WRITE_MODES, WriteMode, WriteResult
 
 DATA_FILE = "data.parquet"
 PATH_KEYS = {"day": "day", "month": "month", "year": "year", "decade": "decade"}  # partition width -> the path key after symbol=
@@ -149,11 +149,10 @@ def _parse_path_value(value: str, width: str) -> dt.date:
     return dt.date(int(value), 1, 1)
 
 
-# The codecs a lake writes (``project.storage.compression``). Snappy, the default: what pyarrow, DuckDB and Spark
-# write; on tick data about 40% larger than zstd, but encoded in three quarters of the time and decoded in half,
-# and a stage reads and writes every row. zstd (level 1: about the size of its default level, at a fraction of
-# the encoding time) where storage costs more than time. Files of any codec read the same.
-COMPRESSIONS = ("snappy", "zstd", "lz4", "uncompressed")
+# The lake's codec (``project.storage.compression``, one of ``COMPRESSIONS``). Snappy, the default: what
+# pyarrow, DuckDB and Spark write; on tick data about 40% larger than zstd, but encoded in three quarters of the
+# time and decoded in half, and a stage reads and writes every row. zstd (level 1: about the size of its default
+# level, at a fraction of the encoding time) where storage costs more than time. Files of any codec read the same.
 DEFAULT_COMPRESSION = "snappy"
 
 
@@ -161,12 +160,6 @@ def parquet_options(compression: str) -> dict:
     if compression not in COMPRESSIONS:
         raise ValueError(f"lake compression must be one of {', '.join(COMPRESSIONS)}; got {compression!r}")
     return {"compression": compression, "statistics": True, **({"compression_level": 1} if compression == "zstd" else {})}
-
-
-def _parquet_bytes(df: pl.DataFrame, options: dict) -> bytes:
-    buf = io.BytesIO()
-    df.write_parquet(buf, **options)
-    return buf.getvalue()
 
 
 class Lake:
@@ -177,6 +170,12 @@ class Lake:
         self.compression = compression
         self._parquet = parquet_options(compression)
         self._widths: dict[str, str] = {}
+
+    def _encode(self, df: pl.DataFrame) -> bytes:
+        """One partition's file, in the lake's codec."""
+        buf = io.BytesIO()
+        df.write_parquet(buf, **self._parquet)
+        return buf.getvalue()
 
     # ------------------------------------------------------------------ paths
     def table_path(self, table: str) -> str:
@@ -476,7 +475,7 @@ class Lake:
         with self.store.lock(path):
             if mode == "skip_if_exists" and self.store.exists(path):
                 return WriteResult(spec.name, days_skipped=1)
-            data = _parquet_bytes(part.drop("symbol"), self._parquet)  # sorted by ``write``
+            data = self._encode(part.drop("symbol"))  # sorted by ``write``
             if mode == "skip_if_exists" and self.store.remote:
                 try:  # create only: a run that stored the day meanwhile wins
                     self.store.fs.pipe_file(path, data, IfNoneMatch="*")
@@ -581,7 +580,7 @@ class Lake:
                 return DELETE
             else:
                 merged = pl.DataFrame(schema=spec.schema)
-            return _parquet_bytes(merged.drop("symbol"), self._parquet)
+            return self._encode(merged.drop("symbol"))
 
         wrote = self.store.update(path, change)
         result = outcome["r"]
@@ -624,7 +623,7 @@ class Lake:
             if kept.height == old.height:
                 return None
             removed.append(day)
-            return _parquet_bytes(kept, self._parquet) if kept.height or not self._may_delete(width) else DELETE
+            return self._encode(kept) if kept.height or not self._may_delete(width) else DELETE
 
         self.store.update(path, change)
         return WriteResult(table, days_deleted=len(removed))
@@ -676,7 +675,7 @@ class Lake:
                 if self._may_delete(spec.partition):
                     return DELETE
                 new = pl.DataFrame(schema=spec.schema)
-            return _parquet_bytes(new.sort(list(spec.sort_by), maintain_order=True).drop("symbol"), self._parquet)
+            return self._encode(new.sort(list(spec.sort_by), maintain_order=True).drop("symbol"))
 
         wrote = self.store.update(path, change)
         result = outcome["r"]
@@ -706,7 +705,7 @@ class Lake:
                     done = pl.read_parquet(self.store.read_bytes(target))
                     df = pl.concat([done.filter(~pl.col("date").is_in(df["date"].unique().implode())), df],
                                    how="diagonal_relaxed")
-                self.store.write_bytes_atomic(target, _parquet_bytes(df.sort("date", maintain_order=True), self._parquet))
+                self.store.write_bytes_atomic(target, self._encode(df.sort("date", maintain_order=True)))
                 for old in olds:
                     self.store.fs.rm(old.rsplit("/", 1)[0], recursive=True)
                 converted += len(olds)

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 WriteMode = Literal["skip_if_exists", "overwrite", "append"]
 WRITE_MODES: tuple[str, ...] = ("skip_if_exists", "overwrite", "append")
+
+# the Parquet codecs a lake writes (``project.storage.compression``; ``storage/lake.py`` says why snappy first)
+LakeCompression = Literal["snappy", "zstd", "lz4", "uncompressed"]
+COMPRESSIONS: tuple[str, ...] = get_args(LakeCompression)
 
 
 @dataclass

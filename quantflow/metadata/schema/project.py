@@ -14,6 +14,7 @@ from quantflow.metadata.schema.models import ModelConfig, ValidationConfig
 from quantflow.metadata.schema.operations import ScheduleConfig, SensorConfig, TelemetryConfig
 from quantflow.metadata.schema.portfolio import BacktestConfig, PortfolioConfig, ReportsConfig
 from quantflow.metadata.schema.state_engine import StateEngineConfig
+from quantflow.storage.writes import LakeCompression
 
 
 class DataProcessingConfig(MetadataModel):
@@ -27,7 +28,7 @@ class StorageConfig(MetadataModel):
     lake_root: str = ".quantflow/lake"
     blob_root: str = ".quantflow/artifacts"
     warehouse_path: str = ".quantflow/warehouse.duckdb"
-    compression: Literal["snappy", "zstd", "lz4", "uncompressed"] = "snappy"
+    compression: LakeCompression = "snappy"
 
 
 class ProjectConfig(MetadataModel):
