@@ -35,7 +35,7 @@ from quantflow.metadata.manager import ProjectMetadata
 from quantflow.metadata.schema import StateEngineConfig
 from quantflow.state_engine.tables import tick_tables, uses_messages
 from quantflow.storage.filesystem import StorageOptions, Store
-from quantflow.storage.lake import DEFAULT_COMPRESSION, PATH_KEYS, Lake
+from quantflow.storage.lake import DEFAULT_COMPRESSION, PATH_KEYS, Lake, key_runs
 from quantflow.storage.project import project_lake
 from quantflow.storage.schemas import TableSpec
 from quantflow.storage.tables import (
@@ -210,7 +210,7 @@ def run_pack(pack: TaskPack) -> ShardResult:
                              SORT_KEYS.get(table, ("symbol", "date", "ts_first")))
             written[table].merge(lake.write(spec, df, "skip_if_exists" if mode == "skip_if_exists" else "overwrite",
                                             before_install=before_install))
-            have = set(df.select("symbol", "date").unique().iter_rows())
+            have = {(symbol, day) for symbol, day, _ in key_runs(df, ["symbol", "date"])}
         elif before_install:
             before_install()
         if mode != "skip_if_exists":  # a unit with no rows in the table this time loses what it had

@@ -82,6 +82,18 @@ def _stage(df: pl.DataFrame, folder: Path, width: str, options: dict) -> None:
         mkdir=True, **options)
 
 
+def key_runs(df: pl.DataFrame, keys: list[str]) -> list[tuple]:
+    """``(*key values, rows)`` of each run of equal ``keys`` in ``df``, in order: found by comparing each row
+    with the one before it, without hashing every row's keys as a group-by does (a sorted frame has one run a
+    key; an unsorted one may repeat a key)."""
+    if not df.height:
+        return []
+    new_run = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift()) for k in keys])
+    starts = df.select(*keys, pl.int_range(pl.len(), dtype=pl.Int64).alias("__row"), new_run.alias("__new")).filter("__new")
+    rows = np.diff(np.append(starts["__row"].to_numpy(), df.height)).tolist()
+    return [(*key, n) for key, n in zip(starts.select(keys).iter_rows(), rows, strict=True)]
+
+
 def _sorted(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """``df`` in ``keys`` order (a stable sort). A frame already in order, as a stage's output usually is, is
     recognised by comparing each row's keys with the previous row's, without gathering every column."""
@@ -410,7 +422,7 @@ class Lake:
         days spent most of its time around the encoder) into a staging folder; then each file moves into
         place under its partition's lock, kept out when the day is stored (``skip_if_exists``)."""
         result = WriteResult(spec.name)
-        rows = {(symbol, day): n for symbol, day, n in df.group_by("symbol", "date").len().iter_rows()}
+        rows = {(symbol, day): n for symbol, day, n in key_runs(df, ["symbol", "date"])}  # sorted by ``write``
         if mode == "skip_if_exists":  # days stored already are not encoded (checked again under the lock)
             stored = [k for k in rows if self.store.exists(self.partition_path(spec.name, *k, "day"))]
             if stored:

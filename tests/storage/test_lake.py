@@ -16,7 +16,7 @@ import pytest
 
 from quantflow.storage.catalog import connect_catalog
 from quantflow.storage.filesystem import Store
-from quantflow.storage.lake import Lake, LakeLayoutError
+from quantflow.storage.lake import Lake, LakeLayoutError, key_runs
 from quantflow.storage.schemas import spec_for_kind
 from tests.conftest import parquet_codecs
 
@@ -86,6 +86,23 @@ def test_many_days_written_at_once_are_the_files_one_day_at_a_time_would_be(lake
                        "skip_if_exists")
     assert (again.days_skipped, again.days_written, again.rows_written) == (1, 1, 1)
     assert lake.read("raw_t_trades", ["AAA"], D1, D1)["price"].to_list() == [10.0, 10.0]
+
+
+def test_key_runs_count_each_run_of_keys_as_a_group_by_would():
+    """The runs of (symbol, date) that day writes count rows with, against polars' group-by: one run a key in
+    a sorted frame; in a shuffled one the runs still cover every key and add up to its rows; nulls are keys."""
+    df = pl.concat([trades(d, n, symbol=s) for s, n in (("AAA", 3), ("BRK.B", 1)) for d in (D1, D2, D3)])
+    df = pl.concat([df, df.head(2).with_columns(pl.lit(None, pl.Utf8).alias("symbol"))])
+    want = {(s, d): n for s, d, n in df.group_by("symbol", "date").len().iter_rows()}
+    runs = key_runs(df, ["symbol", "date"])
+    assert {(s, d): n for s, d, n in runs} == want and len(runs) == len(want)
+    assert [(s, d) for s, d, _ in runs] == list(dict.fromkeys(df.select("symbol", "date").iter_rows()))
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=3)
+    totals: dict = {}
+    for s, d, n in key_runs(shuffled, ["symbol", "date"]):
+        totals[(s, d)] = totals.get((s, d), 0) + n
+    assert totals == want and len(key_runs(shuffled, ["symbol", "date"])) > len(want)
+    assert key_runs(df.clear(), ["symbol", "date"]) == []
 
 
 @pytest.mark.parametrize("table", [TRADES, BARS], ids=["day partitions", "month partitions"])
@@ -182,7 +199,7 @@ WRITER = textwrap.dedent("""
     import datetime as dt, sys
     import numpy as np, polars as pl
     from quantflow.storage.filesystem import Store
-    from quantflow.storage.lake import Lake, LakeLayoutError
+    from quantflow.storage.lake import Lake, LakeLayoutError, key_runs
     from quantflow.storage.schemas import spec_for_kind
     lake = Lake(Store(sys.argv[1]))
     spec = spec_for_kind("raw_t_trades", "trades")
