@@ -36,6 +36,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -154,9 +155,8 @@ def halves(root: Path, window: RunWindow, together: bool) -> list[tuple[float, f
     n = len(window.symbols) // 2
     parts = [RunWindow(window.start_date, window.end_date, s, "overwrite")
              for s in (window.symbols[:n], window.symbols[n:])]
-    saved = {v: os.environ.get(v) for v in ONE_THREAD_VARS}
-    os.environ.update({v: "1" for v in ONE_THREAD_VARS})  # read by the children's libraries when they load
-    try:
+    # one thread in each child: its libraries read these when they load
+    with mock.patch.dict(os.environ, {v: "1" for v in ONE_THREAD_VARS}):
         spans = []
         for group in ([parts] if together else [[p] for p in parts]):
             ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
@@ -173,12 +173,6 @@ def halves(root: Path, window: RunWindow, together: bool) -> list[tuple[float, f
                 if proc.exitcode:
                     raise SystemExit(f"a half of the ceiling run failed (exit code {proc.exitcode})")
         return spans
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 def ceiling(root: Path, window: RunWindow, repeat: int) -> list[float]:
