@@ -16,7 +16,7 @@ the sample project and on a large one (``--symbols 20 --days 20 --trades-per-day
 Row counts of the enriched trades and the 1-minute bars are checked equal before anything is timed.
 ``--ceiling`` also measures what this machine gives two workers over one for this work with no scheduler at
 all: two processes of one thread, each running the stage in process over half the symbols, side by side
-against one after the other (the bound for Ray's 2 workers against 1, target 1.7x).
+against one after the other (what Ray's 2 workers against 1 can expect, target 1.7x).
 
     python benchmarks/bench_stage.py                       # the sample project's size: 5 symbols x 63 days
     python benchmarks/bench_stage.py --symbols 20 --days 20 --trades-per-day 125000 --quotes-per-trade 1 \
@@ -177,8 +177,8 @@ def halves(root: Path, window: RunWindow, together: bool) -> list[tuple[float, f
 
 def ceiling(root: Path, window: RunWindow, repeat: int) -> list[float]:
     """The machine's own 2-vs-1 for this work, free of any scheduler: the two halves one after the other
-    (the sum of their times) against side by side (first start to last end). Two Ray workers against one
-    can reach this, not more: what two busy cores lose to each other (memory, caches) it loses too."""
+    (the sum of their times) against side by side (first start to last end). What two Ray workers against
+    one can expect: what two busy cores cost each other (memory, caches) they pay too."""
     ratios = []
     for _ in range(repeat):
         alone = sum(end - began for began, end in halves(root, window, together=False))
