@@ -164,15 +164,27 @@ def halves(root: Path, window: RunWindow, together: bool) -> list[tuple[float, f
             for proc in procs:
                 proc.start()
             for _ in procs:
-                ready.get()
+                _get(ready, procs)
             os.sync()
             go.set()
-            spans += [out.get() for _ in procs]
+            spans += [_get(out, procs) for _ in procs]
             for proc in procs:
                 proc.join()
-                if proc.exitcode:
-                    raise SystemExit(f"a half of the ceiling run failed (exit code {proc.exitcode})")
         return spans
+
+
+def _get(queue, procs):
+    """The next item a child puts on ``queue``; a child that died first is reported instead of waited for."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=1)
+        except queues.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode]
+            if dead:
+                raise SystemExit(f"--ceiling: a child running half the symbols failed (exit code {dead[0]}); "
+                                 "its traceback is above") from None
 
 
 def ceiling(root: Path, window: RunWindow, repeat: int) -> list[float]:
